@@ -1,0 +1,242 @@
+"""Engine: text or phoneme ids → waveform with our PyTorch VITS, one pass or streamed in chunks.
+
+Streaming is what keeps memory flat: the HiFi-GAN decoder's activations are ~256× larger than its
+input (one latent frame becomes 256 samples, 32–128 channels deep), so a one-pass decode of a minute of
+speech needs gigabytes. We run the flow and the decoder over windows of ``chunk_length`` latent frames,
+each padded on both sides by the networks' receptive fields, and keep only the window's centre. With
+margins at least as wide as the receptive field the centre is, up to float rounding, exactly what the
+one-pass decode produces: there are no seams to hide.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from .frontend import Frontend, Sentence
+from .vits import VitsModel
+from .weights import VoiceFiles, load_vits
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SynthesisOptions:
+    """How to synthesize. ``None`` scales take the voice config's defaults.
+
+    ``chunk_length`` is in latent frames (``hop_length`` = 256 samples each); ``None`` decodes each
+    sentence in one pass. ``first_chunk_length`` lets the first chunk be shorter so the first audio
+    comes sooner.
+    """
+
+    noise_scale: float | None = None
+    length_scale: float | None = None
+    noise_w: float | None = None
+    seed: int | None = None
+    chunk_length: int | None = None
+    first_chunk_length: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("noise_scale", "noise_w"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if self.length_scale is not None and self.length_scale <= 0:
+            raise ValueError(f"length_scale must be > 0, got {self.length_scale}")
+        for name in ("chunk_length", "first_chunk_length"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 frame, got {value}")
+
+
+@dataclass
+class SynthesisStats:
+    """Timings of one synthesis, filled in as it streams."""
+
+    started: float = 0.0
+    first_audio_s: float | None = None
+    latency_s: float = 0.0
+    samples: int = 0
+    sentences: int = 0
+    frames: int = 0
+
+
+def resolve_device(device: str) -> torch.device:
+    """``cpu`` always; ``cuda``/``mps`` only when present — asking for a missing one is an error."""
+    if device == "cpu":
+        return torch.device("cpu")
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but no CUDA device is available")
+        return torch.device("cuda")
+    if device == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ValueError("device 'mps' requested but MPS is not available")
+        return torch.device("mps")
+    raise ValueError(f"unknown device {device!r}: use cpu, cuda or mps")
+
+
+class Engine:
+    """Our PyTorch VITS engine for one voice, loaded once and shared by callers.
+
+    Thread-safe: synthesis holds no shared mutable state besides the model's (read-only) weights, so
+    several threads may synthesize at once (the HTTP service does).
+    """
+
+    name = "torch"
+
+    def __init__(
+        self,
+        files: VoiceFiles | None = None,
+        *,
+        num_threads: int | None = None,
+        device: str = "cpu",
+        model: VitsModel | None = None,
+        voice_config: dict | None = None,
+    ) -> None:
+        self.device = resolve_device(device)
+        if model is None or voice_config is None:
+            model, voice_config = load_vits(files)
+        self.model = model.to(self.device)
+        self.voice_config = voice_config
+        self.frontend = Frontend(voice_config)
+        inference = voice_config.get("inference", {})
+        self.defaults = SynthesisOptions(
+            noise_scale=float(inference.get("noise_scale", 0.667)),
+            length_scale=float(inference.get("length_scale", 1.0)),
+            noise_w=float(inference.get("noise_w", 0.8)),
+        )
+        self.sample_rate = model.config.sample_rate
+        self.hop_length = model.config.hop_length
+        self.flow_margin = model.flow.receptive_field
+        self.decoder_margin = model.dec.receptive_field
+        self._model_lock = threading.Lock()
+        if num_threads is not None:
+            self.set_num_threads(num_threads)
+
+    # -- configuration ------------------------------------------------------------------------------
+
+    @staticmethod
+    def set_num_threads(num_threads: int) -> None:
+        """Torch's intra-op threads (process-wide)."""
+        if num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+        torch.set_num_threads(num_threads)
+
+    def replace_model(self, model: VitsModel) -> None:
+        """Swap in another model of the same voice (e.g. a quantized copy)."""
+        with self._model_lock:
+            self.model = model.to(self.device)
+
+    def _options(self, options: SynthesisOptions | None, overrides: dict) -> SynthesisOptions:
+        opts = options or SynthesisOptions()
+        if overrides:
+            opts = replace(opts, **overrides)
+        return SynthesisOptions(
+            noise_scale=self.defaults.noise_scale if opts.noise_scale is None else opts.noise_scale,
+            length_scale=self.defaults.length_scale if opts.length_scale is None else opts.length_scale,
+            noise_w=self.defaults.noise_w if opts.noise_w is None else opts.noise_w,
+            seed=opts.seed,
+            chunk_length=opts.chunk_length,
+            first_chunk_length=opts.first_chunk_length,
+        )
+
+    # -- public API ----------------------------------------------------------------------------------
+
+    def synthesize(self, text: str, options: SynthesisOptions | None = None, **overrides) -> np.ndarray:
+        """Whole waveform (float32 in [-1, 1]) of ``text``; sentences are concatenated."""
+        chunks = list(self.stream(text, options, **overrides))
+        return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+
+    def stream(
+        self,
+        text: str,
+        options: SynthesisOptions | None = None,
+        stats: SynthesisStats | None = None,
+        **overrides,
+    ) -> Iterator[np.ndarray]:
+        """Yield audio chunks as they are decoded, sentence after sentence."""
+        opts = self._options(options, overrides)
+        sentences = self.frontend.sentences(text)
+        yield from self.stream_sentences(sentences, opts, stats)
+
+    def stream_sentences(
+        self, sentences: list[Sentence], opts: SynthesisOptions, stats: SynthesisStats | None = None
+    ) -> Iterator[np.ndarray]:
+        """Like :meth:`stream` for already phonemized sentences (options fully resolved)."""
+        stats = stats if stats is not None else SynthesisStats()
+        stats.started = stats.started or time.perf_counter()
+        generator = torch.Generator().manual_seed(opts.seed) if opts.seed is not None else None
+        for sentence in sentences:
+            stats.sentences += 1
+            for chunk in self.stream_ids(sentence.ids, opts, generator, stats):
+                if stats.first_audio_s is None:
+                    stats.first_audio_s = time.perf_counter() - stats.started
+                stats.samples += len(chunk)
+                yield chunk
+        stats.latency_s = time.perf_counter() - stats.started
+
+    @torch.inference_mode()
+    def stream_ids(
+        self,
+        ids: tuple[int, ...] | list[int],
+        opts: SynthesisOptions,
+        generator: torch.Generator | None = None,
+        stats: SynthesisStats | None = None,
+    ) -> Iterator[np.ndarray]:
+        """Phoneme ids of one sentence → audio chunks. Options must be resolved (no ``None`` scales)."""
+        model = self.model
+        dev = self.device
+        ids_t = torch.as_tensor([list(ids)], dtype=torch.long, device=dev)
+        n = ids_t.shape[1]
+        noise_w = torch.zeros(1, 2, n) if opts.noise_w == 0 else torch.randn(1, 2, n, generator=generator) * opts.noise_w
+        noise_w = noise_w.to(dev)
+        m_p, logs_p, durations = model.encode(ids_t, noise_w, float(opts.length_scale))
+        frame_to_phoneme = torch.repeat_interleave(torch.arange(n, device=dev), durations.clamp_min(0))
+        frames = int(frame_to_phoneme.numel())
+        if stats is not None:
+            stats.frames += frames
+        if frames == 0:  # the original clamps the length to one (silent) frame
+            yield np.zeros(self.hop_length, np.float32)
+            return
+        # Noise is drawn frame-major for the whole sentence up front, so any chunking sees the same
+        # numbers as a one-pass decode with the same seed. It is 192 floats a frame: negligible.
+        eps = None
+        if opts.noise_scale != 0:
+            eps = torch.randn(frames, m_p.shape[1], generator=generator).to(dev)
+
+        def prior(start: int, end: int) -> torch.Tensor:
+            idx = frame_to_phoneme[start:end]
+            z = m_p[0][:, idx]
+            if eps is not None:
+                z = z + eps[start:end].T * torch.exp(logs_p[0][:, idx]) * opts.noise_scale
+            return z.unsqueeze(0)
+
+        for start, end in _chunks(frames, opts.chunk_length, opts.first_chunk_length):
+            # flow window ⊇ decoder window ⊇ [start, end)
+            d0, d1 = max(0, start - self.decoder_margin), min(frames, end + self.decoder_margin)
+            f0, f1 = max(0, d0 - self.flow_margin), min(frames, d1 + self.flow_margin)
+            z_p = prior(f0, f1)
+            z = model.flow.reverse(z_p, torch.ones(1, 1, f1 - f0, device=dev, dtype=z_p.dtype))
+            audio = model.decode(z[:, :, d0 - f0 : d1 - f0])
+            hop = self.hop_length
+            yield audio[0, 0, (start - d0) * hop : (end - d0) * hop].float().cpu().numpy()
+
+
+def _chunks(frames: int, chunk_length: int | None, first_chunk_length: int | None) -> Iterator[tuple[int, int]]:
+    """Frame ranges covering ``[0, frames)``: one range if unchunked, else chunk-sized steps."""
+    if chunk_length is None:
+        yield 0, frames
+        return
+    start = 0
+    size = first_chunk_length or chunk_length
+    while start < frames:
+        end = min(frames, start + size)
+        yield start, end
+        start, size = end, chunk_length

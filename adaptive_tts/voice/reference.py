@@ -1,0 +1,84 @@
+"""The onnxruntime reference: Piper's own ONNX graph of the same voice, behind the Engine's interface.
+
+Used by the parity tests (our torch output must match it) and by the benchmarks (our speed and
+memory are quoted as ratios to it). It synthesizes sentence by sentence, as Piper does.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+
+from .engine import SynthesisOptions, SynthesisStats
+from .frontend import Frontend, Sentence
+from .weights import VoiceFiles, read_voice_config
+
+
+class ReferenceEngine:
+    """Piper's ONNX model run by onnxruntime on the CPU, one sentence per ``session.run``."""
+
+    name = "reference"
+
+    def __init__(self, files: VoiceFiles | None = None, *, num_threads: int | None = None) -> None:
+        import onnxruntime
+
+        files = files or VoiceFiles.default()
+        self.voice_config = read_voice_config(files)
+        self.frontend = Frontend(self.voice_config)
+        inference = self.voice_config.get("inference", {})
+        self.defaults = SynthesisOptions(
+            noise_scale=float(inference.get("noise_scale", 0.667)),
+            length_scale=float(inference.get("length_scale", 1.0)),
+            noise_w=float(inference.get("noise_w", 0.8)),
+        )
+        self.sample_rate = int(self.voice_config["audio"]["sample_rate"])
+        options = onnxruntime.SessionOptions()
+        if num_threads is not None:
+            options.intra_op_num_threads = num_threads
+            options.inter_op_num_threads = 1
+        self.session = onnxruntime.InferenceSession(
+            str(files.model), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self._lock = threading.Lock()
+
+    def _resolve(self, options: SynthesisOptions | None, overrides: dict) -> SynthesisOptions:
+        opts = options or SynthesisOptions()
+        values = {**{k: getattr(opts, k) for k in ("noise_scale", "length_scale", "noise_w")}, **overrides}
+        return SynthesisOptions(**{k: getattr(self.defaults, k) if values.get(k) is None else values[k]
+                                   for k in ("noise_scale", "length_scale", "noise_w")})
+
+    def run_ids(self, ids: tuple[int, ...] | list[int], opts: SynthesisOptions) -> np.ndarray:
+        """One sentence's phoneme ids → raw waveform (not peak-normalised)."""
+        ids_arr = np.asarray([list(ids)], dtype=np.int64)
+        scales = np.asarray([opts.noise_scale, opts.length_scale, opts.noise_w], dtype=np.float32)
+        feed = {"input": ids_arr, "input_lengths": np.asarray([ids_arr.shape[1]], np.int64), "scales": scales}
+        return self.session.run(None, feed)[0].reshape(-1).astype(np.float32)
+
+    def stream(
+        self, text: str, options: SynthesisOptions | None = None, stats: SynthesisStats | None = None,
+        **overrides,
+    ) -> Iterator[np.ndarray]:
+        """One chunk per sentence (onnxruntime cannot stream within a sentence)."""
+        opts = self._resolve(options, {k: v for k, v in overrides.items() if k in ("noise_scale", "length_scale", "noise_w")})
+        yield from self.stream_sentences(self.frontend.sentences(text), opts, stats)
+
+    def stream_sentences(
+        self, sentences: list[Sentence], opts: SynthesisOptions, stats: SynthesisStats | None = None
+    ) -> Iterator[np.ndarray]:
+        stats = stats if stats is not None else SynthesisStats()
+        stats.started = stats.started or time.perf_counter()
+        for sentence in sentences:
+            audio = self.run_ids(sentence.ids, opts)
+            stats.sentences += 1
+            stats.samples += len(audio)
+            if stats.first_audio_s is None:
+                stats.first_audio_s = time.perf_counter() - stats.started
+            yield audio
+        stats.latency_s = time.perf_counter() - stats.started
+
+    def synthesize(self, text: str, options: SynthesisOptions | None = None, **overrides) -> np.ndarray:
+        chunks = list(self.stream(text, options, **overrides))
+        return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)

@@ -1,0 +1,572 @@
+"""The VITS network of a Piper voice, in PyTorch, inference only.
+
+Each part is a small ``nn.Module`` named for what it is, with the parameter names of the original VITS
+code so that a Piper ONNX export's initializers map onto ``state_dict`` keys one to one
+(see :mod:`adaptive_tts.voice.weights`). Training-only parts (posterior encoder, the duration
+predictor's posterior flows, discriminators) are absent: a Piper export does not carry them.
+
+Inference runs in stages that :class:`adaptive_tts.voice.engine.Engine` calls separately, so that the
+decoder — by far the largest activation — can run in bounded-memory chunks:
+
+    phoneme ids ─► TextEncoder ─► StochasticDurationPredictor ─► expand to frames
+                ─► ResidualCouplingBlock (reverse) ─► Generator (HiFi-GAN) ─► waveform
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+LRELU_SLOPE = 0.1
+
+
+@dataclass(frozen=True)
+class VitsConfig:
+    """Hyper-parameters of a Piper VITS voice.
+
+    The defaults are Piper's "medium" quality; :func:`adaptive_tts.voice.weights.infer_config` reads the
+    real values (layer counts, kernel sizes, strides, dilations) from the ONNX graph so that a voice of
+    another size is built with the right shapes instead of failing deep inside a matmul.
+    """
+
+    num_symbols: int = 256
+    hidden_channels: int = 192
+    filter_channels: int = 768
+    n_heads: int = 2
+    n_layers: int = 6
+    kernel_size: int = 3
+    window_size: int = 4
+    dp_filter_channels: int = 192
+    dp_kernel_size: int = 3
+    dp_n_flows: int = 4
+    flow_n_flows: int = 4
+    flow_kernel_size: int = 5
+    flow_n_layers: int = 4
+    upsample_rates: tuple[int, ...] = (8, 8, 4)
+    upsample_kernel_sizes: tuple[int, ...] = (16, 16, 8)
+    upsample_initial_channel: int = 256
+    resblock_kernel_sizes: tuple[int, ...] = (3, 5, 7)
+    resblock_dilation_sizes: tuple[tuple[int, ...], ...] = field(
+        default_factory=lambda: ((1, 2), (2, 6), (3, 12))
+    )
+    sample_rate: int = 22050
+
+    @property
+    def hop_length(self) -> int:
+        """Audio samples per latent frame (the product of the decoder's upsampling rates)."""
+        return math.prod(self.upsample_rates)
+
+
+def sequence_mask(lengths: torch.Tensor, max_length: int | None = None) -> torch.Tensor:
+    """Boolean mask ``[batch, max_length]`` that is true inside each sequence."""
+    if max_length is None:
+        max_length = int(lengths.max())
+    positions = torch.arange(max_length, dtype=lengths.dtype, device=lengths.device)
+    return positions.unsqueeze(0) < lengths.unsqueeze(1)
+
+
+class LayerNorm(nn.Module):
+    """Layer norm over the channel axis of a ``[batch, channels, time]`` tensor."""
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.channels = channels
+        self.eps = eps
+        self.gamma = nn.Parameter(torch.ones(channels))
+        self.beta = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.transpose(1, -1)
+        x = F.layer_norm(x, (self.channels,), self.gamma, self.beta, self.eps)
+        return x.transpose(1, -1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Text encoder
+# --------------------------------------------------------------------------------------------------
+
+
+class RelativePositionMultiHeadAttention(nn.Module):
+    """Self-attention with learned relative-position embeddings for keys and values.
+
+    Only offsets within ``±window_size`` have embeddings; the original VITS code pads them to a full
+    ``2L-1`` band and converts between relative and absolute layouts with pad/reshape tricks. We do the
+    same arithmetic on the band of width ``2 * window_size + 1`` only, which is exact (the padded
+    embeddings are zero) and keeps memory linear in the sequence length instead of quadratic for those
+    terms.
+    """
+
+    def __init__(self, channels: int, n_heads: int, window_size: int) -> None:
+        super().__init__()
+        assert channels % n_heads == 0
+        self.n_heads = n_heads
+        self.k_channels = channels // n_heads
+        self.window_size = window_size
+        self.conv_q = nn.Conv1d(channels, channels, 1)
+        self.conv_k = nn.Conv1d(channels, channels, 1)
+        self.conv_v = nn.Conv1d(channels, channels, 1)
+        self.conv_o = nn.Conv1d(channels, channels, 1)
+        rel_shape = (1, 2 * window_size + 1, self.k_channels)
+        self.emb_rel_k = nn.Parameter(torch.zeros(rel_shape))
+        self.emb_rel_v = nn.Parameter(torch.zeros(rel_shape))
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.conv_q(x), self.conv_k(x), self.conv_v(x)
+        batch, channels, length = x.shape
+        # [b, h, t, d]
+        q = q.view(batch, self.n_heads, self.k_channels, length).transpose(2, 3)
+        k = k.view(batch, self.n_heads, self.k_channels, length).transpose(2, 3)
+        v = v.view(batch, self.n_heads, self.k_channels, length).transpose(2, 3)
+        q = q / math.sqrt(self.k_channels)
+
+        scores = torch.matmul(q, k.transpose(-2, -1))
+        scores = scores + self._relative_key_scores(q, length)
+        scores = scores.masked_fill(attn_mask == 0, -1e4)
+        p_attn = F.softmax(scores, dim=-1)
+
+        out = torch.matmul(p_attn, v) + self._relative_value_output(p_attn, length)
+        out = out.transpose(2, 3).contiguous().view(batch, channels, length)
+        return self.conv_o(out)
+
+    def _band(self, length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Column indices ``j = i + offset`` of the band, validity mask and embedding rows used."""
+        w = self.window_size
+        offsets = torch.arange(-w, w + 1)
+        rows = torch.arange(length).unsqueeze(1)
+        cols = rows + offsets.unsqueeze(0)  # [t, 2w+1]
+        valid = (cols >= 0) & (cols < length)
+        return cols.clamp(0, length - 1), valid, offsets + w
+
+    def _relative_key_scores(self, q: torch.Tensor, length: int) -> torch.Tensor:
+        cols, valid, _ = self._band(length)
+        # [b, h, t, 2w+1]: q_i · e_{j-i}
+        rel = torch.matmul(q, self.emb_rel_k[0].transpose(0, 1))
+        rel = rel * valid.to(rel.dtype)
+        dense = torch.zeros(*q.shape[:2], length, length, dtype=q.dtype, device=q.device)
+        index = cols.to(q.device).expand(*q.shape[:2], length, cols.shape[1])
+        return dense.scatter_add_(-1, index, rel)
+
+    def _relative_value_output(self, p_attn: torch.Tensor, length: int) -> torch.Tensor:
+        cols, valid, _ = self._band(length)
+        index = cols.to(p_attn.device).expand(*p_attn.shape[:2], length, cols.shape[1])
+        weights = torch.gather(p_attn, -1, index) * valid.to(p_attn.dtype)
+        return torch.matmul(weights, self.emb_rel_v[0])
+
+
+class FeedForward(nn.Module):
+    """Two 'same'-padded convolutions with a ReLU between them, masked at the padding."""
+
+    def __init__(self, channels: int, filter_channels: int, kernel_size: int) -> None:
+        super().__init__()
+        self.conv_1 = nn.Conv1d(channels, filter_channels, kernel_size, padding=kernel_size // 2)
+        self.conv_2 = nn.Conv1d(filter_channels, channels, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, x: torch.Tensor, x_mask: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv_1(x * x_mask))
+        return self.conv_2(x * x_mask) * x_mask
+
+
+class TransformerEncoder(nn.Module):
+    """Post-norm transformer: attention and feed-forward blocks, each followed by a residual LayerNorm."""
+
+    def __init__(self, cfg: VitsConfig) -> None:
+        super().__init__()
+        h = cfg.hidden_channels
+        self.attn_layers = nn.ModuleList(
+            RelativePositionMultiHeadAttention(h, cfg.n_heads, cfg.window_size)
+            for _ in range(cfg.n_layers)
+        )
+        self.norm_layers_1 = nn.ModuleList(LayerNorm(h) for _ in range(cfg.n_layers))
+        self.ffn_layers = nn.ModuleList(
+            FeedForward(h, cfg.filter_channels, cfg.kernel_size) for _ in range(cfg.n_layers)
+        )
+        self.norm_layers_2 = nn.ModuleList(LayerNorm(h) for _ in range(cfg.n_layers))
+
+    def forward(self, x: torch.Tensor, x_mask: torch.Tensor) -> torch.Tensor:
+        attn_mask = x_mask.unsqueeze(2) * x_mask.unsqueeze(-1)
+        x = x * x_mask
+        for attn, norm_1, ffn, norm_2 in zip(
+            self.attn_layers, self.norm_layers_1, self.ffn_layers, self.norm_layers_2
+        ):
+            x = norm_1(x + attn(x, attn_mask))
+            x = norm_2(x + ffn(x, x_mask))
+        return x * x_mask
+
+
+class TextEncoder(nn.Module):
+    """Phoneme ids → hidden states and the prior's per-phoneme mean and log-std."""
+
+    def __init__(self, cfg: VitsConfig) -> None:
+        super().__init__()
+        self.hidden_channels = cfg.hidden_channels
+        self.emb = nn.Embedding(cfg.num_symbols, cfg.hidden_channels)
+        self.encoder = TransformerEncoder(cfg)
+        self.proj = nn.Conv1d(cfg.hidden_channels, cfg.hidden_channels * 2, 1)
+
+    def forward(
+        self, ids: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = self.emb(ids) * math.sqrt(self.hidden_channels)
+        x = x.transpose(1, -1)
+        x_mask = sequence_mask(lengths, x.size(2)).unsqueeze(1).to(x.dtype)
+        x = self.encoder(x, x_mask)
+        stats = self.proj(x) * x_mask
+        m, logs = torch.split(stats, self.hidden_channels, dim=1)
+        return x, m, logs, x_mask
+
+
+# --------------------------------------------------------------------------------------------------
+# Stochastic duration predictor
+# --------------------------------------------------------------------------------------------------
+
+
+class DilatedDepthSeparableConv(nn.Module):
+    """Stack of depthwise dilated convs (dilation kernel**i) + 1x1 convs with LayerNorm and GELU."""
+
+    def __init__(self, channels: int, kernel_size: int, n_layers: int) -> None:
+        super().__init__()
+        self.convs_sep = nn.ModuleList()
+        self.convs_1x1 = nn.ModuleList()
+        self.norms_1 = nn.ModuleList()
+        self.norms_2 = nn.ModuleList()
+        for i in range(n_layers):
+            dilation = kernel_size**i
+            padding = (kernel_size * dilation - dilation) // 2
+            self.convs_sep.append(
+                nn.Conv1d(channels, channels, kernel_size, groups=channels, dilation=dilation, padding=padding)
+            )
+            self.convs_1x1.append(nn.Conv1d(channels, channels, 1))
+            self.norms_1.append(LayerNorm(channels))
+            self.norms_2.append(LayerNorm(channels))
+
+    def forward(self, x: torch.Tensor, x_mask: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
+        if g is not None:
+            x = x + g
+        for sep, one, norm_1, norm_2 in zip(self.convs_sep, self.convs_1x1, self.norms_1, self.norms_2):
+            y = F.gelu(norm_1(sep(x * x_mask)))
+            y = F.gelu(norm_2(one(y)))
+            x = x + y
+        return x * x_mask
+
+
+class ElementwiseAffine(nn.Module):
+    """Learned per-channel affine map; inverted at inference."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.m = nn.Parameter(torch.zeros(channels, 1))
+        self.logs = nn.Parameter(torch.zeros(channels, 1))
+
+    def reverse(self, x: torch.Tensor, x_mask: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return (x - self.m) * torch.exp(-self.logs) * x_mask
+
+
+class Flip(nn.Module):
+    """Reverses the channel order so that the next coupling layer transforms the other half."""
+
+    def reverse(self, x: torch.Tensor, x_mask: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.flip(x, [1])
+
+
+class ConvFlow(nn.Module):
+    """Coupling layer whose transform is a monotonic rational-quadratic spline (Durkan et al., 2019)."""
+
+    def __init__(self, in_channels: int, filter_channels: int, kernel_size: int, n_layers: int,
+                 num_bins: int = 10, tail_bound: float = 5.0) -> None:
+        super().__init__()
+        self.half_channels = in_channels // 2
+        self.filter_channels = filter_channels
+        self.num_bins = num_bins
+        self.tail_bound = tail_bound
+        self.pre = nn.Conv1d(self.half_channels, filter_channels, 1)
+        self.convs = DilatedDepthSeparableConv(filter_channels, kernel_size, n_layers)
+        self.proj = nn.Conv1d(filter_channels, self.half_channels * (num_bins * 3 - 1), 1)
+
+    def reverse(self, x: torch.Tensor, x_mask: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        x0, x1 = torch.split(x, [self.half_channels] * 2, 1)
+        h = self.convs(self.pre(x0), x_mask, g=g)
+        h = self.proj(h) * x_mask
+        b, c, t = x0.shape
+        h = h.reshape(b, c, -1, t).permute(0, 1, 3, 2)  # [b, c, t, 3 * bins - 1]
+        scale = math.sqrt(self.filter_channels)
+        x1 = rational_quadratic_spline_inverse(
+            x1,
+            h[..., : self.num_bins] / scale,
+            h[..., self.num_bins : 2 * self.num_bins] / scale,
+            h[..., 2 * self.num_bins :],
+            tail_bound=self.tail_bound,
+        )
+        return torch.cat([x0, x1], 1) * x_mask
+
+
+def rational_quadratic_spline_inverse(
+    inputs: torch.Tensor,
+    unnormalized_widths: torch.Tensor,
+    unnormalized_heights: torch.Tensor,
+    unnormalized_derivatives: torch.Tensor,
+    tail_bound: float,
+    min_bin_width: float = 1e-3,
+    min_bin_height: float = 1e-3,
+    min_derivative: float = 1e-3,
+) -> torch.Tensor:
+    """Inverse of the rational-quadratic spline with linear tails outside ``[-tail_bound, tail_bound]``.
+
+    Computed for every element and selected with ``where`` rather than by boolean indexing: the result
+    inside the interval is the same, and the shapes stay static (cheaper, and friendlier to compilers).
+    """
+    inside = (inputs >= -tail_bound) & (inputs <= tail_bound)
+    x = inputs.clamp(-tail_bound, tail_bound)
+    num_bins = unnormalized_widths.shape[-1]
+    left = bottom = -tail_bound
+    right = top = tail_bound
+
+    constant = math.log(math.exp(1 - min_derivative) - 1)
+    derivs = F.pad(unnormalized_derivatives, (1, 1), value=constant)
+    derivatives = min_derivative + F.softplus(derivs)
+
+    def knots(unnormalized: torch.Tensor, low: float, high: float, min_size: float) -> tuple[torch.Tensor, torch.Tensor]:
+        sizes = F.softmax(unnormalized, dim=-1)
+        sizes = min_size + (1 - min_size * num_bins) * sizes
+        cum = F.pad(torch.cumsum(sizes, dim=-1), (1, 0), value=0.0)
+        cum = (high - low) * cum + low
+        cum = torch.cat([torch.full_like(cum[..., :1], low), cum[..., 1:-1], torch.full_like(cum[..., :1], high)], -1)
+        return cum, cum[..., 1:] - cum[..., :-1]
+
+    cumwidths, widths = knots(unnormalized_widths, left, right, min_bin_width)
+    cumheights, heights = knots(unnormalized_heights, bottom, top, min_bin_height)
+
+    search = torch.cat([cumheights[..., :-1], cumheights[..., -1:] + 1e-6], -1)
+    bin_idx = (torch.sum(x[..., None] >= search, dim=-1) - 1).clamp(0, num_bins - 1)[..., None]
+
+    def pick(t: torch.Tensor) -> torch.Tensor:
+        return t.gather(-1, bin_idx)[..., 0]
+
+    input_cumwidths = pick(cumwidths)
+    input_bin_widths = pick(widths)
+    input_cumheights = pick(cumheights)
+    input_delta = pick(heights / widths)
+    input_derivatives = pick(derivatives)
+    input_derivatives_plus_one = pick(derivatives[..., 1:])
+    input_heights = pick(heights)
+
+    dy = x - input_cumheights
+    slope_sum = input_derivatives + input_derivatives_plus_one - 2 * input_delta
+    a = dy * slope_sum + input_heights * (input_delta - input_derivatives)
+    b = input_heights * input_derivatives - dy * slope_sum
+    c = -input_delta * dy
+    discriminant = (b.pow(2) - 4 * a * c).clamp_min(0)
+    root = (2 * c) / (-b - torch.sqrt(discriminant))
+    outputs = root * input_bin_widths + input_cumwidths
+    return torch.where(inside, outputs, inputs)
+
+
+class StochasticDurationPredictor(nn.Module):
+    """Samples log-durations per phoneme by running a normalising flow backwards from noise."""
+
+    def __init__(self, cfg: VitsConfig) -> None:
+        super().__init__()
+        fc = cfg.dp_filter_channels
+        self.pre = nn.Conv1d(cfg.hidden_channels, fc, 1)
+        self.convs = DilatedDepthSeparableConv(fc, cfg.dp_kernel_size, n_layers=3)
+        self.proj = nn.Conv1d(fc, fc, 1)
+        # Index layout of the original: [affine, (ConvFlow, Flip) * n_flows]. Index 1 is never used at
+        # inference (the original drops it as "a useless vflow"), so Piper exports do not carry it.
+        self.flows = nn.ModuleList([ElementwiseAffine(2)])
+        for i in range(cfg.dp_n_flows):
+            self.flows.append(
+                ConvFlow(2, fc, cfg.dp_kernel_size, n_layers=3) if i > 0 else nn.Identity()
+            )
+            self.flows.append(Flip())
+
+    def forward(self, x: torch.Tensor, x_mask: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """``noise`` is ``[batch, 2, phonemes]`` already scaled by ``noise_w``; returns log-durations."""
+        x = self.proj(self.convs(self.pre(x), x_mask)) * x_mask
+        flows = list(self.flows)
+        z = noise
+        for flow in reversed(flows[2:]):  # ... Flip, ConvFlow, Flip (index 1 skipped)
+            z = flow.reverse(z, x_mask, g=x)
+        z = flows[0].reverse(z, x_mask, g=x)
+        return z[:, :1]
+
+
+# --------------------------------------------------------------------------------------------------
+# Flow
+# --------------------------------------------------------------------------------------------------
+
+
+class WaveNet(nn.Module):
+    """Non-causal WaveNet: gated dilated convs with residual and skip outputs."""
+
+    def __init__(self, hidden_channels: int, kernel_size: int, n_layers: int) -> None:
+        super().__init__()
+        self.hidden_channels = hidden_channels
+        self.in_layers = nn.ModuleList(
+            nn.Conv1d(hidden_channels, 2 * hidden_channels, kernel_size, padding=kernel_size // 2)
+            for _ in range(n_layers)
+        )
+        self.res_skip_layers = nn.ModuleList(
+            nn.Conv1d(hidden_channels, (2 if i < n_layers - 1 else 1) * hidden_channels, 1)
+            for i in range(n_layers)
+        )
+
+    def forward(self, x: torch.Tensor, x_mask: torch.Tensor) -> torch.Tensor:
+        h = self.hidden_channels
+        output = torch.zeros_like(x)
+        last = len(self.in_layers) - 1
+        for i, (in_layer, res_skip) in enumerate(zip(self.in_layers, self.res_skip_layers)):
+            x_in = in_layer(x)
+            acts = torch.tanh(x_in[:, :h]) * torch.sigmoid(x_in[:, h:])
+            rs = res_skip(acts)
+            if i < last:
+                x = (x + rs[:, :h]) * x_mask
+                output = output + rs[:, h:]
+            else:
+                output = output + rs
+        return output * x_mask
+
+
+class ResidualCouplingLayer(nn.Module):
+    """Mean-only affine coupling: the second half is shifted by a WaveNet of the first."""
+
+    def __init__(self, channels: int, hidden_channels: int, kernel_size: int, n_layers: int) -> None:
+        super().__init__()
+        self.half_channels = channels // 2
+        self.pre = nn.Conv1d(self.half_channels, hidden_channels, 1)
+        self.enc = WaveNet(hidden_channels, kernel_size, n_layers)
+        self.post = nn.Conv1d(hidden_channels, self.half_channels, 1)
+
+    def reverse(self, x: torch.Tensor, x_mask: torch.Tensor) -> torch.Tensor:
+        x0, x1 = torch.split(x, [self.half_channels] * 2, 1)
+        h = self.enc(self.pre(x0) * x_mask, x_mask)
+        m = self.post(h) * x_mask
+        return torch.cat([x0, (x1 - m) * x_mask], 1)
+
+
+class ResidualCouplingBlock(nn.Module):
+    """The prior-to-posterior flow, run in reverse at inference: ``z_p → z``."""
+
+    def __init__(self, cfg: VitsConfig) -> None:
+        super().__init__()
+        self.flows = nn.ModuleList()
+        for _ in range(cfg.flow_n_flows):
+            self.flows.append(
+                ResidualCouplingLayer(
+                    cfg.hidden_channels, cfg.hidden_channels, cfg.flow_kernel_size, cfg.flow_n_layers
+                )
+            )
+            self.flows.append(Flip())
+
+    def reverse(self, x: torch.Tensor, x_mask: torch.Tensor) -> torch.Tensor:
+        for flow in reversed(self.flows):
+            x = flow.reverse(x, x_mask)
+        return x
+
+    @property
+    def receptive_field(self) -> int:
+        """Frames of context on each side that one output frame depends on."""
+        per_layer = sum(
+            (conv.kernel_size[0] // 2) * conv.dilation[0]
+            for layer in self.flows
+            if isinstance(layer, ResidualCouplingLayer)
+            for conv in layer.enc.in_layers
+        )
+        return per_layer
+
+
+# --------------------------------------------------------------------------------------------------
+# Decoder (HiFi-GAN generator)
+# --------------------------------------------------------------------------------------------------
+
+
+class ResBlock2(nn.Module):
+    """HiFi-GAN residual block, variant 2: one dilated conv per residual step."""
+
+    def __init__(self, channels: int, kernel_size: int, dilations: tuple[int, ...]) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(
+            nn.Conv1d(channels, channels, kernel_size, dilation=d, padding=(kernel_size * d - d) // 2)
+            for d in dilations
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv in self.convs:
+            x = x + conv(F.leaky_relu(x, LRELU_SLOPE))
+        return x
+
+
+class Generator(nn.Module):
+    """HiFi-GAN generator: transposed convs upsample latent frames to samples, with multi-receptive
+    field fusion (the mean of parallel residual blocks) after each upsampling."""
+
+    def __init__(self, cfg: VitsConfig) -> None:
+        super().__init__()
+        c0 = cfg.upsample_initial_channel
+        self.num_kernels = len(cfg.resblock_kernel_sizes)
+        self.conv_pre = nn.Conv1d(cfg.hidden_channels, c0, 7, padding=3)
+        self.ups = nn.ModuleList()
+        self.resblocks = nn.ModuleList()
+        for i, (rate, kernel) in enumerate(zip(cfg.upsample_rates, cfg.upsample_kernel_sizes)):
+            c_in, c_out = c0 // (2**i), c0 // (2 ** (i + 1))
+            self.ups.append(nn.ConvTranspose1d(c_in, c_out, kernel, rate, padding=(kernel - rate) // 2))
+            for k, d in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes):
+                self.resblocks.append(ResBlock2(c_out, k, d))
+        self.conv_post = nn.Conv1d(c0 // (2 ** len(self.ups)), 1, 7, padding=3, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_pre(x)
+        for i, up in enumerate(self.ups):
+            x = up(F.leaky_relu(x, LRELU_SLOPE))
+            blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
+            xs = blocks[0](x)
+            for block in blocks[1:]:
+                xs = xs + block(x)
+            x = xs / self.num_kernels
+        x = self.conv_post(F.leaky_relu(x))
+        return torch.tanh(x)
+
+    @property
+    def receptive_field(self) -> int:
+        """Latent frames of context on each side that one output sample depends on (rounded up)."""
+        frames = self.conv_pre.padding[0]
+        scale = 1
+        for i, up in enumerate(self.ups):
+            scale *= up.stride[0]
+            frames += math.ceil(up.kernel_size[0] / up.stride[0])
+            blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
+            widest = max(sum(c.padding[0] for c in block.convs) for block in blocks)
+            frames += math.ceil(widest / scale)
+        frames += math.ceil(self.conv_post.padding[0] / scale)
+        return frames
+
+
+class VitsModel(nn.Module):
+    """The inference parts of VITS with the parameter names of Piper's export."""
+
+    def __init__(self, cfg: VitsConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.enc_p = TextEncoder(cfg)
+        self.dp = StochasticDurationPredictor(cfg)
+        self.flow = ResidualCouplingBlock(cfg)
+        self.dec = Generator(cfg)
+
+    def encode(
+        self, ids: torch.Tensor, noise_w: torch.Tensor, length_scale: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Phoneme ids ``[1, T]`` → prior mean, log-std ``[1, C, T]`` and integer frames per phoneme.
+
+        ``noise_w`` is the duration predictor's noise ``[1, 2, T]``, already scaled.
+        """
+        lengths = torch.tensor([ids.shape[1]], dtype=torch.long, device=ids.device)
+        x, m_p, logs_p, x_mask = self.enc_p(ids, lengths)
+        logw = self.dp(x, x_mask, noise_w)
+        w_ceil = torch.ceil(torch.exp(logw) * x_mask * length_scale)
+        return m_p, logs_p, w_ceil[0, 0].long()
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent frames ``[1, C, F]`` → waveform ``[1, 1, F * hop_length]``."""
+        return self.dec(z)
