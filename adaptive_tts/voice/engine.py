@@ -219,14 +219,28 @@ class Engine:
             return z.unsqueeze(0)
 
         for start, end in _chunks(frames, opts.chunk_length, opts.first_chunk_length):
-            # flow window ⊇ decoder window ⊇ [start, end)
-            d0, d1 = max(0, start - self.decoder_margin), min(frames, end + self.decoder_margin)
-            f0, f1 = max(0, d0 - self.flow_margin), min(frames, d1 + self.flow_margin)
+            d0, d1 = _window(start, end, self.decoder_margin, frames, opts.chunk_length)
+            f0, f1 = _window(d0, d1, self.flow_margin, frames, opts.chunk_length and opts.chunk_length + 2 * self.decoder_margin)
             z_p = prior(f0, f1)
             z = model.flow.reverse(z_p, torch.ones(1, 1, f1 - f0, device=dev, dtype=z_p.dtype))
             audio = model.decode(z[:, :, d0 - f0 : d1 - f0])
             hop = self.hop_length
             yield audio[0, 0, (start - d0) * hop : (end - d0) * hop].float().cpu().numpy()
+
+
+def _window(start: int, end: int, margin: int, frames: int, size: int | None) -> tuple[int, int]:
+    """A window ⊇ ``[start - margin, end + margin)`` ∩ ``[0, frames)`` for a network with that margin.
+
+    With a chunk ``size``, every window has the same length ``size + 2 * margin`` (shifted inwards at
+    the ends of the sentence; extra context never changes the result). Equal-sized windows let the
+    allocator reuse the same blocks chunk after chunk, which is what keeps peak memory flat in practice:
+    windows of varying size fragment the heap and the process grows with every chunk.
+    """
+    if size is None:
+        return max(0, start - margin), min(frames, end + margin)
+    width = size + 2 * margin
+    lo = min(max(0, start - margin), max(0, frames - width))
+    return lo, min(frames, lo + width)
 
 
 def _chunks(frames: int, chunk_length: int | None, first_chunk_length: int | None) -> Iterator[tuple[int, int]]:

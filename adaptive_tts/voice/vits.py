@@ -96,8 +96,7 @@ class RelativePositionMultiHeadAttention(nn.Module):
     Only offsets within ``±window_size`` have embeddings; the original VITS code pads them to a full
     ``2L-1`` band and converts between relative and absolute layouts with pad/reshape tricks. We do the
     same arithmetic on the band of width ``2 * window_size + 1`` only, which is exact (the padded
-    embeddings are zero) and keeps memory linear in the sequence length instead of quadratic for those
-    terms.
+    embeddings are zero) and avoids ``O(L^2)`` temporaries for those terms.
     """
 
     def __init__(self, channels: int, n_heads: int, window_size: int) -> None:
@@ -114,47 +113,47 @@ class RelativePositionMultiHeadAttention(nn.Module):
         self.emb_rel_k = nn.Parameter(torch.zeros(rel_shape))
         self.emb_rel_v = nn.Parameter(torch.zeros(rel_shape))
 
+    #: Query rows per block: attention is computed a block of rows at a time so that its memory is
+    #: ``O(block * length)`` rather than ``O(length**2)`` — a long unpunctuated sentence has thousands
+    #: of phoneme ids. Rows are independent, so blocking changes no result.
+    block_rows = 256
+
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.conv_q(x), self.conv_k(x), self.conv_v(x)
         batch, channels, length = x.shape
         # [b, h, t, d]
-        q = q.view(batch, self.n_heads, self.k_channels, length).transpose(2, 3)
-        k = k.view(batch, self.n_heads, self.k_channels, length).transpose(2, 3)
-        v = v.view(batch, self.n_heads, self.k_channels, length).transpose(2, 3)
+        q = self.conv_q(x).view(batch, self.n_heads, self.k_channels, length).transpose(2, 3)
+        k = self.conv_k(x).view(batch, self.n_heads, self.k_channels, length).transpose(2, 3)
+        v = self.conv_v(x).view(batch, self.n_heads, self.k_channels, length).transpose(2, 3)
         q = q / math.sqrt(self.k_channels)
-
-        scores = torch.matmul(q, k.transpose(-2, -1))
-        scores = scores + self._relative_key_scores(q, length)
-        scores = scores.masked_fill(attn_mask == 0, -1e4)
-        p_attn = F.softmax(scores, dim=-1)
-
-        out = torch.matmul(p_attn, v) + self._relative_value_output(p_attn, length)
+        k_t = k.transpose(-2, -1)
+        cols, valid = self._band(length, x.device)
+        rel_k = self.emb_rel_k[0].transpose(0, 1)  # [d, 2w+1]
+        blocks = []
+        for r0 in range(0, length, self.block_rows):
+            r1 = min(length, r0 + self.block_rows)
+            q_blk = q[:, :, r0:r1]
+            index = cols[r0:r1].expand(batch, self.n_heads, r1 - r0, cols.shape[1])
+            band_valid = valid[r0:r1].to(q.dtype)
+            scores = torch.matmul(q_blk, k_t)
+            # relative keys: score[i, i + o] += q_i . e_o for offsets o within the window
+            scores.scatter_add_(-1, index, torch.matmul(q_blk, rel_k) * band_valid)
+            scores.masked_fill_(attn_mask[:, :, r0:r1] == 0, -1e4)
+            p_attn = torch.softmax(scores, dim=-1)
+            del scores
+            out = torch.matmul(p_attn, v)
+            # relative values: out_i += sum_o p[i, i + o] e_o
+            out += torch.matmul(torch.gather(p_attn, -1, index) * band_valid, self.emb_rel_v[0])
+            blocks.append(out)
+        out = torch.cat(blocks, dim=2) if len(blocks) > 1 else blocks[0]
         out = out.transpose(2, 3).contiguous().view(batch, channels, length)
         return self.conv_o(out)
 
-    def _band(self, length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Column indices ``j = i + offset`` of the band, validity mask and embedding rows used."""
+    def _band(self, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Column ``j = i + offset`` of each band entry (clamped into range) and whether it exists."""
         w = self.window_size
-        offsets = torch.arange(-w, w + 1)
-        rows = torch.arange(length).unsqueeze(1)
-        cols = rows + offsets.unsqueeze(0)  # [t, 2w+1]
+        cols = torch.arange(length, device=device).unsqueeze(1) + torch.arange(-w, w + 1, device=device)
         valid = (cols >= 0) & (cols < length)
-        return cols.clamp(0, length - 1), valid, offsets + w
-
-    def _relative_key_scores(self, q: torch.Tensor, length: int) -> torch.Tensor:
-        cols, valid, _ = self._band(length)
-        # [b, h, t, 2w+1]: q_i · e_{j-i}
-        rel = torch.matmul(q, self.emb_rel_k[0].transpose(0, 1))
-        rel = rel * valid.to(rel.dtype)
-        dense = torch.zeros(*q.shape[:2], length, length, dtype=q.dtype, device=q.device)
-        index = cols.to(q.device).expand(*q.shape[:2], length, cols.shape[1])
-        return dense.scatter_add_(-1, index, rel)
-
-    def _relative_value_output(self, p_attn: torch.Tensor, length: int) -> torch.Tensor:
-        cols, valid, _ = self._band(length)
-        index = cols.to(p_attn.device).expand(*p_attn.shape[:2], length, cols.shape[1])
-        weights = torch.gather(p_attn, -1, index) * valid.to(p_attn.dtype)
-        return torch.matmul(weights, self.emb_rel_v[0])
+        return cols.clamp(0, length - 1), valid
 
 
 class FeedForward(nn.Module):

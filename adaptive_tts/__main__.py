@@ -1,0 +1,162 @@
+"""Command line: ``python -m adaptive_tts {synthesize,hardware,estimate,calibrate,serve,bench}``.
+
+A thin layer over the library: it parses arguments, calls one function, prints the result, and turns
+expected failures into a one-line error and a non-zero exit code instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """An expected failure, reported as one line on stderr."""
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return number
+
+
+def _non_negative_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if number < 0 or number != number:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return number
+
+
+def _check_writable(path: Path) -> None:
+    """Fail before synthesis, not after, when the output cannot be written."""
+    parent = path.resolve().parent
+    if not parent.is_dir():
+        raise CliError(f"cannot write {path}: directory {parent} does not exist")
+    if path.is_dir():
+        raise CliError(f"cannot write {path}: it is a directory")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise CliError(f"cannot write {path}: permission denied")
+
+
+def cmd_synthesize(args: argparse.Namespace) -> int:
+    from .audio import write_wav
+    from .voice.engine import SynthesisOptions, SynthesisStats
+    from .voice.frontend import TextError, validate_text
+
+    out = Path(args.output)
+    try:
+        validate_text(args.text)
+    except TextError as exc:
+        raise CliError(str(exc)) from None
+    _check_writable(out)
+    options = SynthesisOptions(
+        noise_scale=args.noise_scale, length_scale=args.length_scale, noise_w=args.noise_w,
+        seed=args.seed, chunk_length=args.chunk_length,
+    )
+    stats = SynthesisStats()
+    if args.profile is not None or args.quantization is not None:
+        from .backend import BackendOptions, SmartAdaptiveBackend
+
+        backend = SmartAdaptiveBackend(
+            profile=args.profile or "auto",
+            options=BackendOptions(engine=args.engine, quantization=args.quantization,
+                                   chunk_length=args.chunk_length, num_threads=args.threads),
+        )
+        chunks = backend.stream(args.text, options, stats=stats)
+        sample_rate = backend.sample_rate
+    else:
+        engine = _make_engine(args.engine, args.threads)
+        chunks = engine.stream(args.text, options, stats=stats)
+        sample_rate = engine.sample_rate
+    try:
+        samples = write_wav(out, chunks, sample_rate)
+    except TextError as exc:
+        out.unlink(missing_ok=True)
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"cannot write {out}: {exc.strerror or exc}") from None
+    audio_s = samples / sample_rate
+    print(f"wrote {out} ({sample_rate} Hz mono)")
+    print(f"audio seconds:      {audio_s:.2f}")
+    print(f"latency:            {stats.latency_s:.3f} s")
+    print(f"first audio:        {stats.first_audio_s or 0.0:.3f} s")
+    print(f"real-time factor:   {stats.latency_s / audio_s if audio_s else float('nan'):.3f}")
+    return 0
+
+
+def _make_engine(name: str, threads: int | None):
+    if name == "reference":
+        from .voice.reference import ReferenceEngine
+
+        return ReferenceEngine(num_threads=threads)
+    from .voice.engine import Engine
+
+    return Engine(num_threads=threads)
+
+
+def cmd_hardware(args: argparse.Namespace) -> int:
+    from .runtime.hardware import detect_hardware, hardware_payload, select_profile
+
+    info = detect_hardware()
+    print(json.dumps(hardware_payload(info, select_profile(info, args.profile)), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m adaptive_tts", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    syn = sub.add_parser("synthesize", help="text → 22 050 Hz mono WAV")
+    syn.add_argument("text")
+    syn.add_argument("-o", "--output", default="out.wav", help="WAV file to write (default out.wav)")
+    syn.add_argument("--noise-scale", type=_non_negative_float, default=None)
+    syn.add_argument("--length-scale", type=_non_negative_float, default=None)
+    syn.add_argument("--noise-w", type=_non_negative_float, default=None)
+    syn.add_argument("--seed", type=int, default=None)
+    syn.add_argument("--chunk-length", type=_positive_int, default=None, help="decoder chunk in latent frames")
+    syn.add_argument("--threads", type=_positive_int, default=None)
+    syn.add_argument("--engine", choices=["torch", "reference"], default="torch")
+    syn.add_argument("--profile", default=None, help="run through the adaptive backend with this hardware profile")
+    syn.add_argument("--quantization", choices=["fp32", "int8", "int4"], default=None)
+    syn.set_defaults(func=cmd_synthesize)
+
+    hw = sub.add_parser("hardware", help="print the detected hardware and selected profile as JSON")
+    hw.add_argument("--profile", default=None, help="force a profile by name (default: auto)")
+    hw.set_defaults(func=cmd_hardware)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # invalid option values the library rejects
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Memory budget manager: live readings on this machine, a real capped cgroup, and captured containers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+import time
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterator
+
+import psutil
+import pytest
+
+from adaptive_tts.runtime.budget import MemoryBudgetManager, SystemMemory
+from adaptive_tts.runtime.hardware import (
+    MIB,
+    PROFILES,
+    CgroupMemory,
+    HardwareProfile,
+    detect_hardware,
+    read_cgroup_memory,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+I5 = PROFILES["intel_i5"]  # safety margin 2048 MB, max cache 1536 MB
+
+
+def with_safety_margin(profile: HardwareProfile, gb: float) -> HardwareProfile:
+    return replace(profile, memory_budget=replace(profile.memory_budget, safety_margin_gb=gb))
+
+
+class MachineMemory:
+    """A machine we lack (a 16 GB laptop under pressure): its available memory set by the test."""
+
+    def __init__(self, total_mb: float, available_mb: float) -> None:
+        self.total_mb = total_mb
+        self.available_mb = available_mb
+
+    def __call__(self) -> SystemMemory:
+        return SystemMemory(self.total_mb, self.available_mb)
+
+
+def no_cgroup() -> CgroupMemory:
+    return CgroupMemory(None, None, None, None)
+
+
+# ---- this machine ---------------------------------------------------------------------------------
+
+
+def test_live_available_never_exceeds_system_available() -> None:
+    budget = MemoryBudgetManager(I5)
+    ours = budget.available_mb()
+    system = psutil.virtual_memory().available / MIB
+    assert 0 < ours <= system + 64  # 64 MB: other processes move between the two readings
+    reading = budget.reading()
+    assert reading.cgroup.version == read_cgroup_memory().version
+
+
+def test_live_enforce_limits_and_check() -> None:
+    budget = MemoryBudgetManager(with_safety_margin(I5, 0.01))
+    assert budget.enforce_limits()
+    fits = budget.check(1.0)
+    assert fits.allowed and fits.headroom_mb > 0
+    too_big = budget.check(psutil.virtual_memory().total / MIB * 2)
+    assert not too_big.allowed and too_big.headroom_mb < 0
+    assert "exceeds" in too_big.reason
+
+
+@contextmanager
+def child_memory_cgroup(limit_bytes: int) -> Iterator[Path]:
+    """A child of this process's memory cgroup with a real kernel limit; skips where none can be made."""
+    if platform.system() != "Linux":
+        pytest.skip("memory cgroups are Linux's")
+    own = read_cgroup_memory()
+    if own.version is None or own.directory is None:
+        pytest.skip("this kernel has no memory cgroup controller for the process")
+    child = own.directory / f"adaptive-tts-test-{os.getpid()}"
+    try:
+        child.mkdir()
+    except OSError as exc:
+        pytest.skip(f"cannot create a child memory cgroup under {own.directory}: {exc}")
+    try:
+        limit_file = child / ("memory.limit_in_bytes" if own.version == 1 else "memory.max")
+        if not limit_file.exists():
+            pytest.skip(
+                f"cgroup v{own.version}: no {limit_file.name} in a child of {own.directory} (on v2 the parent's "
+                "cgroup.subtree_control lacks +memory, which a cgroup holding processes cannot delegate)"
+            )
+        limit_file.write_text(str(limit_bytes))
+        yield child
+    finally:
+        for _ in range(50):  # the kernel frees an exited task's cgroup asynchronously
+            try:
+                child.rmdir()
+                break
+            except OSError:
+                time.sleep(0.02)
+
+
+CHILD = textwrap.dedent(
+    """
+    import json, logging, sys
+    sys.stdin.readline()  # wait until the parent has moved us into the capped cgroup
+    import psutil
+    from adaptive_tts.runtime.budget import MemoryBudgetManager
+    from adaptive_tts.runtime.hardware import PROFILES, detect_hardware
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+    info = detect_hardware(probe_gpu=False)
+    budget = MemoryBudgetManager(PROFILES["m1_air"], info=info)
+    before = budget.available_mb()
+    blob = b"x" * (96 * 1024 * 1024)  # written, so the pages are really charged
+    after = budget.available_mb()
+    print(json.dumps({
+        "version": info.cgroup_version, "limit_mb": info.cgroup_limit_mb, "before": before, "after": after,
+        "psutil_available_mb": psutil.virtual_memory().available / 1024 / 1024,
+        "enforce": budget.enforce_limits(), "allowed_64": budget.check(64).allowed,
+    }))
+    """
+)
+
+
+def test_budget_sees_a_real_cgroup_cap() -> None:
+    """A subprocess in a child cgroup capped at 256 MiB: detection reports the cap, available memory is
+    bounded by it and falls as the child allocates, and the M1 Air's 1.5 GB margin cannot be met."""
+    with child_memory_cgroup(256 * MIB) as cgroup:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )
+        (cgroup / "cgroup.procs").write_text(str(proc.pid))
+        out, err = proc.communicate("go\n", timeout=60)
+    assert proc.returncode == 0, err
+    result = json.loads(out)
+    assert result["limit_mb"] == 256
+    assert result["version"] in (1, 2)
+    assert 0 < result["before"] <= 256
+    assert result["before"] < result["psutil_available_mb"]
+    assert result["before"] - result["after"] >= 80  # the 96 MB the child wrote, seen through the cgroup
+    assert result["enforce"] is False
+    assert result["allowed_64"] is False
+    assert "CRITICAL: only 0." in err and "GB available (need 1.5 GB safety margin)" in err
+
+
+# ---- machines we lack -----------------------------------------------------------------------------
+
+
+def test_enforce_limits_logs_the_numbers(caplog: pytest.LogCaptureFixture) -> None:
+    """Runs on a simulated 16 GB laptop with 1.2 GB available."""
+    budget = MemoryBudgetManager(I5, system_memory=MachineMemory(16384, 1.2 * 1024), cgroup_memory=no_cgroup)
+    with caplog.at_level(logging.CRITICAL, logger="adaptive_tts.runtime.budget"):
+        assert budget.enforce_limits() is False
+    assert "CRITICAL: only 1.2 GB available (need 2.0 GB safety margin)" in caplog.text
+
+
+def test_check_is_bounded_by_the_container_cgroup() -> None:
+    """Runs on a fixture: a Docker container capped at 2 GiB (cgroup v1) on a host with 12 GB free."""
+    root = FIXTURES / "cgroup_v1"
+    budget = MemoryBudgetManager(
+        with_safety_margin(I5, 0.5),
+        system_memory=MachineMemory(16384, 12288),
+        cgroup_memory=lambda: read_cgroup_memory(proc_root=root / "proc", cgroup_root=root / "cgroup"),
+    )
+    assert budget.available_mb() == 2048 - 500
+    ok = budget.check(1000)
+    assert ok.allowed
+    assert (ok.required_mb, ok.available_mb, ok.safety_margin_mb, ok.headroom_mb) == (1000, 1548, 512, 36)
+    assert "1000 MB" in ok.reason and "1548 MB" in ok.reason and "cgroup v1" in ok.reason
+    refused = budget.check(1100)
+    assert not refused.allowed and refused.headroom_mb == -64
+    assert "exceeds 1548 MB available (cgroup v1) by 64 MB" in refused.reason
+    with pytest.raises(ValueError):
+        budget.check(-1)
+
+
+def test_no_cgroup_in_info_skips_cgroup_reads() -> None:
+    """Runs on a fixture: the M1 Air (macOS has no cgroups)."""
+    sysctl = (FIXTURES / "m1_air" / "sysctl.txt").read_text()
+    info = detect_hardware(sysctl_output=sysctl, platform_system="Darwin", probe_gpu=False)
+    budget = MemoryBudgetManager(PROFILES["m1_air"], info=info, system_memory=MachineMemory(8192, 3000))
+    assert budget.reading().cgroup.version is None
+    assert budget.available_mb() == 3000
+
+
+def test_cache_limit_follows_memory_pressure() -> None:
+    """Runs on a simulated 16 GB laptop whose free memory the test moves."""
+    machine = MachineMemory(16384, 8000)
+    budget = MemoryBudgetManager(I5, system_memory=machine, cgroup_memory=no_cgroup)
+    seen: list[float] = []
+    budget.add_cache_listener(seen.append)
+    assert budget.cache_limit_mb == budget.cache_ceiling_mb == 1536
+
+    assert budget.adjust_cache_limit() == 1536 and seen == []  # plenty: stays at the ceiling
+    machine.available_mb = 2048 - 300  # 300 MB short of the margin
+    assert budget.adjust_cache_limit() == 1236 and seen == [1236]
+    machine.available_mb = 2048  # the cache evicted those 300 MB: settled, no change
+    assert budget.adjust_cache_limit() == 1236 and seen == [1236]
+    machine.available_mb = 100
+    assert budget.adjust_cache_limit() == 0 and seen[-1] == 0
+    machine.available_mb = 2048 + 500  # recovering
+    assert budget.adjust_cache_limit() == 500
+    machine.available_mb = 9000
+    assert budget.adjust_cache_limit() == 1536 and seen == [1236, 0, 500, 1536]  # never above max cache
+    budget.remove_cache_listener(seen.append)
+    machine.available_mb = 1000
+    budget.adjust_cache_limit()
+    assert seen == [1236, 0, 500, 1536]

@@ -1,0 +1,98 @@
+"""The PyTorch engine against Piper's onnxruntime reference, chunked against one-pass decoding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from adaptive_tts.voice.engine import SynthesisOptions
+from adaptive_tts.voice.frontend import TextError
+from texts import LONG_UNPUNCTUATED, PARITY_SENTENCES
+
+DETERMINISTIC = SynthesisOptions(noise_scale=0.0, noise_w=0.0)
+
+
+def test_frontend_ids_are_pipers(engine):
+    """Our phoneme ids are exactly those Piper's own pipeline produces for the voice."""
+    from piper import PiperVoice
+
+    piper = PiperVoice(session=None, config=engine.frontend.config)
+    text = "Dr. Smith paid $12.50 on 3/4/2024. Then he left!"
+    ours = [list(s.ids) for s in engine.frontend.sentences(text)]
+    theirs = [piper.phonemes_to_ids(p) for p in piper.phonemize(text)]
+    assert ours == theirs
+    assert len(ours) == 3  # "Dr." ends a sentence for espeak, as it does in Piper
+
+
+@pytest.mark.parametrize("sentence", PARITY_SENTENCES)
+def test_parity_with_onnxruntime_reference(engine, reference, sentence):
+    """Noise scales 0: same length and max |difference| <= 1e-3 against the ONNX graph."""
+    ids = engine.frontend.sentences(sentence)[0].ids
+    opts = engine._options(DETERMINISTIC, {})
+    ours = np.concatenate(list(engine.stream_ids(ids, opts)))
+    theirs = reference.run_ids(ids, opts)
+    assert ours.shape == theirs.shape
+    assert np.abs(ours - theirs).max() <= 1e-3
+
+
+def test_seeded_default_scales_are_reproducible(engine):
+    text = "Reproducible noise, please."
+    a = engine.synthesize(text, seed=1234)
+    b = engine.synthesize(text, seed=1234)
+    c = engine.synthesize(text, seed=4321)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a[: min(len(a), len(c))], c[: min(len(a), len(c))])
+
+
+@pytest.mark.parametrize("chunk_length", [16, 57, 200])
+def test_chunked_decode_equals_one_pass(engine, chunk_length):
+    """No seams: chunk boundaries leave the waveform unchanged (<= 1e-4), with noise and a seed too."""
+    text = PARITY_SENTENCES[19]
+    one_pass = engine.synthesize(text, seed=7)
+    chunked = engine.synthesize(text, seed=7, chunk_length=chunk_length, first_chunk_length=8)
+    assert one_pass.shape == chunked.shape
+    assert np.abs(one_pass - chunked).max() <= 1e-4
+
+
+def test_long_unpunctuated_sentence_streams(engine):
+    """A single 1000-character sentence without punctuation is decoded in many chunks as it goes."""
+    assert len(engine.frontend.sentences(LONG_UNPUNCTUATED)) == 1
+    chunks = []
+    for chunk in engine.stream(LONG_UNPUNCTUATED, DETERMINISTIC, chunk_length=256):
+        chunks.append(len(chunk))
+        if len(chunks) == 3:
+            break
+    assert chunks == [256 * engine.hop_length] * 3
+
+
+def test_sentences_stream_one_after_another(engine):
+    text = "First sentence. Second sentence! Third?"
+    stream = list(engine.stream(text, DETERMINISTIC))
+    assert len(stream) == 3
+    whole = engine.synthesize(text, DETERMINISTIC)
+    assert np.array_equal(np.concatenate(stream), whole)
+
+
+@pytest.mark.parametrize("bad", ["", "   \n", None, 42, "bell\x07"])
+def test_bad_text_is_rejected_with_a_reason(engine, bad):
+    with pytest.raises(TextError):
+        engine.synthesize(bad)
+
+
+@pytest.mark.parametrize(
+    "field, value", [("noise_scale", -1.0), ("length_scale", 0.0), ("chunk_length", 0)]
+)
+def test_bad_options_are_rejected(field, value):
+    with pytest.raises(ValueError, match=field):
+        SynthesisOptions(**{field: value})
+
+
+def test_missing_device_is_an_error():
+    import torch
+
+    from adaptive_tts.voice.engine import resolve_device
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="cuda"):
+        resolve_device("cuda")
