@@ -115,6 +115,56 @@ def cmd_hardware(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from .backend import BackendOptions, SmartAdaptiveBackend
+    from .voice.frontend import TextError, validate_text
+
+    try:
+        validate_text(args.text)
+    except TextError as exc:
+        raise CliError(str(exc)) from None
+    backend = SmartAdaptiveBackend(
+        profile=args.profile or "auto",
+        options=BackendOptions(affinity=False, engine=args.engine, quantization=args.quantization,
+                               chunk_length=args.chunk_length, num_threads=args.threads),
+    )
+    print(json.dumps(backend.estimate(args.text), indent=2))
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import itertools
+
+    from tqdm import tqdm
+
+    from .runtime.estimator import CalibrationStore, ConfigKey, calibration_texts, fit_constants, machine_key, probe
+    from .runtime.hardware import detect_hardware
+
+    store = CalibrationStore(args.output)
+    machine = machine_key(detect_hardware())
+    train, test = calibration_texts()
+    keys = [ConfigKey(args.engine, q, None if c == 0 or args.engine == "reference" else c, t)
+            for q, c, t in itertools.product(args.quantization, args.chunk_length, args.threads)]
+    print(f"calibrating {len(keys)} configuration(s) on {machine}: {len(train)} training and "
+          f"{len(test)} held-out texts each, one fresh process per text")
+    rows = []
+    with tqdm(total=len(keys) * (len(train) + len(test)), unit="probe") as bar:
+        for key in keys:
+            measured = []
+            for text in train + test:
+                measured.append(probe(key, text))
+                bar.update()
+            constants = fit_constants(measured[: len(train)], measured[len(train):])
+            store.save(machine, key, constants)
+            rows.append((key, constants))
+    print(f"\nsaved to {store.path}")
+    print(f"{'configuration':<28}{'base MB':>10}{'MB/100 tok':>12}{'MAPE %':>9}{'max under MB':>14}{'max over MB':>13}")
+    for key, c in rows:
+        print(f"{str(key):<28}{c.base_model_mb:>10.1f}{c.per_100_tokens_mb:>12.2f}{c.fit.mape_percent:>9.2f}"
+              f"{c.fit.max_under_mb:>14.1f}{c.fit.max_over_mb:>13.1f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m adaptive_tts", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -137,6 +187,24 @@ def build_parser() -> argparse.ArgumentParser:
     hw = sub.add_parser("hardware", help="print the detected hardware and selected profile as JSON")
     hw.add_argument("--profile", default=None, help="force a profile by name (default: auto)")
     hw.set_defaults(func=cmd_hardware)
+
+    est = sub.add_parser("estimate", help="pre-synthesis memory estimate of a text, as JSON")
+    est.add_argument("text")
+    est.add_argument("--profile", default=None)
+    est.add_argument("--engine", choices=["torch", "reference"], default="torch")
+    est.add_argument("--quantization", choices=["fp32", "int8", "int4"], default=None)
+    est.add_argument("--chunk-length", type=_positive_int, default=None)
+    est.add_argument("--threads", type=_positive_int, default=None)
+    est.set_defaults(func=cmd_estimate)
+
+    cal = sub.add_parser("calibrate", help="fit the memory estimator's constants on this machine")
+    cal.add_argument("--engine", choices=["torch", "reference"], default="torch")
+    cal.add_argument("--quantization", nargs="+", choices=["fp32", "int8", "int4"], default=["fp32"])
+    cal.add_argument("--chunk-length", nargs="+", type=int, default=[256],
+                     help="decoder chunk lengths in frames; 0 = one pass")
+    cal.add_argument("--threads", nargs="+", type=_positive_int, default=[os.cpu_count() or 1])
+    cal.add_argument("--output", default=None, help="calibration file (default: ~/.cache/adaptive-tts/calibration.json)")
+    cal.set_defaults(func=cmd_calibrate)
     return parser
 
 

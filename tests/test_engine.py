@@ -28,7 +28,7 @@ def test_frontend_ids_are_pipers(engine):
 def test_parity_with_onnxruntime_reference(engine, reference, sentence):
     """Noise scales 0: same length and max |difference| <= 1e-3 against the ONNX graph."""
     ids = engine.frontend.sentences(sentence)[0].ids
-    opts = engine._options(DETERMINISTIC, {})
+    opts = engine.resolve(DETERMINISTIC)
     ours = np.concatenate(list(engine.stream_ids(ids, opts)))
     theirs = reference.run_ids(ids, opts)
     assert ours.shape == theirs.shape

@@ -118,7 +118,7 @@ def test_intel_i5_1235u_fixture() -> None:
     assert profile.name == "intel_i5"
     assert profile.selected_configuration.num_threads == 2
     payload = json.loads(json.dumps(hardware_payload(info, profile)))
-    assert payload["selected_configuration"]["max_text_length"] == 300  # the seed's quick-start answer
+    assert payload["selected_configuration"]["max_text_length"] == 1500  # 3 GB model budget x 500
 
 
 def test_hybrid_from_cpufreq_clusters_without_intel_pmu_files(tmp_path: Path) -> None:
@@ -216,7 +216,7 @@ def test_profiles_carry_the_seed_tables() -> None:
         assert config.cache_limit <= profile.memory_budget.max_cache_gb * 1024
         assert config.quantization == profile.quantization.quantization == "int8"
         assert config.chunk_length in (128, 256, 512)
-    assert i5.selected_configuration.max_text_length == 300
+    assert i5.selected_configuration.max_text_length == 1500
 
 
 def test_generic_profile_scales_with_ram_and_goes_int4_below_6gb() -> None:

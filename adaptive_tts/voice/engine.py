@@ -134,7 +134,8 @@ class Engine:
         with self._model_lock:
             self.model = model.to(self.device)
 
-    def _options(self, options: SynthesisOptions | None, overrides: dict) -> SynthesisOptions:
+    def resolve(self, options: SynthesisOptions | None = None, **overrides) -> SynthesisOptions:
+        """Options with the voice's defaults filled in for unset scales."""
         opts = options or SynthesisOptions()
         if overrides:
             opts = replace(opts, **overrides)
@@ -162,7 +163,7 @@ class Engine:
         **overrides,
     ) -> Iterator[np.ndarray]:
         """Yield audio chunks as they are decoded, sentence after sentence."""
-        opts = self._options(options, overrides)
+        opts = self.resolve(options, **overrides)
         sentences = self.frontend.sentences(text)
         yield from self.stream_sentences(sentences, opts, stats)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 
@@ -44,11 +45,15 @@ class ReferenceEngine:
         )
         self._lock = threading.Lock()
 
-    def _resolve(self, options: SynthesisOptions | None, overrides: dict) -> SynthesisOptions:
-        opts = options or SynthesisOptions()
-        values = {**{k: getattr(opts, k) for k in ("noise_scale", "length_scale", "noise_w")}, **overrides}
-        return SynthesisOptions(**{k: getattr(self.defaults, k) if values.get(k) is None else values[k]
-                                   for k in ("noise_scale", "length_scale", "noise_w")})
+    def resolve(self, options: SynthesisOptions | None = None, **overrides) -> SynthesisOptions:
+        """Options with the voice's defaults filled in (chunking does not apply to onnxruntime)."""
+        opts = replace(options or SynthesisOptions(), **overrides)
+        return SynthesisOptions(
+            noise_scale=self.defaults.noise_scale if opts.noise_scale is None else opts.noise_scale,
+            length_scale=self.defaults.length_scale if opts.length_scale is None else opts.length_scale,
+            noise_w=self.defaults.noise_w if opts.noise_w is None else opts.noise_w,
+            seed=opts.seed,
+        )
 
     def run_ids(self, ids: tuple[int, ...] | list[int], opts: SynthesisOptions) -> np.ndarray:
         """One sentence's phoneme ids → raw waveform (not peak-normalised)."""
@@ -62,7 +67,7 @@ class ReferenceEngine:
         **overrides,
     ) -> Iterator[np.ndarray]:
         """One chunk per sentence (onnxruntime cannot stream within a sentence)."""
-        opts = self._resolve(options, {k: v for k, v in overrides.items() if k in ("noise_scale", "length_scale", "noise_w")})
+        opts = self.resolve(options, **overrides)
         yield from self.stream_sentences(self.frontend.sentences(text), opts, stats)
 
     def stream_sentences(

@@ -1,0 +1,193 @@
+"""SmartAdaptiveBackend: the request pipeline, admission and degradation, and the seed's payloads.
+
+Admission is exercised as a smaller device would see it: the budget manager is given real-shaped
+readings of an 8 GB machine with little memory free (the harness caps memory with the kernel instead).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from adaptive_tts.backend import BackendOptions, SmartAdaptiveBackend, SynthesisRefused, TextTooLong
+from adaptive_tts.runtime.budget import MemoryBudgetManager, SystemMemory
+from adaptive_tts.runtime.estimator import CalibrationStore, ConfigKey, EstimatorConstants, current_rss_mb, machine_key
+from adaptive_tts.runtime.hardware import PROFILES
+
+M1 = PROFILES["m1_air"]
+TEXT = "The adaptive runtime decides before it synthesizes."
+
+
+class Memory:
+    """A settable 'available memory' reading of an 8 GB machine."""
+
+    def __init__(self, available_mb: float) -> None:
+        self.available_mb = available_mb
+
+    def __call__(self) -> SystemMemory:
+        return SystemMemory(8192.0, self.available_mb)
+
+
+def make(tmp_path, memory: Memory | None = None, calibrate: dict[int, float] | None = None, **options):
+    """A backend on the M1 Air profile; ``calibrate`` maps chunk length → fitted peak MB above the
+    process's resident memory once the model is loaded (so 'required' is that many MB)."""
+    budget = None
+    if memory is not None:
+        budget = MemoryBudgetManager(M1, system_memory=memory, cgroup_memory=lambda: _no_cgroup())
+    store = CalibrationStore(tmp_path / "cal.json")
+    backend = SmartAdaptiveBackend(
+        "m1_air", BackendOptions(**{"affinity": False, "quantization": "fp32", **options}),
+        calibration=store, budget_manager=budget,
+    )
+    if calibrate:
+        for chunk, base in calibrate.items():
+            key = ConfigKey("torch", "fp32", chunk, backend.config.num_threads)
+            store.save(machine_key(backend.info), key, EstimatorConstants(current_rss_mb() + base, 0.0, None, True))
+        backend.estimator.constants = backend.estimator._load(backend.estimator.key)
+    return backend
+
+
+def _no_cgroup():
+    from adaptive_tts.runtime.hardware import CgroupMemory
+
+    return CgroupMemory(None, None, None, None)
+
+
+def test_synthesize_reports_timings_and_plan(tmp_path):
+    backend = make(tmp_path, chunk_length=128)
+    result = backend.synthesize(TEXT)
+    assert result.sample_rate == 22050 and result.audio.dtype == np.float32
+    assert result.audio_s == pytest.approx(len(result.audio) / 22050)
+    assert 0 < result.first_audio_s <= result.latency_s
+    assert result.rtf == pytest.approx(result.latency_s / result.audio_s)
+    assert result.config == {"engine": "torch", "quantization": "fp32", "num_threads": backend.config.num_threads,
+                             "chunk_length": 128}
+    assert result.estimated_mb is not None and result.text_tokens > 40
+
+
+def test_cache_hit_returns_the_same_audio(tmp_path):
+    backend = make(tmp_path)
+    first = backend.synthesize(TEXT)
+    second = backend.synthesize(TEXT)
+    assert second.cached and not first.cached
+    assert np.array_equal(first.audio, second.audio)
+    assert backend.system_status()["cache"]["hits"] == 1
+    assert backend.clear_cache()["freed_mb"] > 0
+    assert not backend.synthesize(TEXT).cached
+
+
+def test_refusal_carries_the_numbers(tmp_path):
+    memory = Memory(available_mb=1000)  # below the M1 Air's 1.5 GB safety margin
+    backend = make(tmp_path, memory, wait_timeout_s=0)
+    with pytest.raises(SynthesisRefused) as refused:
+        backend.synthesize(TEXT)
+    err = refused.value
+    assert err.available_mb == pytest.approx(1000)
+    assert err.safety_margin_mb == pytest.approx(1536)
+    assert "1.5" in err.reason or "1536" in err.reason
+    assert backend.system_status()["running_jobs"] == 0
+
+
+def test_budget_off_runs_regardless(tmp_path):
+    backend = make(tmp_path, Memory(available_mb=100), budget=False)
+    assert backend.synthesize(TEXT).estimated_mb is None
+
+
+def test_estimation_off_only_checks_the_safety_margin(tmp_path):
+    backend = make(tmp_path, Memory(available_mb=1600), estimation=False, calibrate={256: 10_000})
+    assert backend.synthesize(TEXT).estimated_mb is None
+    with_estimation = make(tmp_path, Memory(available_mb=1600), calibrate={256: 10_000}, wait_timeout_s=0)
+    with pytest.raises(SynthesisRefused):
+        with_estimation.synthesize(TEXT)
+
+
+def test_degrades_to_a_smaller_chunk_before_refusing(tmp_path):
+    """Calibrated: 256-frame chunks need too much, 128-frame chunks fit → the plan says so."""
+    memory = Memory(available_mb=2000)
+    backend = make(tmp_path, memory, calibrate={256: 1000, 128: 100})
+    result = backend.synthesize(TEXT)
+    assert result.config["chunk_length"] == 128
+    assert result.degraded == ("chunk_length 128",)
+
+
+def test_waits_for_running_jobs_then_runs(tmp_path):
+    """A job that does not fit next to a running one waits for it instead of failing."""
+    memory = Memory(available_mb=1536 + 300)
+    backend = make(tmp_path, memory, calibrate={256: 250}, wait_timeout_s=60)
+    started = threading.Event()
+    release = threading.Event()
+
+    def long_job():
+        for i, _ in enumerate(backend.stream("First job. It holds its memory while it runs. " * 3)):
+            if i == 0:
+                started.set()
+                release.wait(30)
+
+    worker = threading.Thread(target=long_job)
+    worker.start()
+    assert started.wait(60)
+    result: dict = {}
+    second = threading.Thread(target=lambda: result.update(r=backend.synthesize("Second job.")))
+    second.start()
+    time.sleep(0.5)
+    assert "r" not in result  # waiting: 250 MB reserved by the running job + the new one's > 300 MB headroom
+    release.set()
+    worker.join(60)
+    second.join(60)
+    assert result["r"].audio_s > 0
+
+
+def test_max_text_length_is_enforced(tmp_path):
+    backend = make(tmp_path)
+    with pytest.raises(TextTooLong, match=str(backend.config.max_text_length)):
+        backend.synthesize("a " * (backend.config.max_text_length // 2 + 1))
+
+
+def test_seed_payloads(tmp_path):
+    backend = make(tmp_path, Memory(available_mb=6000))
+    hw = backend.hardware()
+    assert {"chunk_length", "num_threads", "cache_limit", "max_text_length", "quantization"} <= set(
+        hw["selected_configuration"])
+    est = backend.estimate("How much memory will this take?")
+    assert est["status"] in ("ok", "warning") and est["estimate"]["text_length"] == 31
+    status = backend.system_status()
+    assert set(status["throttling_risk"]) >= {"memory_critical", "cpu_maxed", "thermal_likely"}
+    assert backend.monitor.memory_budget_manager is backend.memory_budget_manager
+    assert backend.enforce_limits() is True
+
+
+def test_optimize_for_hardware_adjusts_when_memory_is_short(tmp_path):
+    memory = Memory(available_mb=6000)
+    backend = make(tmp_path, memory)
+    backend.monitor._cpu_percent = lambda: 20.0  # an idle M1 Air (this host's real load varies)
+    assert backend.optimize_for_hardware()["status"] == "optimal"
+    memory.available_mb = 900  # 89 % used: memory critical
+    adjusted = backend.optimize_for_hardware()
+    assert adjusted["status"] == "adjusted"
+    assert adjusted["new_config"]["chunk_length"] == adjusted["previous_config"]["chunk_length"] // 2
+    assert adjusted["new_config"]["cache_limit"] < adjusted["previous_config"]["cache_limit"]
+    memory.available_mb = 6000
+    assert backend.optimize_for_hardware()["status"] == "adjusted"  # chunk grows back
+    assert backend.config.chunk_length == M1.selected_configuration.chunk_length
+
+
+def test_bad_options_name_the_problem():
+    with pytest.raises(ValueError, match="quantization"):
+        BackendOptions(quantization="int2")
+    with pytest.raises(ValueError, match="fp32 only"):
+        BackendOptions(engine="reference", quantization="int8")
+
+
+def test_optimize_for_hardware_sheds_threads_when_cpu_is_maxed(tmp_path):
+    backend = make(tmp_path, Memory(available_mb=6000), num_threads=2)
+    backend.monitor._cpu_percent = lambda: 97.0
+    adjusted = backend.optimize_for_hardware()
+    assert adjusted["status"] == "adjusted"
+    assert adjusted["new_config"]["num_threads"] == 1
+    import torch
+
+    assert torch.get_num_threads() == 1
+    torch.set_num_threads(2)
