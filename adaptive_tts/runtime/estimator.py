@@ -216,7 +216,7 @@ def calibration_texts() -> tuple[list[str], list[str]]:
 
     Paragraphs are disjoint between the two sets, so the held-out error is an honest one.
     """
-    paragraphs = [p for p in resources.files("adaptive_tts.data").joinpath("calibration.txt")
+    paragraphs = [p for p in resources.files("adaptive_tts").joinpath("data", "calibration.txt")
                   .read_text(encoding="utf-8").splitlines() if p.strip()]
     train_src, test_src = " ".join(paragraphs[::2]), " ".join(paragraphs[1::2])
 
