@@ -481,6 +481,29 @@ class ResidualCouplingBlock(nn.Module):
 # --------------------------------------------------------------------------------------------------
 
 
+def _as_image(x: torch.Tensor) -> torch.Tensor:
+    """``[N, C, L]`` → ``[N, C, 1, L]`` in channels-last memory order (NHWC)."""
+    return x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+
+
+def conv_nhwc(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply a 1-D (transposed) convolution to a channels-last ``[N, C, 1, L]`` tensor.
+
+    Why: oneDNN's channels-last kernels are ~2x faster than the channels-first ones PyTorch picks for
+    ``conv1d`` at the decoder's shapes (32–128 channels, tens of thousands of samples) on x86 CPUs.
+    The module keeps its 1-D parameters (and their names); other module types (quantized wrappers)
+    run in their own layout.
+    """
+    if type(module) is nn.Conv1d:
+        return F.conv2d(x, module.weight.unsqueeze(2), module.bias, (1, module.stride[0]),
+                        (0, module.padding[0]), (1, module.dilation[0]), module.groups)
+    if type(module) is nn.ConvTranspose1d:
+        return F.conv_transpose2d(x, module.weight.unsqueeze(2), module.bias, (1, module.stride[0]),
+                                  (0, module.padding[0]), (0, module.output_padding[0]), module.groups,
+                                  (1, module.dilation[0]))
+    return _as_image(module(x.squeeze(2)))
+
+
 class ResBlock2(nn.Module):
     """HiFi-GAN residual block, variant 2: one dilated conv per residual step."""
 
@@ -491,9 +514,14 @@ class ResBlock2(nn.Module):
             for d in dilations
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for conv in self.convs:
-            x = x + conv(F.leaky_relu(x, LRELU_SLOPE))
+    def forward(self, x: torch.Tensor, activated: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` is channels-last ``[N, C, 1, L]``; ``activated`` is ``leaky_relu(x)`` if the caller
+        already has it (the parallel blocks of one stage share it)."""
+        for i, conv in enumerate(self.convs):
+            a = activated if i == 0 and activated is not None else F.leaky_relu(x, LRELU_SLOPE)
+            # in place into the conv's fresh output: the decoder's tensors are tens of MB per chunk,
+            # and the elementwise passes over them are memory-bound
+            x = conv_nhwc(conv, a).add_(x)
         return x
 
 
@@ -516,30 +544,36 @@ class Generator(nn.Module):
         self.conv_post = nn.Conv1d(c0 // (2 ** len(self.ups)), 1, 7, padding=3, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv_pre(x)
+        """``[N, hidden, frames]`` → ``[N, 1, frames * hop]``, computed in channels-last layout."""
+        x = conv_nhwc(self.conv_pre, _as_image(x))
         for i, up in enumerate(self.ups):
-            x = up(F.leaky_relu(x, LRELU_SLOPE))
+            x = conv_nhwc(up, F.leaky_relu(x, LRELU_SLOPE))
+            activated = F.leaky_relu(x, LRELU_SLOPE)
             blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
-            xs = blocks[0](x)
+            xs = blocks[0](x, activated)
             for block in blocks[1:]:
-                xs = xs + block(x)
-            x = xs / self.num_kernels
-        x = self.conv_post(F.leaky_relu(x))
-        return torch.tanh(x)
+                xs.add_(block(x, activated))
+            x = xs.mul_(1.0 / self.num_kernels)
+        x = conv_nhwc(self.conv_post, F.leaky_relu(x))
+        return torch.tanh(x).squeeze(2)
 
     @property
     def receptive_field(self) -> int:
-        """Latent frames of context on each side that one output sample depends on (rounded up)."""
-        frames = self.conv_pre.padding[0]
+        """Latent frames of context on each side that one output sample depends on (rounded up).
+
+        Summed exactly in fractions of a frame: a stage at ``scale`` samples per frame that reaches
+        ``r`` of its own samples reaches ``r / scale`` frames.
+        """
+        frames = float(self.conv_pre.padding[0] * self.conv_pre.dilation[0])
         scale = 1
         for i, up in enumerate(self.ups):
-            scale *= up.stride[0]
-            frames += math.ceil(up.kernel_size[0] / up.stride[0])
+            k, stride, pad = up.kernel_size[0], up.stride[0], up.padding[0]
+            frames += max(k - 1 - pad, pad) / stride / scale
+            scale *= stride
             blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
-            widest = max(sum(c.padding[0] for c in block.convs) for block in blocks)
-            frames += math.ceil(widest / scale)
-        frames += math.ceil(self.conv_post.padding[0] / scale)
-        return frames
+            frames += max(sum(c.padding[0] for c in block.convs) for block in blocks) / scale
+        frames += self.conv_post.padding[0] / scale
+        return math.ceil(frames)
 
 
 class VitsModel(nn.Module):

@@ -11,10 +11,12 @@ half-initialised model.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -161,10 +163,66 @@ def infer_config(graph, voice_config: dict) -> VitsConfig:
     )
 
 
-def load_vits(files: VoiceFiles | None = None) -> tuple[VitsModel, dict]:
-    """Build a :class:`VitsModel` from a Piper voice; returns the model (eval mode) and its JSON config."""
+#: Bump when the conversion changes, so stale converted weights are never loaded.
+_CONVERTER_VERSION = 1
+
+
+def weights_cache_dir() -> Path:
+    """Where converted weights are kept (``ADAPTIVE_TTS_CACHE`` overrides ``~/.cache/adaptive-tts``)."""
+    return Path(os.environ.get("ADAPTIVE_TTS_CACHE") or Path.home() / ".cache" / "adaptive-tts") / "weights"
+
+
+def _cache_file(files: VoiceFiles) -> Path:
+    stat = files.model.stat()
+    key = hashlib.sha256(f"{files.model.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{_CONVERTER_VERSION}|"
+                         f"{torch.__version__}".encode()).hexdigest()[:16]
+    return weights_cache_dir() / f"{files.model.stem}-{key}.pt"
+
+
+def load_vits(files: VoiceFiles | None = None, *, use_cache: bool = True) -> tuple[VitsModel, dict]:
+    """Build a :class:`VitsModel` from a Piper voice; returns the model (eval mode) and its JSON config.
+
+    The first load parses the ONNX file and checks it strictly; the converted weights are then kept as a
+    torch file and later loads memory-map it. Parsing the protobuf costs a transient ~3x the weights in
+    RSS (protobuf, numpy copy, torch copy) — on an 8 GB laptop that start-up peak, not synthesis, would
+    set the process's high-water mark.
+    """
     files = files or VoiceFiles.default()
     voice_config = read_voice_config(files)
+    cache = _cache_file(files) if use_cache and files.model.is_file() else None
+    if cache is not None and cache.is_file():
+        try:
+            saved = torch.load(cache, mmap=True, weights_only=True)
+            model = VitsModel(VitsConfig(**{k: tuple(map(tuple, v)) if k == "resblock_dilation_sizes" else
+                                            tuple(v) if isinstance(v, list) else v
+                                            for k, v in saved["config"].items()}))
+            model.load_state_dict(saved["state"], assign=True)
+            return _ready(model, files, len(saved["state"])), voice_config
+        except Exception as exc:  # a truncated or foreign file: rebuild it from the voice
+            logger.warning("ignoring unusable converted weights %s: %s", cache, exc)
+    model = _convert(files, voice_config)
+    if cache is not None:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+            torch.save({"config": asdict(model.config), "state": model.state_dict()}, tmp)
+            os.replace(tmp, cache)
+        except OSError as exc:
+            logger.warning("could not keep converted weights in %s: %s", cache.parent, exc)
+    return _ready(model, files, len(model.state_dict())), voice_config
+
+
+def _ready(model: VitsModel, files: VoiceFiles, n_tensors: int) -> VitsModel:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    logger.info("loaded %s: %d tensors, %.1f M parameters", files.model.name, n_tensors,
+                sum(p.numel() for p in model.parameters()) / 1e6)
+    return model
+
+
+def _convert(files: VoiceFiles, voice_config: dict) -> VitsModel:
+    """Parse the ONNX voice and fill a fresh model, checking every tensor."""
     model_proto = _load_onnx(files.model)
     graph = model_proto.graph
     try:
@@ -193,9 +251,4 @@ def load_vits(files: VoiceFiles | None = None) -> tuple[VitsModel, dict]:
                 f"model expects {tuple(state[name].shape)}"
             )
     model.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in params.items()})
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    logger.info("loaded %s: %d tensors, %.1f M parameters", files.model.name, len(params),
-                sum(p.numel() for p in model.parameters()) / 1e6)
-    return model, voice_config
+    return model
