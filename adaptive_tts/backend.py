@@ -38,6 +38,9 @@ PRECISIONS = ("fp32", "int8", "int4")
 #: The smallest decoder chunk the planner degrades to: below ~64 frames (0.7 s) the margins on each
 #: side of a chunk cost more compute than the chunk itself.
 MIN_CHUNK_LENGTH = 64
+#: The first decoded chunk of a request is this short (~0.37 s of audio), so that audio starts while
+#: the rest is decoded in full-size chunks.
+FIRST_CHUNK_LENGTH = 32
 
 
 class SynthesisRefused(RuntimeError):
@@ -393,7 +396,10 @@ class SmartAdaptiveBackend:
             result.update(cached=False, plan=plan, tokens=tokens)
         chunks: list[np.ndarray] = []
         try:
-            resolved = self.engine.resolve(opts, chunk_length=plan.chunk_length)
+            first = opts.first_chunk_length
+            if first is None and plan.chunk_length is not None:
+                first = min(FIRST_CHUNK_LENGTH, plan.chunk_length)
+            resolved = self.engine.resolve(opts, chunk_length=plan.chunk_length, first_chunk_length=first)
             for chunk in self.engine.stream_sentences(sentences, resolved, stats):
                 if key is not None:
                     chunks.append(chunk)

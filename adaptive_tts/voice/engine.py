@@ -219,9 +219,9 @@ class Engine:
                 z = z + eps[start:end].T * torch.exp(logs_p[0][:, idx]) * opts.noise_scale
             return z.unsqueeze(0)
 
-        for start, end in _chunks(frames, opts.chunk_length, opts.first_chunk_length):
-            d0, d1 = _window(start, end, self.decoder_margin, frames, opts.chunk_length)
-            f0, f1 = _window(d0, d1, self.flow_margin, frames, opts.chunk_length and opts.chunk_length + 2 * self.decoder_margin)
+        for start, end, size in _chunks(frames, opts.chunk_length, opts.first_chunk_length):
+            d0, d1 = _window(start, end, self.decoder_margin, frames, size)
+            f0, f1 = _window(d0, d1, self.flow_margin, frames, size and size + 2 * self.decoder_margin)
             z_p = prior(f0, f1)
             z = model.flow.reverse(z_p, torch.ones(1, 1, f1 - f0, device=dev, dtype=z_p.dtype))
             audio = model.decode(z[:, :, d0 - f0 : d1 - f0])
@@ -244,14 +244,17 @@ def _window(start: int, end: int, margin: int, frames: int, size: int | None) ->
     return lo, min(frames, lo + width)
 
 
-def _chunks(frames: int, chunk_length: int | None, first_chunk_length: int | None) -> Iterator[tuple[int, int]]:
-    """Frame ranges covering ``[0, frames)``: one range if unchunked, else chunk-sized steps."""
+def _chunks(
+    frames: int, chunk_length: int | None, first_chunk_length: int | None
+) -> Iterator[tuple[int, int, int | None]]:
+    """``(start, end, nominal size)`` ranges covering ``[0, frames)``: one range if unchunked, else
+    chunk-sized steps (the first one ``first_chunk_length`` long, so the first audio comes sooner)."""
     if chunk_length is None:
-        yield 0, frames
+        yield 0, frames, None
         return
     start = 0
     size = first_chunk_length or chunk_length
     while start < frames:
         end = min(frames, start + size)
-        yield start, end
+        yield start, end, size
         start, size = end, chunk_length
