@@ -220,6 +220,10 @@ class SmartAdaptiveBackend:
         gc.collect()
         logger.info("model weights now %s", precision)
 
+    def _chunk_length(self) -> int | None:
+        """The decoder chunk now; ``None`` for the onnxruntime reference, which cannot chunk."""
+        return self.config.chunk_length if self.options.engine == "torch" else None
+
     def _config_key(self, chunk_length: int | None = None, quantization: str | None = None) -> ConfigKey:
         chunk = None if self.options.engine == "reference" else (chunk_length or self.config.chunk_length)
         return ConfigKey(self.options.engine, quantization or self.config.quantization, chunk,
@@ -302,7 +306,7 @@ class SmartAdaptiveBackend:
     def _admit(self, tokens: int) -> Plan:
         """Decide how (and whether) a request of ``tokens`` phoneme ids runs; blocks while it waits."""
         if not self.options.budget:
-            return Plan(self.config.chunk_length, None, 0.0)
+            return Plan(self._chunk_length(), None, 0.0)
         budget = self.memory_budget_manager
         deadline = time.monotonic() + self.options.wait_timeout_s
         with self._cond:
@@ -325,9 +329,9 @@ class SmartAdaptiveBackend:
         budget = self.memory_budget_manager
         if not self.options.estimation:
             decision = budget.check(reserved)
-            return (Plan(self.config.chunk_length, None, 0.0), None) if decision.allowed else (None, decision)
+            return (Plan(self._chunk_length(), None, 0.0), None) if decision.allowed else (None, decision)
         degraded: list[str] = []
-        chunk = self.config.chunk_length if self.options.engine == "torch" else None
+        chunk = self._chunk_length()
         while True:
             estimated = self.estimator.predict_mb(tokens, self._config_key(chunk))
             required = self.estimator.required_mb(estimated)
@@ -429,7 +433,7 @@ class SmartAdaptiveBackend:
             estimated_mb=plan.estimated_mb if plan else None,
             config={"engine": self.options.engine, "quantization": self.config.quantization,
                     "num_threads": self.config.num_threads,
-                    "chunk_length": plan.chunk_length if plan else self.config.chunk_length},
+                    "chunk_length": plan.chunk_length if plan else self._chunk_length()},
             cached=info.get("cached", False), degraded=plan.degraded if plan else (),
         )
 

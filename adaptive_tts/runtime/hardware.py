@@ -535,6 +535,8 @@ class HardwareProfile:
     quantization: QuantizationConfig
     estimates: EstimateDefaults
     selected_configuration: SelectedConfiguration
+    #: CPU cores of the reference device (what a simulation of it pins the worker to).
+    cores: int = 0
 
 
 #: Characters one request may carry, per GB of the profile's model budget. Streaming decoding keeps a
@@ -558,6 +560,7 @@ def _profile(
     estimates: tuple[float, float, float],
     chunk_length: int,
     num_threads: int,
+    cores: int,
 ) -> HardwareProfile:
     memory_budget = MemoryBudget(*(float(gb) for gb in budget))
     quantization = QuantizationConfig(*quant)
@@ -567,6 +570,7 @@ def _profile(
         memory_budget=memory_budget,
         quantization=quantization,
         estimates=EstimateDefaults(*estimates),
+        cores=cores,
         selected_configuration=SelectedConfiguration(
             chunk_length=chunk_length,
             num_threads=num_threads,
@@ -587,15 +591,15 @@ PROFILES: dict[str, HardwareProfile] = {
         # budget GB (total, OS, model, cache, margin); quantization (type, layer-wise, weight-only, dynamic,
         # calibration samples); estimates MB (base model, per 100 tokens, cache overhead)
         _profile("m1_air", "Apple M1 Air, 8 GB", (8, 2.0, 2.0, 1.0, 1.5),
-                 ("int8", True, True, True, 32), (2000, 50, 200), chunk_length=256, num_threads=4),
+                 ("int8", True, True, True, 32), (2000, 50, 200), chunk_length=256, num_threads=4, cores=8),
         _profile("m1_pro", "Apple M1 Pro/Max, 16 GB", (16, 2.5, 4.0, 2.0, 2.0),
-                 ("int8", True, True, True, 64), (3000, 40, 300), chunk_length=512, num_threads=8),
+                 ("int8", True, True, True, 64), (3000, 40, 300), chunk_length=512, num_threads=8, cores=10),
         _profile("intel_i5", "Intel Core i5 (12th gen hybrid), 16 GB", (16, 3.0, 3.0, 1.5, 2.0),
-                 ("int8", True, True, True, 64), (2500, 60, 250), chunk_length=256, num_threads=2),
+                 ("int8", True, True, True, 64), (2500, 60, 250), chunk_length=256, num_threads=2, cores=10),
         _profile("ryzen5", "AMD Ryzen 5, 16 GB", (16, 3.0, 3.0, 1.5, 2.0),
-                 ("int8", True, True, True, 64), (2500, 60, 250), chunk_length=256, num_threads=6),
+                 ("int8", True, True, True, 64), (2500, 60, 250), chunk_length=256, num_threads=6, cores=6),
         _profile("high_end", "32 GB or more", (32, 4.0, 6.0, 3.0, 3.0),
-                 ("int8", False, False, True, 128), (3000, 50, 300), chunk_length=512, num_threads=8),
+                 ("int8", False, False, True, 128), (3000, 50, 300), chunk_length=512, num_threads=8, cores=8),
     )
 }
 
@@ -646,6 +650,7 @@ def generic_profile(info: HardwareInfo) -> HardwareProfile:
         memory_budget=budget,
         quantization=quant,
         estimates=PROFILES["intel_i5"].estimates,  # the x86 CPU row: uncalibrated either way
+        cores=info.physical_cores,
         selected_configuration=SelectedConfiguration(
             chunk_length=chunk_length,
             num_threads=max(1, info.performance_cores),

@@ -1,0 +1,414 @@
+"""Simulated devices: a kernel-enforced memory cap, a CPU set, and background memory pressure.
+
+A profile run on a bigger host only means something if the host cannot lend the trial more than the
+device has. So the cap is the kernel's, not the runtime's own bookkeeping: a cgroup v2 ``memory.max``,
+else a cgroup v1 ``memory.limit_in_bytes``, else ``RLIMIT_AS`` on the worker (address space, a much
+blunter instrument). Whichever is used is recorded per row (``mem_cap_mechanism``), together with the
+kernel's OOM-kill counters that let a SIGKILL be told apart as an OOM kill.
+
+Processes join their confinement themselves as the first thing they do (:func:`confine_current_process`),
+before they import torch or allocate anything, so their memory is charged to the device from the start.
+(File pages the host had cached already, torch's libraries say, stay charged where they were first
+read, so a cgroup's usage can be below the sum of its processes' RSS.)
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+#: Our cgroups are named with this prefix so leftovers of a killed driver can be found and removed.
+CGROUP_PREFIX = "adaptive-tts-"
+MECHANISMS = ("cgroup_v2", "cgroup_v1", "rlimit")
+_names = itertools.count()
+
+
+def host_cpus() -> list[int]:
+    """The CPUs this process may run on (its affinity mask, which a container or taskset narrows)."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def format_cpus(cpus: list[int] | tuple[int, ...]) -> str:
+    """The kernel's cpulist format ("0-3,6"), the ``cpus`` column."""
+    ranges: list[str] = []
+    for _, group in itertools.groupby(enumerate(sorted(cpus)), key=lambda item: item[1] - item[0]):
+        ids = [cpu for _, cpu in group]
+        ranges.append(str(ids[0]) if len(ids) == 1 else f"{ids[0]}-{ids[-1]}")
+    return ",".join(ranges)
+
+
+@dataclass(frozen=True)
+class Confinement:
+    """What a process of the device applies to itself at start-up; JSON-able to cross ``exec``."""
+
+    cgroup_procs: str | None = None  # the cgroup.procs file to join
+    rlimit_as_bytes: int | None = None
+    cpus: tuple[int, ...] | None = None  # None: leave the affinity alone
+    oom_score_adj: int | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Confinement:
+        data = json.loads(text)
+        cpus = data.pop("cpus")
+        return cls(cpus=tuple(cpus) if cpus is not None else None, **data)
+
+
+def confine_current_process(confinement: Confinement) -> None:
+    """Join the device: cgroup first (so everything after is charged to it), then rlimit and CPUs.
+
+    Raises OSError when the kernel refuses, so a worker that could not be confined never measures.
+    """
+    if confinement.cgroup_procs is not None:
+        Path(confinement.cgroup_procs).write_text(f"{os.getpid()}\n")
+    if confinement.rlimit_as_bytes is not None:
+        resource.setrlimit(resource.RLIMIT_AS, (confinement.rlimit_as_bytes, confinement.rlimit_as_bytes))
+    if confinement.cpus is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, confinement.cpus)
+    if confinement.oom_score_adj is not None:
+        Path("/proc/self/oom_score_adj").write_text(str(confinement.oom_score_adj))
+
+
+def _mount_point(fstype: str, super_option: str | None = None) -> Path | None:
+    """Where a cgroup hierarchy is mounted, from /proc/self/mountinfo (not every host uses /sys/fs/cgroup)."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        pre, _, post = line.partition(" - ")
+        post_fields = post.split()
+        if len(post_fields) < 3 or post_fields[0] != fstype:
+            continue
+        if super_option is None or super_option in post_fields[2].split(","):
+            return Path(pre.split()[4])
+    return None
+
+
+def _own_cgroup(controller: str | None) -> str | None:
+    """This process's path in /proc/self/cgroup: the v1 hierarchy holding ``controller``, or v2 (None)."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        hierarchy, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controller is None and hierarchy == "0" and controllers == "":
+            return path
+        if controller is not None and controller in controllers.split(","):
+            return path
+    return None
+
+
+def _counter(path: Path, key: str) -> int | None:
+    """A "key value" line of a kernel stats file (memory.events, memory.oom_control, /proc/vmstat)."""
+    try:
+        match = re.search(rf"^{key} (\d+)$", path.read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(match.group(1)) if match else None
+
+
+def global_oom_kills() -> int | None:
+    """The host-wide OOM-kill count: the evidence for a SIGKILL when no cgroup of ours counts kills."""
+    return _counter(Path("/proc/vmstat"), "oom_kill")
+
+
+def _remove_stale_cgroups(parent: Path) -> None:
+    """Remove our empty cgroups left behind by a driver that was SIGKILLed (rmdir refuses busy ones)."""
+    for stale in parent.glob(f"{CGROUP_PREFIX}*"):
+        try:
+            stale.rmdir()
+            logger.info("removed stale cgroup %s", stale)
+        except OSError:
+            pass
+
+
+@dataclass
+class MemoryCap:
+    """A kernel memory cap of ``limit_mb`` for the device's processes.
+
+    ``cgroup`` is the cgroup directory for the cgroup mechanisms (None for rlimit). The cgroup also caps
+    swap where the kernel offers it, so the simulated device does not page to the host's disk.
+    """
+
+    mechanism: str
+    limit_mb: float
+    cgroup: Path | None = None
+
+    def oom_kills(self) -> int | None:
+        """How many processes the kernel has OOM-killed in this cgroup (None: it cannot say)."""
+        if self.mechanism == "cgroup_v2":
+            return _counter(self.cgroup / "memory.events", "oom_kill")
+        if self.mechanism == "cgroup_v1":
+            return _counter(self.cgroup / "memory.oom_control", "oom_kill")
+        return None
+
+    def reset_peak(self) -> None:
+        """Start a new peak of the cgroup's usage (v1 only: v2's memory.peak resets per open file)."""
+        if self.mechanism == "cgroup_v1":
+            (self.cgroup / "memory.max_usage_in_bytes").write_text("0")
+
+    def peak_mb(self) -> float | None:
+        """The cgroup's peak usage since :meth:`reset_peak` (the whole device: worker plus background)."""
+        if self.mechanism != "cgroup_v1":
+            return None
+        return int((self.cgroup / "memory.max_usage_in_bytes").read_text()) / MIB
+
+    def close(self) -> None:
+        """Remove the cgroup; its processes must have exited (the kernel refuses to rmdir a busy one)."""
+        if self.cgroup is None:
+            return
+        for _ in range(50):
+            try:
+                self.cgroup.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:  # a killed process is still leaving the cgroup
+                time.sleep(0.1)
+        logger.warning("could not remove cgroup %s", self.cgroup)
+
+
+def _cgroup_v2(limit_mb: float) -> MemoryCap:
+    mount, own = _mount_point("cgroup2"), _own_cgroup(None)
+    if mount is None or own is None:
+        raise OSError("no cgroup v2 hierarchy")
+    parent = mount / own.lstrip("/")
+    if "memory" not in (parent / "cgroup.subtree_control").read_text().split():
+        (parent / "cgroup.subtree_control").write_text("+memory")  # fails where the parent holds processes
+    _remove_stale_cgroups(parent)
+    group = parent / f"{CGROUP_PREFIX}{os.getpid()}-{next(_names)}"
+    group.mkdir()
+    try:
+        (group / "memory.max").write_text(str(int(limit_mb * MIB)))
+        if (group / "memory.swap.max").exists():
+            (group / "memory.swap.max").write_text("0")
+    except OSError:
+        group.rmdir()
+        raise
+    return MemoryCap("cgroup_v2", limit_mb, group)
+
+
+def _cgroup_v1(limit_mb: float) -> MemoryCap:
+    mount, own = _mount_point("cgroup", "memory"), _own_cgroup("memory")
+    if mount is None or own is None:
+        raise OSError("no cgroup v1 memory hierarchy")
+    parent = mount / own.lstrip("/")
+    _remove_stale_cgroups(parent)
+    group = parent / f"{CGROUP_PREFIX}{os.getpid()}-{next(_names)}"
+    group.mkdir()
+    limit = str(int(limit_mb * MIB))
+    try:
+        (group / "memory.limit_in_bytes").write_text(limit)
+        if (group / "memory.memsw.limit_in_bytes").exists():  # only with swap accounting enabled
+            (group / "memory.memsw.limit_in_bytes").write_text(limit)
+    except OSError:
+        group.rmdir()
+        raise
+    return MemoryCap("cgroup_v1", limit_mb, group)
+
+
+def create_memory_cap(limit_mb: float, mechanism: str = "auto") -> MemoryCap:
+    """The strongest cap the kernel offers here (or the named ``mechanism``), never silently none:
+    ``RLIMIT_AS`` always works on POSIX, so a cap is always in force."""
+    if mechanism not in (*MECHANISMS, "auto"):
+        raise ValueError(f"unknown memory cap mechanism {mechanism!r}; valid: auto, {', '.join(MECHANISMS)}")
+    makers = {"cgroup_v2": _cgroup_v2, "cgroup_v1": _cgroup_v1}
+    for name in makers if mechanism == "auto" else [m for m in makers if m == mechanism]:
+        try:
+            cap = makers[name](limit_mb)
+        except OSError as exc:
+            if mechanism != "auto":
+                raise
+            logger.info("memory cap: %s unavailable (%s)", name, exc)
+            continue
+        logger.info("memory cap: %s at %.0f MB in %s", name, limit_mb, cap.cgroup)
+        return cap
+    logger.info("memory cap: RLIMIT_AS at %.0f MB", limit_mb)
+    return MemoryCap("rlimit", limit_mb)
+
+
+_HOG_CODE = """
+import sys
+from experiments.limits import Confinement, confine_current_process
+confine_current_process(Confinement.from_json(sys.argv[1]))
+sys.stdin.readline()  # wait until told: the parent checks the confinement first
+held = bytearray(b"\\x01") * (int(sys.argv[2]) * 1024 * 1024)  # every page written: resident
+print("ready", flush=True)
+sys.stdin.read()  # hold until the parent closes stdin or dies
+"""
+
+
+@dataclass
+class BackgroundLoad:
+    """Another "app" on the device holding ``mb`` MB of resident memory in the same cgroup."""
+
+    mb: float
+    confinement: Confinement
+    process: subprocess.Popen[str] | None = field(default=None, init=False)
+
+    def start(self) -> None:
+        if self.mb <= 0:
+            return
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _HOG_CODE, self.confinement.to_json(), str(int(self.mb))],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # Ctrl-C reaches the driver only; it stops the load itself
+        )
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()  # "ready", or "" if it died (say OOM-killed: bigger than the cap)
+        if line.strip() != "ready":
+            code = self.process.wait(timeout=5)
+            self.process = None
+            raise RuntimeError(f"background load of {self.mb:.0f} MB failed to start (exit {code})")
+        logger.info("background load holds %.0f MB (pid %d)", self.mb, self.process.pid)
+
+    def ensure_running(self) -> None:
+        """Restart the load if the kernel killed it instead of the worker (it is a victim of last resort)."""
+        if self.process is not None and self.process.poll() is not None:
+            logger.warning("background load exited with %s; restarting it", self.process.returncode)
+            self.process = None
+            self.start()
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.kill()
+        self.process.wait()
+        self.process.stdin.close()
+        self.process.stdout.close()
+        self.process = None
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """The device a sweep runs on: a profile, simulated on this host or not.
+
+    ``mem_cap_mb`` is None for a real device (its own RAM is the limit); ``cpus`` is the worker's CPU
+    set (for a real device, all the CPUs this process may use).
+    """
+
+    profile: str
+    simulated: bool
+    mem_cap_mb: float | None
+    cpus: tuple[int, ...]
+    background_mb: float = 0.0
+    mechanism: str = "auto"
+
+    @classmethod
+    def for_profile(
+        cls, profile: str, *, simulate: bool, cores: int | None, background_mb: float = 0.0, mechanism: str = "auto"
+    ) -> DeviceSpec:
+        """A simulated profile gets its total RAM and core count (from ``adaptive_tts``' PROFILES, the one
+        source of truth; ``cores`` overrides the count) as the cap and its first ``cores`` host CPUs
+        (capped by the host) as the CPU set."""
+        host = host_cpus()
+        if not simulate:
+            return cls(profile, False, None, tuple(host), background_mb, mechanism)
+        # Imported here, not at the top: workers import this module before they confine themselves.
+        from adaptive_tts.runtime.hardware import PROFILES
+
+        if profile not in PROFILES:
+            raise ValueError(f"cannot simulate profile {profile!r}; simulated profiles: {', '.join(PROFILES)}")
+        if cores is None:
+            from adaptive_tts.runtime.hardware import PROFILES
+
+            cores = PROFILES[profile].cores
+        if cores < 1:
+            raise ValueError(f"simulating {profile!r} needs a positive core count, got {cores!r}")
+        if cores > len(host):
+            logger.warning("profile %s has %d cores; this host lends only %d", profile, cores, len(host))
+        mem_cap_mb = PROFILES[profile].memory_budget.total_ram_gb * 1024
+        host_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / MIB
+        if mem_cap_mb > host_mb:
+            logger.warning("profile %s has %.0f MB; this host has only %.0f MB, so the cap cannot bind", profile, mem_cap_mb, host_mb)
+        return cls(profile, True, mem_cap_mb, tuple(host[:cores]), background_mb, mechanism)
+
+
+class Device:
+    """The live device of a :class:`DeviceSpec`: its memory cap and background load, for ``with``.
+
+    Workers join it through :meth:`worker_confinement`. A simulated device's worker volunteers as the
+    OOM killer's first victim (``oom_score_adj`` 1000), so an OOM is recorded against the trial that
+    caused it instead of silently killing the background "app".
+    """
+
+    def __init__(self, spec: DeviceSpec) -> None:
+        self.spec = spec
+        self.cap: MemoryCap | None = None
+        self.background: BackgroundLoad | None = None
+
+    def __enter__(self) -> Device:
+        try:
+            if self.spec.mem_cap_mb is not None:
+                self.cap = create_memory_cap(self.spec.mem_cap_mb, self.spec.mechanism)
+            if self.spec.background_mb > 0:
+                cgroup = self.cap.cgroup if self.cap is not None else None
+                joined = Confinement(
+                    cgroup_procs=str(cgroup / "cgroup.procs") if cgroup is not None else None,
+                    cpus=self.spec.cpus if self.spec.simulated else None,
+                )
+                self.background = BackgroundLoad(self.spec.background_mb, joined)
+                self.background.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def mem_cap_mechanism(self) -> str:
+        return self.cap.mechanism if self.cap is not None else "none"
+
+    def worker_confinement(self) -> Confinement:
+        """Join the cgroup, or under ``RLIMIT_AS`` get the cap less what the background load holds
+        (an rlimit is per process, so the device's total is split by hand)."""
+        if not self.spec.simulated:
+            return Confinement()
+        cap = self.cap
+        rlimit = None
+        if cap.cgroup is None:
+            rlimit = int((cap.limit_mb - self.spec.background_mb) * MIB)
+        return Confinement(
+            cgroup_procs=str(cap.cgroup / "cgroup.procs") if cap.cgroup is not None else None,
+            rlimit_as_bytes=rlimit,
+            cpus=self.spec.cpus,
+            oom_score_adj=1000,
+        )
+
+    def oom_kills(self) -> int | None:
+        """The OOM-kill counter that covers the worker: its cgroup's, else the host's."""
+        if self.cap is not None and self.cap.cgroup is not None:
+            return self.cap.oom_kills()
+        return global_oom_kills()
+
+    def close(self) -> None:
+        """Stop the background load and remove the cgroup (workers must have exited already)."""
+        if self.background is not None:
+            self.background.stop()
+            self.background = None
+        if self.cap is not None:
+            self.cap.close()
+            self.cap = None

@@ -1,0 +1,96 @@
+"""The uncertainty the thesis tables and figures carry, kept apart from the rendering so that a test (or a
+reader) can recompute any interval from the rows with nothing but numpy.
+
+* Success and failure rates get a **Wilson score interval**: unlike the normal approximation it stays
+  inside [0, 1] and does not collapse to a zero-width interval at 0 % or 100 %, which is exactly where
+  the runtime's claims live ("0 % OOM").
+* Latency means and medians get a **percentile bootstrap** interval with a fixed seed, so a report
+  rendered twice from the same rows is byte-for-byte the same. Each interval draws from a fresh
+  generator seeded with :data:`BOOTSTRAP_SEED`, so a cell's interval depends only on that cell's values,
+  not on how many cells were computed before it.
+* Tail percentiles (p95, p99) are reported only when the sample can support them; see
+  :func:`min_n_for_quantile`.
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+from typing import Callable, Literal
+
+import numpy as np
+
+#: Two-sided 95 % intervals throughout.
+LEVEL = 0.95
+#: Resamples per bootstrap interval: enough for a stable 2.5 %/97.5 % percentile (Efron & Tibshirani
+#: recommend ≥ 1000 for percentile intervals).
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 20240601
+
+Statistic = Literal["mean", "median"]
+_STATISTICS: dict[str, Callable[..., np.ndarray]] = {"mean": np.mean, "median": np.median}
+
+
+def wilson_interval(successes: int, n: int, level: float = LEVEL) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion ``successes / n`` (``n`` > 0)."""
+    if n <= 0:
+        raise ValueError("a proportion needs at least one trial")
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be within [0, {n}], got {successes}")
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    p = successes / n
+    denominator = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denominator
+    half = z / denominator * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    # Clip the last ulp: at p = 0 or 1 the bound is exactly 0 or 1 in real arithmetic.
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def bootstrap_interval(
+    values: np.ndarray,
+    statistic: Statistic = "mean",
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    level: float = LEVEL,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of ``statistic`` over ``values``; None below two values (a single
+    observation says nothing about its spread).
+
+    The values are sorted first (so the interval does not depend on the order rows were read in), the
+    resampling is ``default_rng(seed).integers(0, n, size=(resamples, n))`` into them, the statistic is
+    taken per resample, and the bounds are numpy's default (linear) quantiles at (1 ± level) / 2.
+    """
+    values = np.sort(np.asarray(values, dtype=float))
+    if values.ndim != 1:
+        raise ValueError("values must be one-dimensional")
+    if np.isnan(values).any():
+        raise ValueError("values contain NaN; drop missing measurements first")
+    n = len(values)
+    if n < 2:
+        return None
+    index = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    estimates = _STATISTICS[statistic](values[index], axis=1)
+    alpha = (1 - level) / 2
+    low, high = np.quantile(estimates, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+def min_n_for_quantile(q: float) -> int:
+    """The fewest observations for which the sample ``q``-quantile is reported.
+
+    Rule: at least one observation must lie above the quantile's rank, i.e. ``n·(1 − q) ≥ 1``, so
+    p95 needs n ≥ 20 and p99 needs n ≥ 100. Below that the interpolated "p99" is pulled toward the
+    sample maximum and bounds nothing about the tail, so the table says *not bounded* instead.
+    """
+    if not 0 < q < 1:
+        raise ValueError(f"quantile must be in (0, 1), got {q}")
+    return math.ceil(round(1 / (1 - q), 9))
+
+
+def tail_quantile(values: np.ndarray, q: float) -> float | None:
+    """The sample ``q``-quantile (numpy/pandas linear interpolation), or None when ``len(values)`` is
+    below :func:`min_n_for_quantile`."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < min_n_for_quantile(q):
+        return None
+    return float(np.quantile(values, q))

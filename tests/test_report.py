@@ -1,0 +1,352 @@
+"""The thesis report: every number recomputable from the rows, every empty cell saying so, the CLI's files.
+
+Real rows come from one short harness run per session (:func:`harness_run`: the smoke workload cut to two
+short lengths, two ablations, about a minute). Where a check needs specific counts (OOMs, refusals,
+n ≥ 20 for p95) the rows are real rows of that run with the treatment columns set by the test: those
+tables check arithmetic, not the runtime.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+from statistics import NormalDist
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from experiments import report
+from experiments.results import SCHEMA, RowStore
+from experiments.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_interval, min_n_for_quantile, tail_quantile, wilson_interval
+
+REPO = Path(__file__).resolve().parent.parent
+RUN_ID = "report-tests"
+TABLES = ("ablation", "memory_stability", "affinity_latency", "cross_platform", "quantization")
+ROW_FIGURES = ("latency_vs_length", "memory_vs_length", "success_rate", "estimator_vs_measured")
+
+
+def run_harness(base: Path) -> Path:
+    """The session's real dataset: ``base/runs/report-tests``. Rerunning is nearly free — the harness
+    skips trials already on disk — so test modules share the run through this function."""
+    done = subprocess.run(
+        [sys.executable, "-m", "experiments.run", "-m", "+ablation=baseline,estimation", "workload=smoke",
+         "workload.lengths=[40,80]", "workload.iterations=2", f"results_dir={base / 'runs'}", f"run_id={RUN_ID}",
+         f"hydra.sweep.dir={base / 'hydra'}", "progress=false"],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return base / "runs" / RUN_ID
+
+
+@pytest.fixture(scope="session")
+def harness_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return run_harness(tmp_path_factory.getbasetemp() / "harness")
+
+
+@pytest.fixture(scope="session")
+def real_rows(harness_run: Path) -> pd.DataFrame:
+    return report.load_rows(harness_run)
+
+
+# -- independent recomputation ----------------------------------------------------------------------------
+
+
+def wilson_by_roots(k: int, n: int) -> tuple[float, float]:
+    """The Wilson interval as the roots of (p̂ − p)² = z² p (1 − p) / n — not the closed form stats.py uses."""
+    z = NormalDist().inv_cdf(0.975)
+    p_hat = k / n
+    a = 1 + z * z / n
+    roots = np.roots([a, -(2 * p_hat + z * z / n), p_hat * p_hat])
+    low, high = sorted(float(np.real(r)) for r in roots)
+    return max(low, 0.0), min(high, 1.0)
+
+
+def bootstrap_by_recipe(values: np.ndarray, statistic) -> tuple[float, float]:
+    """The documented recipe, written out again: sort, resample indices with the seed, percentiles."""
+    values = np.sort(values)
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    draws = rng.integers(0, len(values), size=(BOOTSTRAP_RESAMPLES, len(values)))
+    estimates = statistic(values[draws], axis=1)
+    return float(np.percentile(estimates, 2.5)), float(np.percentile(estimates, 97.5))
+
+
+def check_ablation_row(row: pd.Series, group: pd.DataFrame) -> None:
+    """Recompute one row of the ablation table from its trials with pandas/numpy."""
+    ok = group.loc[group["status"] == "ok", "latency_ms"].dropna()
+    assert row["n"] == len(group) and row["n_ok"] == len(ok)
+    k = int((group["status"] == "ok").sum())
+    assert row["success"] == pytest.approx(k / len(group))
+    assert (row["success_lo"], row["success_hi"]) == pytest.approx(wilson_by_roots(k, len(group)), abs=1e-9)
+    assert row["lat_mean_ms"] == pytest.approx(ok.mean())
+    assert row["lat_median_ms"] == pytest.approx(ok.median())
+    assert row["lat_std_ms"] == pytest.approx(ok.std()) if len(ok) > 1 else math.isnan(row["lat_std_ms"])
+    assert row["peak_rss_mb"] == pytest.approx(group["peak_rss_mb"].max())
+    if len(ok) > 1:
+        assert (row["lat_mean_ms_lo"], row["lat_mean_ms_hi"]) == pytest.approx(bootstrap_by_recipe(ok.to_numpy(), np.mean))
+        assert (row["lat_median_ms_lo"], row["lat_median_ms_hi"]) == pytest.approx(
+            bootstrap_by_recipe(ok.to_numpy(), np.median))
+        assert row["lat_mean_ms_lo"] <= row["lat_mean_ms"] <= row["lat_mean_ms_hi"]
+    for q, column in ((0.95, "lat_p95_ms"), (0.99, "lat_p99_ms")):
+        if len(ok) >= {0.95: 20, 0.99: 100}[q]:
+            assert row[column] == pytest.approx(ok.quantile(q))
+        else:
+            assert math.isnan(row[column])
+
+
+# -- statistics --------------------------------------------------------------------------------------------
+
+
+def test_wilson_interval_matches_the_quadratic_and_its_edge_cases() -> None:
+    z2 = NormalDist().inv_cdf(0.975) ** 2
+    assert wilson_interval(0, 5) == pytest.approx((0.0, z2 / (5 + z2)))  # 0 %: the upper bound is not 0
+    assert wilson_interval(5, 5) == pytest.approx((5 / (5 + z2), 1.0))
+    for k, n in ((8, 10), (1, 3), (199, 200), (7, 20)):
+        assert wilson_interval(k, n) == pytest.approx(wilson_by_roots(k, n), abs=1e-12)
+    with pytest.raises(ValueError):
+        wilson_interval(1, 0)
+
+
+def test_bootstrap_is_fixed_seeded_order_free_and_needs_two_values() -> None:
+    values = np.array([812.0, 790.5, 845.2, 801.1, 799.9, 930.4, 777.7])
+    interval = bootstrap_interval(values, "mean")
+    assert interval == bootstrap_interval(values[::-1], "mean")  # row order does not matter
+    assert interval == pytest.approx(bootstrap_by_recipe(values, np.mean))
+    assert interval[0] <= values.mean() <= interval[1]
+    assert bootstrap_interval(np.array([5.0]), "median") is None
+
+
+def test_tail_percentiles_need_one_trial_beyond_them() -> None:
+    assert (min_n_for_quantile(0.95), min_n_for_quantile(0.99)) == (20, 100)
+    values = np.arange(100, dtype=float)
+    assert tail_quantile(values[:99], 0.99) is None
+    assert tail_quantile(values, 0.99) == pytest.approx(np.quantile(values, 0.99))
+    assert tail_quantile(values[:19], 0.95) is None and tail_quantile(values[:20], 0.95) is not None
+
+
+# -- real rows -------------------------------------------------------------------------------------------
+
+
+def test_every_ablation_cell_recomputes_from_the_real_rows(real_rows: pd.DataFrame) -> None:
+    table = report.ablation_table(real_rows)
+    assert set(table.data["ablation"]) == {"baseline", "estimation"}
+    for _, row in table.data.iterrows():
+        check_ablation_row(row, real_rows[real_rows["ablation"] == row["ablation"]])
+    assert table.data["n"].sum() == len(real_rows)
+
+
+def test_other_tables_recompute_from_the_real_rows(real_rows: pd.DataFrame) -> None:
+    before = real_rows[real_rows["ablation"] == "baseline"]
+    after = real_rows[real_rows["ablation"] == "estimation"]
+    stability = report.memory_stability_table(real_rows).data.iloc[0]
+    assert (stability["n_before"], stability["n_after"]) == (len(before), len(after))
+    assert stability["oom_before"] == pytest.approx((before["status"] == "oom").mean())
+    assert stability["refused_after"] == pytest.approx((after["status"] == "refused").mean())
+
+    platform = report.cross_platform_table(real_rows).data
+    assert len(platform) == 1 and platform.iloc[0]["n"] == len(after)
+    ok_after = after.loc[after["status"] == "ok", "latency_ms"]
+    assert platform.iloc[0]["lat_mean_ms"] == pytest.approx(ok_after.mean())
+    assert bool(platform.iloc[0]["simulated"]) is False
+    assert real_rows["cpu_model"].iloc[0] in platform.iloc[0]["notes"]
+
+    quantization = report.quantization_table(real_rows).data
+    for _, row in quantization.iterrows():
+        ok = real_rows[(real_rows["status"] == "ok") & (real_rows["ablation"] == row["ablation"])
+                       & (real_rows["quantization"] == row["quantization"])]
+        assert row["n_ok"] == len(ok) and row["lat_mean_ms"] == pytest.approx(ok["latency_ms"].mean())
+        assert row["peak_rss_mb"] == pytest.approx(ok["peak_rss_mb"].max())
+
+
+def test_cells_without_rows_say_so(real_rows: pd.DataFrame) -> None:
+    affinity = report.affinity_table(real_rows)  # this run has neither budget nor affinity rows
+    assert affinity.data.empty and "no rows for this table" in report.to_markdown(affinity)
+    quantization = report.quantization_table(real_rows)
+    weights = quantization.header.index("weights MB")
+    assert all(row[weights] == report.NO_DATA for row in quantization.cells)
+    assert report.NO_DATA_NOTE in quantization.all_notes()
+    ablation = report.ablation_table(real_rows)  # 4 trials per ablation: no tail percentile
+    p99 = ablation.header.index("p99 ms")
+    assert all(row[p99] == report.NOT_BOUNDED for row in ablation.cells)
+    assert report.NOT_BOUNDED_NOTE in ablation.all_notes()
+
+
+def test_cli_renders_the_latest_run_with_captions(harness_run: Path, real_rows: pd.DataFrame, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    done = subprocess.run(
+        [sys.executable, "-m", "experiments.report", "--results-dir", str(harness_run.parent), "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = {Path(line.removeprefix("wrote ")) for line in done.stdout.splitlines() if line.startswith("wrote ")}
+    expected = {out / "tables" / f"{t}{s}" for t in TABLES for s in (".md", ".tex", ".csv")}
+    expected |= {out / "figures" / f"{f}{s}" for f in ROW_FIGURES for s in (".pdf", ".png", ".caption.txt")}
+    assert printed == expected and all(p.stat().st_size > 0 for p in printed)
+    assert "skipped figure quantization_tradeoff" in done.stdout  # no weight bytes / quality in these rows
+
+    caption = (out / "figures" / "latency_vs_length.caption.txt").read_text()
+    host, cpu = real_rows["host"].iloc[0], real_rows["cpu_model"].iloc[0]
+    assert f"n = {len(real_rows)} trials" in caption and host in caption and cpu in caption and "real" in caption
+    tex = (out / "tables" / "ablation.tex").read_text()
+    assert all(rule in tex for rule in (r"\toprule", r"\midrule", r"\bottomrule")) and r"success \%" in tex
+    # The CSV holds the table's numbers at full precision.
+    csv = pd.read_csv(out / "tables" / "ablation.csv")
+    data = report.ablation_table(real_rows).data
+    assert np.allclose(csv["lat_mean_ms"], data["lat_mean_ms"]) and (csv["n"] == data["n"]).all()
+
+
+def test_cli_finds_a_run_by_id_and_a_bench_file_beside_a_parquet_dataset(harness_run: Path, tmp_path: Path) -> None:
+    by_id = subprocess.run(
+        [sys.executable, "-m", "experiments.report", RUN_ID, "--results-dir", str(harness_run.parent),
+         "--out", str(tmp_path / "by-id")],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert by_id.returncode == 0 and f"dataset: {harness_run}" in by_id.stdout, by_id.stderr[-3000:]
+
+    dataset = tmp_path / "merged.parquet"
+    pq.write_table(pq.ParquetDataset(harness_run / "rows").read(), dataset)
+    bench = tmp_path / "bench_quantize.csv"
+    # Test values for the merge: weight bytes and MCD per mode, as the bench would write them.
+    pd.DataFrame({"mode": ["fp32", "int8", "int4"], "weight_bytes": [60e6, 16e6, 9e6], "mcd_db": [0.0, 0.4, 1.9]}).to_csv(
+        bench, index=False)
+    beside = subprocess.run(
+        [sys.executable, "-m", "experiments.report", str(dataset)], cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert beside.returncode == 0, beside.stderr[-3000:]
+    assert f"quantization bench: {bench}" in beside.stdout
+    out = tmp_path / "merged-report"
+    assert (out / "figures" / "quantization_tradeoff.pdf").is_file()
+    assert "bench" in (out / "tables" / "quantization.md").read_text()
+
+
+# -- arithmetic on set counts ------------------------------------------------------------------------------
+
+
+def _records(real_rows: pd.DataFrame) -> list[dict]:
+    """Real rows as plain dicts the harness's RowStore accepts."""
+    return [
+        {k: (None if v is pd.NA or (isinstance(v, float) and math.isnan(v)) else v) for k, v in row.items()}
+        for row in real_rows.astype(object).to_dict("records")
+    ]
+
+
+def _counted(real_rows: pd.DataFrame, tmp_path: Path) -> pd.DataFrame:
+    """Two simulated profiles × four ablations with chosen outcomes, built from real ok rows so every
+    other column is what the harness writes; latencies are the real ones, repeated."""
+    templates = _records(real_rows[real_rows["status"] == "ok"])
+    plan = {  # ablation: (ok, oom, refused)
+        "baseline": (13, 7, 0),
+        "budget": (25, 0, 0),
+        "affinity": (25, 0, 0),
+        "estimation": (18, 0, 2),
+    }
+    store = RowStore(tmp_path / "counted")
+    trial = 0
+    for profile, cap in (("m1_air", 8192.0), ("intel_i5", 16384.0)):
+        for ablation, counts in plan.items():
+            for status, count in zip(("ok", "oom", "refused"), counts):
+                for i in range(count):
+                    row = dict(templates[trial % len(templates)])
+                    trial += 1
+                    row |= {"trial_id": trial, "trial_key": f"{ablation}-{profile}/L{row['text_length']}/i{i}",
+                            "profile": profile, "simulated": True, "mem_cap_mb": cap, "mem_cap_mechanism": "cgroup_v2",
+                            "ablation": ablation, "status": status}
+                    # A latency per trial (real ones scaled per position), so intervals have spread.
+                    row["latency_ms"] = row["latency_ms"] * (1 + 0.01 * i) if status == "ok" else None
+                    if status != "ok":
+                        row |= {"error": f"{status} in test", "first_audio_ms": None, "audio_s": None, "rtf": None}
+                    store.write(row)
+    return report.load_rows(tmp_path / "counted")
+
+
+def test_set_counts_give_the_expected_rates_intervals_and_changes(real_rows: pd.DataFrame, tmp_path: Path) -> None:
+    rows = _counted(real_rows, tmp_path)
+    ablation = report.ablation_table(rows)
+    assert len(ablation.data) == 8
+    for _, row in ablation.data.iterrows():
+        group = rows[(rows["profile"] == row["profile"]) & (rows["ablation"] == row["ablation"])]
+        check_ablation_row(row, group)
+    budget = ablation.data[(ablation.data["profile"] == "m1_air") & (ablation.data["ablation"] == "budget")].iloc[0]
+    assert not math.isnan(budget["lat_p95_ms"]) and math.isnan(budget["lat_p99_ms"])  # n = 25
+    assert ablation.header[:2] == ["profile", "ablation"]  # the varying key is a column, the rest in the caption
+    assert "device simulated" in ablation.caption
+
+    stability = report.memory_stability_table(rows).data.set_index("profile")
+    assert stability.loc["m1_air", "oom_before"] == pytest.approx(7 / 20)
+    assert (stability.loc["m1_air", "oom_before_lo"], stability.loc["m1_air", "oom_before_hi"]) == pytest.approx(
+        wilson_by_roots(7, 20))
+    assert stability.loc["m1_air", "oom_after"] == 0 and stability.loc["m1_air", "oom_after_hi"] > 0
+    assert stability.loc["m1_air", "refused_after"] == pytest.approx(2 / 20)
+    assert stability.loc["m1_air", "oom_change_pp"] == pytest.approx(-35.0)
+
+    affinity = report.affinity_table(rows).data.set_index("profile")
+    for profile in ("m1_air", "intel_i5"):
+        lat = {a: rows.loc[(rows["profile"] == profile) & (rows["ablation"] == a), "latency_ms"].mean()
+               for a in ("budget", "affinity")}
+        assert affinity.loc[profile, "change_pct"] == pytest.approx(100 * (lat["affinity"] / lat["budget"] - 1))
+
+    platform = report.cross_platform_table(rows)
+    simulated = platform.header.index("simulated")
+    assert {row[simulated] for row in platform.cells} == {"simulated"}
+    assert all("cap" in notes and "2 refused" in notes for notes in platform.data["notes"])
+    shown = report.to_markdown(ablation)
+    first = ablation.data.iloc[0]
+    assert f"{100 * first['success']:.1f} [{100 * first['success_lo']:.1f}, {100 * first['success_hi']:.1f}]" in shown
+
+
+def test_a_failed_trial_without_its_mode_stays_in_its_condition(real_rows: pd.DataFrame, tmp_path: Path) -> None:
+    """With the profile choosing the precision, a refused trial's row has no quantization; it must still
+    count against its condition's success rate."""
+    rows = _counted(real_rows, tmp_path)
+    refused = rows["status"] == "refused"
+    rows.loc[refused, "quantization"] = pd.NA
+    table = report.ablation_table(rows).data
+    estimation = table[(table["profile"] == "m1_air") & (table["ablation"] == "estimation")]
+    assert len(estimation) == 1 and estimation.iloc[0]["success"] == pytest.approx(18 / 20)
+
+
+# -- rendering speed ---------------------------------------------------------------------------------------
+
+
+def _thesis_sized(real_rows: pd.DataFrame, path: Path, n: int, profiles: tuple[str, ...]) -> Path:
+    """``n`` rows made by replicating the real rows with varied trial id, text length, ablation and
+    profile — for timing the rendering only; the numbers mean nothing."""
+    templates = _records(real_rows)
+    lengths = (100, 300, 500, 800, 1000)
+    records = []
+    for i in range(n):
+        row = dict(templates[i % len(templates)])
+        row |= {"trial_id": i, "text_length": lengths[i % 5], "ablation": report.ABLATION_ORDER[(i // 5) % 4],
+                "profile": profiles[(i // 20) % len(profiles)], "trial_key": f"c{(i // 5) % 4}-{(i // 20) % len(profiles)}/L/i"}
+        records.append(row)
+    pq.write_table(pa.Table.from_pylist(records, schema=SCHEMA), path)
+    return path
+
+
+def _timed_render(dataset: Path, out: Path) -> tuple[float, report.Report]:
+    start = time.perf_counter()
+    rendered = report.render_report(report.load_rows(dataset), out)
+    return time.perf_counter() - start, rendered
+
+
+def test_a_thesis_sized_dataset_renders(real_rows: pd.DataFrame, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    seconds, rendered = _timed_render(_thesis_sized(real_rows, tmp_path / "thesis.parquet", 1040, ("generic",)), tmp_path / "out")
+    assert len(rendered.written) == 3 * len(TABLES) + 3 * len(ROW_FIGURES)
+    with capsys.disabled():
+        print(f"\nreport of 1040 rows rendered in {seconds:.1f} s")
+
+
+@pytest.mark.slow
+def test_a_two_machine_thesis_dataset_renders_within_a_minute(real_rows: pd.DataFrame, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    dataset = _thesis_sized(real_rows, tmp_path / "thesis.parquet", 2000, ("m1_air", "intel_i5"))
+    seconds, rendered = _timed_render(dataset, tmp_path / "out")
+    assert len(rendered.written) == 3 * len(TABLES) + 2 * 3 * len(ROW_FIGURES)  # figures per profile
+    with capsys.disabled():
+        print(f"\nreport of 2000 rows from 2 profiles rendered in {seconds:.1f} s")
+    assert seconds < 60
