@@ -165,6 +165,25 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .backend import BackendOptions
+    from .runtime.hardware import PROFILES
+    from .server import create_app
+
+    # The model loads inside the server's start-up, where a bad name would end in uvicorn's traceback.
+    if args.profile not in (None, "auto", *PROFILES):
+        raise CliError(f"unknown hardware profile {args.profile!r}; valid: auto, {', '.join(PROFILES)}")
+    options = BackendOptions(engine=args.engine, quantization=args.quantization or "fp32",
+                             chunk_length=args.chunk_length, num_threads=args.threads)
+    app = create_app(profile=args.profile or "auto", options=options, max_jobs=args.max_jobs,
+                     retry_after_s=args.retry_after)
+    print(f"loading the voice, then serving on http://{args.host}:{args.port} (API docs at /docs)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m adaptive_tts", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -205,6 +224,20 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--threads", nargs="+", type=_positive_int, default=[os.cpu_count() or 1])
     cal.add_argument("--output", default=None, help="calibration file (default: ~/.cache/adaptive-tts/calibration.json)")
     cal.set_defaults(func=cmd_calibrate)
+
+    srv = sub.add_parser("serve", help="HTTP service: the seed's API and OpenAI's /v1/audio/speech")
+    srv.add_argument("--host", default="127.0.0.1",
+                     help="interface to listen on (default 127.0.0.1: this machine only)")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--profile", default=None, help="hardware profile by name (default: auto)")
+    srv.add_argument("--engine", choices=["torch", "reference"], default="torch")
+    srv.add_argument("--quantization", choices=["fp32", "int8", "int4"], default=None, help="default fp32")
+    srv.add_argument("--chunk-length", type=_positive_int, default=None, help="decoder chunk in latent frames")
+    srv.add_argument("--threads", type=_positive_int, default=None)
+    srv.add_argument("--max-jobs", type=_positive_int, default=16,
+                     help="synthesis requests held at once, running or waiting for memory; more get 503 (default 16)")
+    srv.add_argument("--retry-after", type=_positive_int, default=5, help="Retry-After seconds of a 503 (default 5)")
+    srv.set_defaults(func=cmd_serve)
     return parser
 
 

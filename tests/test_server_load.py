@@ -1,0 +1,114 @@
+"""Load: 300 requests at concurrency 8, a fifth of them bad, against the CLI's server on loopback.
+
+Short texts keep one pass to well under a minute on two cores. The pass runs twice: a warm-up (torch's
+one-off set-up, a worker thread and an allocator arena per concurrent job), then — after the audio
+cache is cleared, so that every synthesis runs again — the measured pass.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from test_server import BAD_REQUESTS, fill, serve_cli
+
+CONCURRENCY = 8
+REQUESTS = 300
+BAD_SHARE = 0.2
+POOL = [f"Order {n} is ready at the front desk." for n in range(1, 13)]
+
+
+
+def good_requests(count: int) -> list[tuple[str, str, dict]]:
+    """Six in ten synthesize (/tts, and OpenAI's endpoint in its formats, speeds and streaming), the
+    rest are the status endpoints and estimates."""
+    out: list[tuple[str, str, dict]] = []
+    for i in range(count):
+        text = POOL[i % len(POOL)]
+        kind = i % 10
+        if kind < 4:
+            out.append(("POST", "/tts", {"data": {"text": text}}))
+        elif kind < 6:
+            out.append(("POST", "/v1/audio/speech", {"json": {
+                "model": "tts-1", "voice": "alloy", "input": text, "speed": (1.0, 1.25)[i % 2],
+                "response_format": ("wav", "pcm")[(i // 2) % 2], "stream": i % 3 == 0}}))
+        else:
+            out.append([("POST", "/estimate-memory", {"data": {"text": text}}), ("GET", "/health", {}),
+                        ("GET", "/system-status", {}), ("GET", "/hardware", {})][i % 4])
+    return out
+
+
+@dataclass
+class LoadRun:
+    expected: list[int]
+    statuses: list[int | str]  # a status code, or the transport error's name
+    seconds: float
+    alive: bool
+    rss_warm_mb: float
+    rss_after_mb: float
+    log: str
+
+
+@pytest.fixture(scope="module")
+def load_run(tmp_path_factory) -> LoadRun:
+    log_path = tmp_path_factory.mktemp("load") / "server.log"
+    with serve_cli(log_path) as (url, server):
+        limit = httpx.get(url + "/hardware", timeout=60).json()["selected_configuration"]["max_text_length"]
+        bad_count = int(REQUESTS * BAD_SHARE)
+        bad = [(("POST", path, fill(kwargs, limit)), status)
+               for _, path, kwargs, status, _ in itertools.islice(itertools.cycle(BAD_REQUESTS), bad_count)]
+        load = [(request, 200) for request in good_requests(REQUESTS - bad_count)] + bad
+        random.Random(0).shuffle(load)
+        local = threading.local()
+
+        def send(request: tuple[str, str, dict]) -> int | str:
+            if not hasattr(local, "client"):
+                local.client = httpx.Client(base_url=url, timeout=120)
+            method, path, kwargs = request
+            try:
+                return local.client.request(method, path, **kwargs).status_code
+            except httpx.TransportError as exc:  # a dropped connection is a finding, not a test error
+                return type(exc).__name__
+
+        def one_pass() -> list[int | str]:
+            httpx.post(url + "/cache/clear", timeout=60).raise_for_status()
+            with ThreadPoolExecutor(CONCURRENCY) as pool:
+                return list(pool.map(send, [request for request, _ in load], timeout=600))
+
+        one_pass()
+        time.sleep(1.0)
+        rss_warm = server.memory_info().rss
+        started = time.perf_counter()
+        statuses = one_pass()
+        seconds = time.perf_counter() - started
+        alive = server.is_running() and server.status() != "zombie"
+        deadline = time.monotonic() + 15  # let it settle: finished jobs' buffers are freed after replies
+        while server.memory_info().rss > 1.10 * rss_warm and time.monotonic() < deadline:
+            time.sleep(0.5)
+        rss_after = server.memory_info().rss
+    print(f"\n{len(load)} requests at concurrency {CONCURRENCY} in {seconds:.1f} s; server RSS after warm-up "
+          f"{rss_warm / 2**20:.0f} MB, after the measured pass {rss_after / 2**20:.0f} MB")
+    return LoadRun([want for _, want in load], statuses, seconds, alive, rss_warm / 2**20, rss_after / 2**20,
+                   log_path.read_text())
+
+
+def test_300_requests_no_5xx_no_crash_every_reply_as_expected(load_run):
+    assert len(load_run.statuses) >= 300 and load_run.expected.count(200) == 240
+    assert [s for s in load_run.statuses if not isinstance(s, int) or s >= 500] == []
+    assert [(want, got) for want, got in zip(load_run.expected, load_run.statuses) if want != got] == []
+    assert load_run.alive
+    assert "Traceback" not in load_run.log and "Exception in ASGI" not in load_run.log
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "the engine's memory grows with every new tensor shape: oneDNN caches a compiled primitive per "
+    "shape, and each utterance has its own length (with torch.backends.mkldnn disabled the same load "
+    "stays within 10 %); an engine fix (bucketed lengths, or a bounded primitive cache), not a server one"))
+def test_server_rss_returns_within_10_percent_of_its_warm_level(load_run):
+    assert load_run.rss_after_mb <= 1.10 * load_run.rss_warm_mb, (load_run.rss_warm_mb, load_run.rss_after_mb)
