@@ -213,9 +213,13 @@ class SmartAdaptiveBackend:
 
         if PRECISIONS.index(precision) < PRECISIONS.index(self.config.quantization):
             raise ValueError(f"cannot raise precision from {self.config.quantization} to {precision} in place")
-        # Weight-only, no calibration pass: this runs at start-up and when the planner degrades a busy
-        # service, where a calibration over dozens of sentences would cost tens of seconds.
-        self.quantization_report = quantize_(self.engine.model, QuantizationStrategy(mode=precision))
+        # The profile's weight-only/dynamic choice, but no layer-wise calibration pass: this runs at
+        # start-up and when the planner degrades a busy service, where calibrating over dozens of
+        # sentences would cost minutes (``python -m experiments.bench_quantize`` measures it).
+        row = self.profile.quantization
+        strategy = QuantizationStrategy(mode=precision, weight_only=row.weight_only or precision == "int4",
+                                        dynamic=row.dynamic and precision == "int8")
+        self.quantization_report = quantize_(self.engine.model, strategy)
         self.config.quantization = precision
         gc.collect()
         logger.info("model weights now %s", precision)

@@ -1,0 +1,210 @@
+"""CI regression benchmarks: ratios measured side by side in one run, checked against committed bounds.
+
+    python -m experiments.regression [--short] [--thresholds conf/regression/thresholds.yaml]
+
+Every figure is a *ratio of two things measured in the same run on the same machine*, so it does not
+depend on how fast the machine is, only on what the code does:
+
+- ``rtf_vs_reference``: our default engine's real-time factor / onnxruntime's, same texts and threads,
+  runs alternated in one process, medians;
+- ``streaming_peak_vs_one_pass``: peak RSS of a streamed 1000-character sentence / the same sentence
+  decoded in one pass (fresh processes);
+- ``streaming_peak_vs_reference``: the same streamed peak / the reference's per-sentence peak;
+- ``int8_weight_bytes`` and ``int8_latency``: INT8 weight-only vs fp32, bytes and median latency;
+- ``estimator_mape_percent``: the memory estimator's error on held-out texts after a short calibration.
+
+Absolute times are printed for the log, never asserted. A figure outside its bound fails the run with
+a message naming the figure, its value and its bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+DEFAULT_THRESHOLDS = Path(__file__).resolve().parent.parent / "conf" / "regression" / "thresholds.yaml"
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    value: float
+    bound: float
+    kind: str  # "max": value must be <= bound; "min": >=
+    detail: str
+
+    @property
+    def ok(self) -> bool:
+        return self.value <= self.bound if self.kind == "max" else self.value >= self.bound
+
+
+def _texts(short: bool) -> list[str]:
+    from experiments.workload import cut_text
+
+    return [cut_text(n, 0) for n in ((100, 500) if short else (100, 300, 500, 800, 1000))]
+
+
+def rtf_vs_reference(short: bool, threads: int) -> tuple[float, str]:
+    """Alternate our engine and onnxruntime on the same texts in this process; median RTF ratio."""
+    import torch
+
+    from adaptive_tts.voice.engine import Engine, SynthesisOptions, SynthesisStats
+    from adaptive_tts.voice.reference import ReferenceEngine
+
+    torch.set_num_threads(threads)
+    ours, ref = Engine(num_threads=threads), ReferenceEngine(num_threads=threads)
+    ours_opts = SynthesisOptions(chunk_length=256, first_chunk_length=32, seed=0)
+    for engine, opts in ((ours, ours_opts), (ref, SynthesisOptions())):
+        for _ in engine.stream("Warming up.", opts):
+            pass
+    ratios, lines = [], []
+    for text in _texts(short):
+        times = {"ours": [], "ref": []}
+        audio = {}
+        for i in range(3 if short else 5):
+            pair = (("ours", ours, ours_opts), ("ref", ref, SynthesisOptions()))
+            for name, engine, opts in (pair if i % 2 == 0 else pair[::-1]):
+                stats = SynthesisStats()
+                for _ in engine.stream(text, opts, stats):
+                    pass
+                times[name].append(stats.latency_s)
+                audio[name] = stats.samples / engine.sample_rate
+        rtf = {k: statistics.median(v) / audio[k] for k, v in times.items()}
+        ratios.append(rtf["ours"] / rtf["ref"])
+        lines.append(f"{len(text)} chars: RTF ours {rtf['ours']:.4f}, reference {rtf['ref']:.4f}")
+    return statistics.median(ratios), "; ".join(lines)
+
+
+_PEAK_PROBE = """
+import json, sys
+from pathlib import Path
+from adaptive_tts.voice.engine import Engine
+req = json.loads(sys.stdin.read())
+if req["engine"] == "reference":
+    from adaptive_tts.voice.reference import ReferenceEngine
+    engine = ReferenceEngine(num_threads=req["threads"]); kwargs = {}
+else:
+    engine = Engine(num_threads=req["threads"])
+    kwargs = {"chunk_length": req["chunk_length"]} if req["chunk_length"] else {}
+for _ in engine.stream("Warming up.", **kwargs):
+    pass
+Path("/proc/self/clear_refs").write_text("5")
+for _ in engine.stream(req["text"], **kwargs):
+    pass
+hwm = [l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM:")][0]
+print(int(hwm.split()[1]) / 1024)
+"""
+
+
+def peak_rss_mb(engine: str, text: str, chunk_length: int | None, threads: int, runs: int) -> float:
+    """Median over fresh processes of the kernel's peak RSS during one synthesis (Linux)."""
+    request = json.dumps({"engine": engine, "text": text, "chunk_length": chunk_length, "threads": threads})
+    peaks = []
+    for _ in range(runs):
+        done = subprocess.run([sys.executable, "-c", _PEAK_PROBE], input=request, capture_output=True,
+                              text=True, timeout=1200, check=True)
+        peaks.append(float(done.stdout.strip().splitlines()[-1]))
+    return statistics.median(peaks)
+
+
+def quantization_ratios(threads: int, short: bool) -> tuple[float, float, str]:
+    """INT8 weight-only vs fp32: weight bytes and alternated median latency on the same text."""
+    import torch
+
+    from adaptive_tts.runtime.quantize import QuantizationStrategy, quantize_, weight_bytes
+    from adaptive_tts.voice.engine import Engine, SynthesisOptions
+
+    torch.set_num_threads(threads)
+    fp32 = Engine(num_threads=threads)
+    int8 = Engine(num_threads=threads)
+    bytes_fp32 = weight_bytes(fp32.model)
+    quantize_(int8.model, QuantizationStrategy(mode="int8"))
+    bytes_int8 = weight_bytes(int8.model)
+    text = _texts(True)[1]
+    opts = SynthesisOptions(chunk_length=256, seed=0)
+    times: dict[str, list[float]] = {"fp32": [], "int8": []}
+    for i in range(3 if short else 5):
+        pair = (("fp32", fp32), ("int8", int8))
+        for name, engine in (pair if i % 2 == 0 else pair[::-1]):
+            start = time.perf_counter()
+            engine.synthesize(text, opts)
+            times[name].append(time.perf_counter() - start)
+    t = {k: statistics.median(v) for k, v in times.items()}
+    return (bytes_int8 / bytes_fp32, t["int8"] / t["fp32"],
+            f"weights {bytes_fp32 / 2**20:.1f} MB -> {bytes_int8 / 2**20:.1f} MB; "
+            f"latency {t['fp32']:.3f} s -> {t['int8']:.3f} s")
+
+
+def estimator_mape(threads: int) -> tuple[float, str]:
+    """The calibration ``python -m adaptive_tts calibrate`` runs (all its texts: with fewer, one noisy
+    peak decides the figure), scored on its held-out texts."""
+    from adaptive_tts.runtime.estimator import ConfigKey, calibration_texts, fit_constants, probe
+
+    train, test = calibration_texts()
+    key = ConfigKey("torch", "fp32", 256, threads)
+    measured = [probe(key, text) for text in train + test]
+    fit = fit_constants(measured[: len(train)], measured[len(train):]).fit
+    return fit.mape_percent, (f"{fit.n_train} training / {fit.n_test} held-out texts; max under-prediction "
+                              f"{fit.max_under_mb:.0f} MB, max over {fit.max_over_mb:.0f} MB")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--short", action="store_true", help="fewer texts and runs (CI)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--thresholds", type=Path, default=DEFAULT_THRESHOLDS)
+    args = parser.parse_args(argv)
+    bounds = yaml.safe_load(args.thresholds.read_text())
+
+    def bound(name: str) -> tuple[float, str]:
+        entry = bounds[name]
+        return float(entry["bound"]), entry.get("kind", "max")
+
+    figures: list[Figure] = []
+
+    def add(name: str, value: float, detail: str) -> None:
+        b, kind = bound(name)
+        figures.append(Figure(name, value, b, kind, detail))
+        print(f"{name:<30} {value:8.3f}  ({'<=' if kind == 'max' else '>='} {b})  {detail}", flush=True)
+
+    print(f"regression benchmarks ({'short' if args.short else 'full'}), {args.threads} threads", flush=True)
+    ratio, detail = rtf_vs_reference(args.short, args.threads)
+    add("rtf_vs_reference", ratio, detail)
+
+    from experiments.bench_engine import texts
+
+    long_text = texts()["1000 chars, no punctuation"]
+    runs = 1 if args.short else 3
+    streamed = peak_rss_mb("torch", long_text, 256, args.threads, runs)
+    one_pass = peak_rss_mb("torch", long_text, None, args.threads, runs)
+    reference = peak_rss_mb("reference", _texts(True)[1], None, args.threads, runs)
+    add("streaming_peak_vs_one_pass", streamed / one_pass,
+        f"streamed {streamed:.0f} MB, one pass {one_pass:.0f} MB (1000-character sentence)")
+    add("streaming_peak_vs_reference", streamed / reference,
+        f"streamed 1000 chars {streamed:.0f} MB, reference per-sentence {reference:.0f} MB")
+
+    bytes_ratio, latency_ratio, detail = quantization_ratios(args.threads, args.short)
+    add("int8_weight_bytes", bytes_ratio, detail)
+    add("int8_latency", latency_ratio, detail)
+
+    mape, detail = estimator_mape(args.threads)
+    add("estimator_mape_percent", mape, detail)
+
+    failed = [f for f in figures if not f.ok]
+    for f in failed:
+        print(f"REGRESSION: {f.name} = {f.value:.3f}, bound {'<=' if f.kind == 'max' else '>='} {f.bound}",
+              file=sys.stderr)
+    print(f"{len(figures) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
