@@ -29,7 +29,7 @@ from .runtime.cache import AudioCache
 from .runtime.estimator import CalibrationStore, ConfigKey, MemoryEstimator, machine_key
 from .runtime.hardware import HardwareInfo, HardwareProfile, detect_hardware, hardware_payload, select_profile
 from .runtime.monitor import SystemMonitor
-from .voice.engine import Engine, SynthesisOptions, SynthesisStats
+from .voice.engine import Engine, SynthesisOptions, SynthesisStats, release_free_memory
 from .voice.frontend import TextError, validate_text
 
 logger = logging.getLogger(__name__)
@@ -415,7 +415,12 @@ class SmartAdaptiveBackend:
         finally:
             with self._cond:
                 del self._running[job]
+                idle = not self._running
                 self._cond.notify_all()
+            if idle:
+                # nothing is synthesizing: hand the freed activations back to the OS now, so a
+                # service's RSS returns to its resting level after a burst instead of ratcheting up
+                release_free_memory()
         if key is not None and chunks:
             self.cache.put(key, np.concatenate(chunks))
 

@@ -59,18 +59,6 @@ def _reset_peak_rss() -> str:
         return "ru_maxrss (includes loading)"
 
 
-def _peak_rss_mb() -> float:
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    import resource
-
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 1024 / 1024
-
-
 def probe(engine_name: str, text: str, runs: int, threads: int, chunk_length: int | None,
           quantization: str) -> dict:
     """Child side: one engine, one text, ``runs`` timed syntheses."""
@@ -102,7 +90,9 @@ def probe(engine_name: str, text: str, runs: int, threads: int, chunk_length: in
             pass
         results.append({"latency_s": stats.latency_s, "first_audio_s": stats.first_audio_s,
                         "audio_s": stats.samples / engine.sample_rate})
-    return {"runs": results, "peak_rss_mb": _peak_rss_mb(), "peak_mechanism": mechanism}
+    from adaptive_tts.runtime.estimator import peak_rss_mb
+
+    return {"runs": results, "peak_rss_mb": peak_rss_mb(), "peak_mechanism": mechanism}
 
 
 def measure(engine_name: str, text: str, args: argparse.Namespace) -> tuple[Measurement, str]:

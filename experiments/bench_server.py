@@ -56,28 +56,35 @@ def distinct_texts(length: int, count: int, skip: set[str]) -> list[str]:
 
 
 @contextmanager
-def running_server(args: list[str], log: Path, timeout_s: float = 300) -> Iterator[str]:
+def running_server(args: list[str], log: Path, timeout_s: float = 300,
+                   env: dict[str, str] | None = None, verbose: bool = False) -> Iterator[tuple[str, int]]:
+    """``python -m adaptive_tts serve`` on a free loopback port, until the block ends.
+
+    Yields the URL and the server's pid once ``/health`` answers; the server's output goes to ``log``.
+    The tests start their server with this too.
+    """
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         port = sock.getsockname()[1]
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "adaptive_tts", "serve", "--host", HOST, "--port", str(port),
-                                 *args], stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "-m", "adaptive_tts", *(["-v"] if verbose else []), "serve",
+                                 "--host", HOST, "--port", str(port), *args],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://{HOST}:{port}"
     try:
         deadline = time.monotonic() + timeout_s
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}; see {log}")
+                raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
             try:
                 if httpx.get(url + "/health", timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"server not up after {timeout_s:.0f} s; see {log}")
+                raise TimeoutError(f"server not up after {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
             time.sleep(0.5)
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         try:
@@ -158,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     c8 = distinct_texts(100, args.requests_c8, used)
     long_texts = distinct_texts(1000, args.ttfb_runs, used)
 
-    with tempfile.TemporaryDirectory() as tmp, running_server(serve_args, Path(tmp) / "server.log") as url:
+    with tempfile.TemporaryDirectory() as tmp, running_server(serve_args, Path(tmp) / "server.log") as (url, _):
         hardware = httpx.get(url + "/hardware", timeout=60).json()
         config = hardware["selected_configuration"]
         print(f"server: {hardware['hardware']['cpu_model']}, {hardware['hardware']['logical_cores']} logical CPUs, "

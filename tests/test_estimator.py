@@ -98,3 +98,17 @@ def test_probe_measures_a_real_process():
     result = probe(KEY, "A short calibration sentence.")
     assert result.text_tokens > 20
     assert 200 < result.peak_rss_mb < 4000
+
+
+def test_probe_reports_its_own_peak_not_its_parents():
+    """Linux carries ru_maxrss across execve; the probe must not report a large parent's size."""
+    import numpy as np
+
+    from adaptive_tts.runtime.estimator import current_rss_mb
+
+    ballast = np.ones(1500 * 1024 * 1024 // 8)  # 1.5 GB, touched
+    parent = current_rss_mb()
+    result = probe(KEY, "A short calibration sentence.")
+    del ballast
+    assert parent > 1500
+    assert result.peak_rss_mb < parent - 500

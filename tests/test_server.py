@@ -34,6 +34,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 import uvicorn
+
+from experiments.bench_server import running_server
 from hypothesis import HealthCheck, given, settings
 from texts import LONG_UNPUNCTUATED
 
@@ -63,38 +65,14 @@ def free_port() -> int:
 
 @contextmanager
 def serve_cli(log_path: Path, *args: str, start_timeout_s: float = 240) -> Iterator[tuple[str, psutil.Process]]:
-    """``python -m adaptive_tts serve`` on a free loopback port; yields its URL and its process.
+    """``python -m adaptive_tts -v serve`` on a free loopback port; yields its URL and its process.
 
     The calibration file points into the test's directory, so the estimator is the profile's
     (uncalibrated) one whatever another run has calibrated on this machine.
     """
-    port = free_port()
     env = {**os.environ, "ADAPTIVE_TTS_CALIBRATION": str(log_path.with_name("calibration.json"))}
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "adaptive_tts", "-v", "serve", "--host", HOST,
-                                 "--port", str(port), *args], stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://{HOST}:{port}"
-    try:
-        deadline = time.monotonic() + start_timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"server not up after {start_timeout_s} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url, psutil.Process(proc.pid)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+    with running_server(list(args), log_path, start_timeout_s, env, verbose=True) as (url, pid):
+        yield url, psutil.Process(pid)
 
 
 @contextmanager

@@ -2,7 +2,7 @@
 
 Each measurement is a fresh process (peak RSS is per process), so the numbers are the kernel's, not
 an estimate. The allocator makes a single process's peak vary by a few percent from run to run (which
-arena a worker thread's temporaries land in), so each side is the median of three processes.
+arena a worker thread's temporaries land in), so each side is the median of five processes.
 """
 
 from __future__ import annotations
@@ -14,18 +14,21 @@ from pathlib import Path
 
 from texts import LONG_UNPUNCTUATED
 
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across execve, so a child of a large pytest process
+# would report the parent's size.
 PROBE = """
-import resource, sys
+import sys
+from adaptive_tts.runtime.estimator import peak_rss_mb
 from adaptive_tts.voice.engine import Engine
 text = sys.stdin.read()
 engine = Engine(num_threads=2)
 for _ in engine.stream(text, chunk_length=256):
     pass
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(peak_rss_mb())
 """
 
 
-def peak_rss_mb(text: str, runs: int = 3) -> float:
+def peak_rss_mb(text: str, runs: int = 5) -> float:
     return statistics.median(_peak_rss_once(text) for _ in range(runs))
 
 

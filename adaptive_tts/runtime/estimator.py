@@ -117,7 +117,17 @@ class CalibrationStore:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set so far, as the kernel counts it (ru_maxrss)."""
+    """This process's peak resident set so far, as the kernel counts it.
+
+    Linux: ``VmHWM``, which belongs to this process image. ``ru_maxrss`` is only the fallback (macOS):
+    Linux carries it across ``execve``, so a probe started by a large parent would report the parent's
+    size instead of its own.
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     import resource
 
     scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux

@@ -10,6 +10,7 @@ one-pass decode produces: there are no seams to hide.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 import time
@@ -27,6 +28,10 @@ logger = logging.getLogger(__name__)
 
 #: Frames the flow transforms at once when decoding in chunks (~12 s of audio; ~2 MB per activation).
 FLOW_BLOCK = 1024
+#: Decoded chunks between two returns of freed heap memory to the OS (see ``release_free_memory``).
+TRIM_EVERY_CHUNKS = 8
+#: Phoneme ids above which a sentence's encoder temporaries are returned to the OS before decoding.
+LONG_SENTENCE_IDS = 512
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,7 @@ class Engine:
         self.flow_margin = model.flow.receptive_field
         self.decoder_margin = model.dec.receptive_field
         self._model_lock = threading.Lock()
+        self._chunks_since_trim = 0
         if num_threads is not None:
             self.set_num_threads(num_threads)
 
@@ -211,6 +217,10 @@ class Engine:
         frames = int(frame_to_phoneme.numel())
         if stats is not None:
             stats.frames += frames
+        if n > LONG_SENTENCE_IDS:
+            # the encoder's temporaries for a long sentence are tens of MB; give them back before the
+            # decoder allocates its own, or the two stack up in the process's peak
+            release_free_memory()
         if frames == 0:  # the original clamps the length to one (silent) frame
             yield np.zeros(self.hop_length, np.float32)
             return
@@ -231,26 +241,81 @@ class Engine:
         block: tuple[int, int, torch.Tensor] | None = None  # flow output z for frames [b0, b1)
         hop = self.hop_length
         for start, end in _chunks(frames, opts.chunk_length, first_chunk):
-            d0, d1 = max(0, start - self.decoder_margin), min(frames, end + self.decoder_margin)
+            size = first_chunk if start == 0 and first_chunk else opts.chunk_length
+            d0, d1 = _window(start, end, self.decoder_margin, frames, size)
             if block is None or d0 < block[0] or d1 > block[1]:
-                block = self._flow_block(prior, d0, d1, frames, opts.chunk_length)
+                # the first chunk of a request gets a block of its own size: its audio is awaited
+                short = first_chunk is not None and start == 0
+                block = self._flow_block(prior, d0, d1, frames, opts.chunk_length, exact=short)
             b0, _, z = block
             audio = model.decode(z[:, :, d0 - b0 : d1 - b0])
-            yield audio[0, 0, (start - d0) * hop : (end - d0) * hop].float().cpu().numpy()
+            out = audio[0, 0, (start - d0) * hop : (end - d0) * hop].float().cpu().numpy().copy()
+            del audio
+            self._chunks_since_trim += 1
+            if self._chunks_since_trim >= TRIM_EVERY_CHUNKS:
+                self._chunks_since_trim = 0
+                release_free_memory()
+            yield out
 
-    def _flow_block(self, prior, d0: int, d1: int, frames: int, chunk_length: int | None):
-        """Run the flow over a block of frames covering ``[d0, d1)`` and return ``(b0, b1, z)``.
+    def _flow_block(self, prior, d0: int, d1: int, frames: int, chunk_length: int | None, exact: bool = False):
+        """Run the flow over a block of frames covering ``[d0, d1)`` (exactly that, if ``exact``) and
+        return ``(b0, b1, z)``.
 
         The flow is cheap per frame but needs ``flow_margin`` frames of context on each side, so it runs
         over blocks of at least :data:`FLOW_BLOCK` frames (several decoder chunks) rather than once per
         chunk: a margin paid per decoder chunk cost a third of the flow's time again.
         """
-        b0 = d0
-        b1 = frames if chunk_length is None else min(frames, max(d1, d0 + FLOW_BLOCK))
-        f0, f1 = max(0, b0 - self.flow_margin), min(frames, b1 + self.flow_margin)
+        if exact or chunk_length is None:
+            size = None if chunk_length is None else d1 - d0
+            b0, b1 = d0, (frames if chunk_length is None else d1)
+        else:  # fixed-size blocks, for the same reason as the decoder's fixed-size windows
+            size = max(FLOW_BLOCK, chunk_length + 2 * self.decoder_margin)
+            b0, b1 = _window(d0, d1, 0, frames, size)
+        f0, f1 = _window(b0, b1, self.flow_margin, frames, size)
         z_p = prior(f0, f1)
         z = self.model.flow.reverse(z_p, torch.ones(1, 1, f1 - f0, device=z_p.device, dtype=z_p.dtype))
         return b0, b1, z[:, :, b0 - f0 : b1 - f0]
+
+
+def _load_malloc_trim():
+    """glibc's ``malloc_trim`` if this process has it (Linux/glibc), else ``None``."""
+    try:
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    return trim
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Hand the decoder's freed chunk memory back to the OS.
+
+    glibc keeps freed blocks in its heaps and, with several threads allocating tens of MB per chunk,
+    the heaps fragment: RSS crept up ~2 MB a chunk although nothing was live. ``malloc_trim`` releases
+    the free pages, but the next chunk then faults them back in: trimming after every chunk cost 42 %
+    of synthesis time, so it runs every :data:`TRIM_EVERY_CHUNKS` chunks.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def _window(start: int, end: int, margin: int, frames: int, size: int | None) -> tuple[int, int]:
+    """The decoder window for chunk ``[start, end)``: ⊇ ``[start - margin, end + margin)`` ∩ ``[0, frames)``.
+
+    With a chunk ``size`` every window of a long sentence has the same length ``size + 2 * margin``: at
+    the sentence's end the window shifts inwards (extra context never changes the result) instead of
+    shrinking. Windows of one size let the allocator reuse the same blocks chunk after chunk; windows of
+    varying size fragmented the heap, and the process's peak grew with the sentence (measured: 1.19x for
+    1000 vs 100 characters, against 1.0x with equal windows).
+    """
+    if size is None:
+        return max(0, start - margin), min(frames, end + margin)
+    lo = min(max(0, start - margin), max(0, frames - size - 2 * margin))
+    return lo, min(frames, lo + size + 2 * margin)
 
 
 def _chunks(frames: int, chunk_length: int | None, first_chunk_length: int | None) -> Iterator[tuple[int, int]]:

@@ -116,7 +116,7 @@ class RelativePositionMultiHeadAttention(nn.Module):
     #: Query rows per block: attention is computed a block of rows at a time so that its memory is
     #: ``O(block * length)`` rather than ``O(length**2)`` — a long unpunctuated sentence has thousands
     #: of phoneme ids. Rows are independent, so blocking changes no result.
-    block_rows = 256
+    block_rows = 64
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
         batch, channels, length = x.shape
