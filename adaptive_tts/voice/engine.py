@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -124,7 +123,6 @@ class Engine:
         self.hop_length = model.config.hop_length
         self.flow_margin = model.flow.receptive_field
         self.decoder_margin = model.dec.receptive_field
-        self._model_lock = threading.Lock()
         self._chunks_since_trim = 0
         if num_threads is not None:
             self.set_num_threads(num_threads)
@@ -137,11 +135,6 @@ class Engine:
         if num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {num_threads}")
         torch.set_num_threads(num_threads)
-
-    def replace_model(self, model: VitsModel) -> None:
-        """Swap in another model of the same voice (e.g. a quantized copy)."""
-        with self._model_lock:
-            self.model = model.to(self.device)
 
     def resolve(self, options: SynthesisOptions | None = None, **overrides) -> SynthesisOptions:
         """Options with the voice's defaults filled in for unset scales."""
