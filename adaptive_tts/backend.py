@@ -34,6 +34,9 @@ from .voice.frontend import TextError, validate_text
 
 logger = logging.getLogger(__name__)
 
+#: Seconds of idleness after which freed memory is handed back to the OS (see ``_schedule_idle_trim``).
+IDLE_TRIM_DELAY_S = 0.5
+
 PRECISIONS = ("fp32", "int8", "int4")
 #: The smallest decoder chunk the planner degrades to: below ~64 frames (0.7 s) the margins on each
 #: side of a chunk cost more compute than the chunk itself.
@@ -185,6 +188,7 @@ class SmartAdaptiveBackend:
         self._cond = threading.Condition()
         self._running: dict[int, float] = {}
         self._job_ids = itertools.count()
+        self._idle_trim: threading.Timer | None = None
         logger.info("backend ready: profile %s, %s", self.profile.name, self.config)
 
     # -- construction helpers -----------------------------------------------------------------------
@@ -418,11 +422,31 @@ class SmartAdaptiveBackend:
                 idle = not self._running
                 self._cond.notify_all()
             if idle:
-                # nothing is synthesizing: hand the freed activations back to the OS now, so a
-                # service's RSS returns to its resting level after a burst instead of ratcheting up
-                release_free_memory()
+                self._schedule_idle_trim()
         if key is not None and chunks:
             self.cache.put(key, np.concatenate(chunks))
+
+    def _schedule_idle_trim(self) -> None:
+        """Hand freed memory back to the OS once the service has been idle for
+        :data:`IDLE_TRIM_DELAY_S`, so its RSS returns to its resting level after a burst.
+
+        Deferred rather than done as the last job ends: its audio, the server's response bytes and the
+        cache entry are freed or made only after that moment, and a trim then left them resident (the
+        service's RSS crept up by up to 11 % per burst of requests).
+        """
+        with self._cond:
+            if self._idle_trim is not None:
+                self._idle_trim.cancel()
+            self._idle_trim = threading.Timer(IDLE_TRIM_DELAY_S, self._trim_if_idle)
+            self._idle_trim.daemon = True
+            self._idle_trim.start()
+
+    def _trim_if_idle(self) -> None:
+        with self._cond:
+            if self._running:
+                return  # the job now running schedules the next trim when it ends
+            self._idle_trim = None
+        release_free_memory()
 
     def synthesize(self, text: str, options: SynthesisOptions | None = None) -> SynthesisResult:
         """Whole-utterance synthesis with its timings and the plan it ran under."""

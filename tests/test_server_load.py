@@ -106,11 +106,9 @@ def test_300_requests_no_5xx_no_crash_every_reply_as_expected(load_run):
     assert "Traceback" not in load_run.log and "Exception in ASGI" not in load_run.log
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "not yet reliable: with freed memory returned to the OS (malloc_trim when the service goes idle) the "
-    "RSS after the measured pass was +2 to +7 % in most runs but +10.1 and +10.8 % in two of nine; the "
-    "remaining growth is heap fragmentation across worker threads (open work, issue 7)"))
 def test_server_rss_returns_within_10_percent_of_its_warm_level(load_run):
-    """The engine hands freed decoder memory back to the OS (``malloc_trim``), so a long load should not
-    ratchet the service's RSS up."""
+    """A long load does not ratchet the service's RSS up: the backend hands freed memory back to the OS
+    once idle (``malloc_trim``), and the engine bounds oneDNN's and ideep's caches of compiled kernels,
+    which otherwise grow with every new input length (measured: +29 % over one pass with the default
+    caches)."""
     assert load_run.rss_after_mb <= 1.10 * load_run.rss_warm_mb, (load_run.rss_warm_mb, load_run.rss_after_mb)

@@ -514,15 +514,23 @@ class ResBlock2(nn.Module):
             for d in dilations
         )
 
-    def forward(self, x: torch.Tensor, activated: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, activated: torch.Tensor | None = None, valid: int | None = None) -> torch.Tensor:
         """``x`` is channels-last ``[N, C, 1, L]``; ``activated`` is ``leaky_relu(x)`` if the caller
-        already has it (the parallel blocks of one stage share it)."""
+        already has it (the parallel blocks of one stage share it). Samples from ``valid`` on are
+        padding, kept at zero (see :meth:`Generator.forward`)."""
         for i, conv in enumerate(self.convs):
             a = activated if i == 0 and activated is not None else F.leaky_relu(x, LRELU_SLOPE)
             # in place into the conv's fresh output: the decoder's tensors are tens of MB per chunk,
             # and the elementwise passes over them are memory-bound
-            x = conv_nhwc(conv, a).add_(x)
+            x = _zero_tail(conv_nhwc(conv, a).add_(x), valid)
         return x
+
+
+def _zero_tail(x: torch.Tensor, valid: int | None) -> torch.Tensor:
+    """Zero ``x`` from sample ``valid`` on (in place; ``None``: no padding)."""
+    if valid is not None:
+        x[..., valid:].zero_()
+    return x
 
 
 class Generator(nn.Module):
@@ -543,18 +551,29 @@ class Generator(nn.Module):
                 self.resblocks.append(ResBlock2(c_out, k, d))
         self.conv_post = nn.Conv1d(c0 // (2 ** len(self.ups)), 1, 7, padding=3, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[N, hidden, frames]`` → ``[N, 1, frames * hop]``, computed in channels-last layout."""
-        x = conv_nhwc(self.conv_pre, _as_image(x))
+    def forward(self, x: torch.Tensor, valid: int | None = None) -> torch.Tensor:
+        """``[N, hidden, frames]`` → ``[N, 1, frames * hop]``, computed in channels-last layout.
+
+        With ``valid``, only the first ``valid`` frames are real and the rest is zeros: every conv's
+        output is zeroed past the real part, so that the padding acts exactly as the convs' own zero
+        padding and the real part's audio is what decoding it alone gives. Why pad at all: oneDNN
+        compiles its kernels per input length (tens of ms for the decoder's ~25 convs), and padding
+        the many lengths of short sentences to a few sizes lets them share compiled kernels.
+        """
+        x = _zero_tail(conv_nhwc(self.conv_pre, _as_image(x)), valid)
         for i, up in enumerate(self.ups):
-            x = conv_nhwc(up, F.leaky_relu(x, LRELU_SLOPE))
+            if valid is not None:
+                valid *= up.stride[0]
+            x = _zero_tail(conv_nhwc(up, F.leaky_relu(x, LRELU_SLOPE)), valid)
             activated = F.leaky_relu(x, LRELU_SLOPE)
             blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
-            xs = blocks[0](x, activated)
+            xs = blocks[0](x, activated, valid)
             for block in blocks[1:]:
-                xs.add_(block(x, activated))
+                xs.add_(block(x, activated, valid))
             x = xs.mul_(1.0 / self.num_kernels)
         x = conv_nhwc(self.conv_post, F.leaky_relu(x))
+        if valid is not None:
+            x = x[..., :valid]
         return torch.tanh(x).squeeze(2)
 
     @property
@@ -600,6 +619,15 @@ class VitsModel(nn.Module):
         w_ceil = torch.ceil(torch.exp(logw) * x_mask * length_scale)
         return m_p, logs_p, w_ceil[0, 0].long()
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latent frames ``[1, C, F]`` → waveform ``[1, 1, F * hop_length]``."""
-        return self.dec(z)
+    def decode(self, z: torch.Tensor, padded_to: int | None = None) -> torch.Tensor:
+        """Latent frames ``[1, C, F]`` → waveform ``[1, 1, F * hop_length]``.
+
+        ``padded_to`` (>= F) runs the decoder on ``F`` frames zero-padded to that length, with the
+        same result (see :meth:`Generator.forward`).
+        """
+        frames = z.shape[-1]
+        if padded_to is None or padded_to == frames:
+            return self.dec(z)
+        if padded_to < frames:
+            raise ValueError(f"padded_to={padded_to} is shorter than the {frames} frames to decode")
+        return self.dec(F.pad(z, (0, padded_to - frames)), valid=frames)
