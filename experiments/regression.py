@@ -6,7 +6,7 @@ Every figure is a *ratio of two things measured in the same run on the same mach
 depend on how fast the machine is, only on what the code does:
 
 - ``rtf_vs_reference``: our default engine's real-time factor / onnxruntime's, same texts and threads,
-  runs alternated in one process, medians;
+  each engine in a fresh process, alternating, medians (``experiments.bench_engine``'s probe);
 - ``streaming_peak_vs_one_pass``: peak RSS of a streamed 1000-character sentence / the same sentence
   decoded in one pass (fresh processes);
 - ``streaming_peak_vs_reference``: the same streamed peak / the reference's per-sentence peak;
@@ -53,33 +53,24 @@ def _texts(short: bool) -> list[str]:
 
 
 def rtf_vs_reference(short: bool, threads: int) -> tuple[float, str]:
-    """Alternate our engine and onnxruntime on the same texts in this process; median RTF ratio."""
-    import torch
+    """Our engine and onnxruntime on the same texts, each in a fresh process, the order alternating
+    from text to text; the median over texts of the RTF ratio (each RTF a median over runs).
 
-    from adaptive_tts.voice.engine import Engine, SynthesisOptions, SynthesisStats
-    from adaptive_tts.voice.reference import ReferenceEngine
+    Not both in one process: onnxruntime's idle threads spin for a while after each run and share the
+    cores with torch's OpenMP threads; on the same code the ratio read 1.42 in one process and 1.21 in
+    separate ones.
+    """
+    from argparse import Namespace
 
-    torch.set_num_threads(threads)
-    ours, ref = Engine(num_threads=threads), ReferenceEngine(num_threads=threads)
-    ours_opts = SynthesisOptions(chunk_length=256, first_chunk_length=32, seed=0)
-    for engine, opts in ((ours, ours_opts), (ref, SynthesisOptions())):
-        for _ in engine.stream("Warming up.", opts):
-            pass
+    from experiments.bench_engine import measure
+
+    args = Namespace(runs=3 if short else 5, threads=threads, chunk_length=256, quantization="fp32")
     ratios, lines = [], []
-    for text in _texts(short):
-        times = {"ours": [], "ref": []}
-        audio = {}
-        for i in range(3 if short else 5):
-            pair = (("ours", ours, ours_opts), ("ref", ref, SynthesisOptions()))
-            for name, engine, opts in (pair if i % 2 == 0 else pair[::-1]):
-                stats = SynthesisStats()
-                for _ in engine.stream(text, opts, stats):
-                    pass
-                times[name].append(stats.latency_s)
-                audio[name] = stats.samples / engine.sample_rate
-        rtf = {k: statistics.median(v) / audio[k] for k, v in times.items()}
-        ratios.append(rtf["ours"] / rtf["ref"])
-        lines.append(f"{len(text)} chars: RTF ours {rtf['ours']:.4f}, reference {rtf['ref']:.4f}")
+    for i, text in enumerate(_texts(short)):
+        order = ("torch", "reference") if i % 2 == 0 else ("reference", "torch")
+        rtf = {name: measure(name, text, args)[0].rtf for name in order}
+        ratios.append(rtf["torch"] / rtf["reference"])
+        lines.append(f"{len(text)} chars: RTF ours {rtf['torch']:.4f}, reference {rtf['reference']:.4f}")
     return statistics.median(ratios), "; ".join(lines)
 
 

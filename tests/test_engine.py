@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from adaptive_tts.voice.engine import SynthesisOptions
+from adaptive_tts.voice.engine import SynthesisOptions, _chunks
 from adaptive_tts.voice.frontend import TextError
 from texts import LONG_UNPUNCTUATED, PARITY_SENTENCES
 
@@ -52,6 +52,46 @@ def test_chunked_decode_equals_one_pass(engine, chunk_length):
     chunked = engine.synthesize(text, seed=7, chunk_length=chunk_length, first_chunk_length=8)
     assert one_pass.shape == chunked.shape
     assert np.abs(one_pass - chunked).max() <= 1e-4
+
+
+@pytest.mark.parametrize("frames", [1, 30, 57, 100, 279])
+def test_padded_decode_equals_unpadded(engine, frames):
+    """Zero padding kept at zero through the decoder changes nothing in the real part."""
+    import torch
+
+    z = torch.randn(1, engine.model.config.hidden_channels, frames, generator=torch.Generator().manual_seed(frames))
+    with torch.inference_mode():
+        plain = engine.model.decode(z)
+        padded = engine.model.decode(z, padded_to=engine._decode_length(frames))
+    assert engine._decode_length(frames) > frames
+    assert plain.shape == padded.shape
+    assert (plain - padded).abs().max().item() <= 1e-5
+
+
+def test_padded_encode_equals_unpadded(engine):
+    """Masked padding changes neither the durations nor (beyond float rounding) the prior."""
+    import torch
+
+    ids = torch.tensor([list(engine.frontend.sentences(PARITY_SENTENCES[19])[0].ids)])
+    noise_w = torch.randn(1, 2, ids.shape[1], generator=torch.Generator().manual_seed(5)) * 0.8
+    with torch.inference_mode():
+        plain = engine.model.encode(ids, noise_w, 1.0)
+        padded = engine.model.encode(ids, noise_w, 1.0, padded_to=ids.shape[1] + 45)
+    assert torch.equal(plain[2], padded[2])
+    for a, b in zip(plain[:2], padded[:2]):
+        assert a.shape == b.shape and (a - b).abs().max().item() <= 1e-4
+
+
+def test_chunks_cover_the_sentence_in_chunk_length_steps():
+    for frames in range(0, 1400, 7):
+        for chunk_length, first in [(256, None), (256, 32), (64, 8), (57, None)]:
+            ranges = list(_chunks(frames, chunk_length, first))
+            assert [r[0] for r in ranges[1:]] == [r[1] for r in ranges[:-1]]
+            assert ((ranges[0][0], ranges[-1][1]) == (0, frames)) if frames else (ranges == [])
+            sizes = [size for _, _, size in ranges]
+            assert sizes == ([first] if first and frames else []) + [chunk_length] * (len(ranges) - bool(first and frames))
+            assert all(end - start <= size for start, end, size in ranges)
+            assert all(end - start == size for start, end, size in ranges[:-1])
 
 
 def test_long_unpunctuated_sentence_streams(engine):

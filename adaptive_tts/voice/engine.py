@@ -32,22 +32,23 @@ FLOW_BLOCK = 1024
 TRIM_EVERY_CHUNKS = 8
 #: Phoneme ids above which a sentence's encoder temporaries are returned to the OS before decoding.
 LONG_SENTENCE_IDS = 512
-#: Compiled convolutions kept by oneDNN (its default: 1024) and by ideep, PyTorch's layer over it (its
-#: default: 1024, per thread). Every distinct input shape compiles a set of them (~25 for the decoder)
-#: and both caches hold memory per entry: decoding windows of 67 lengths grew a process by ~490 MB with
-#: the defaults, which a long-running service meeting new lengths with every request reads as a leak.
-#: The engine pads its decoder and flow inputs to a few lengths (``_decode_length``), which bounds the
-#: decoder's share; 512 oneDNN entries then keep those kernels across requests while the encoder's
-#: per-sentence ones come and go (a 500-character text of new sentence lengths: 0.83 s with 512, 1.11 s
-#: with 128). ideep's entries are cheap to rebuild from oneDNN's. Both libraries read the setting when
-#: they first compile, so it is set here, before the engine's first convolution; values already in the
-#: environment win.
+#: Compiled convolutions kept by oneDNN (its default: 1024). oneDNN compiles kernels per input shape,
+#: and each cache entry holds memory (~11 MB per decoder length, its ~25 convolutions): with every
+#: sentence length a new shape, a long-running service grew with each request (+490 MB over 67
+#: decoder lengths) and a text of short sentences spent a third of its synthesis compiling. The engine
+#: therefore runs its networks at a few padded lengths (``LENGTH_GRANULE``), and bounds the cache at
+#: 512 entries, which still holds a text's working set of kernels across requests (a 500-character
+#: text of new sentence lengths: 0.83 s with 512 entries, 1.11 s with 128). oneDNN reads the setting
+#: when it first compiles, so it is set here, before the engine's first convolution; a value already in
+#: the environment wins. ideep's per-thread cache above it (``LRU_CACHE_CAPACITY``) keeps its default:
+#: with few shapes it stays small, and bounding it to 16 entries made each convolution re-pack its
+#: weights, which fragmented the heap (a 1000-character sentence then peaked 5-7 % above a
+#: 100-character one, against 0-1 % with the default).
 PRIMITIVE_CACHE_CAPACITY = 512
-IDEEP_CACHE_CAPACITY = 16
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(PRIMITIVE_CACHE_CAPACITY))
-os.environ.setdefault("LRU_CACHE_CAPACITY", str(IDEEP_CACHE_CAPACITY))
-#: Chunk sizes are rounded up to a multiple of this many frames (see ``_chunks``).
-CHUNK_GRANULE = 32
+#: The encoder (ids), flow and decoder (frames) run at lengths padded to a multiple of this, so that
+#: their compiled kernels are shared (see ``PRIMITIVE_CACHE_CAPACITY``).
+LENGTH_GRANULE = 32
 
 
 @dataclass(frozen=True)
@@ -222,7 +223,8 @@ class Engine:
         n = ids_t.shape[1]
         noise_w = torch.zeros(1, 2, n) if opts.noise_w == 0 else torch.randn(1, 2, n, generator=generator) * opts.noise_w
         noise_w = noise_w.to(dev)
-        m_p, logs_p, durations = model.encode(ids_t, noise_w, float(opts.length_scale))
+        padded = -(-n // LENGTH_GRANULE) * LENGTH_GRANULE  # see VitsModel.encode
+        m_p, logs_p, durations = model.encode(ids_t, noise_w, float(opts.length_scale), padded_to=padded)
         frame_to_phoneme = torch.repeat_interleave(torch.arange(n, device=dev), durations.clamp_min(0))
         frames = int(frame_to_phoneme.numel())
         if stats is not None:
@@ -267,17 +269,17 @@ class Engine:
             yield out
 
     def _decode_length(self, frames: int) -> int:
-        """The length a decoder window of ``frames`` is padded to: the next ``k * CHUNK_GRANULE + 2 *
+        """The length a decoder window of ``frames`` is padded to: the next ``k * LENGTH_GRANULE + 2 *
         decoder_margin``, which is the size of a full window of a chunk of ``k`` granules.
 
         Compiling the decoder's kernels for a new length costs ~30 ms (2 threads), as much as decoding
         ~80 frames; a text of short sentences met a new length in nearly every sentence, and its
         synthesis took 1.5x as long as when the same lengths came again. Padding costs at most
-        ``CHUNK_GRANULE - 1`` frames of decoding and leaves a dozen lengths in all.
+        ``LENGTH_GRANULE - 1`` frames of decoding and leaves a dozen lengths in all.
         """
         edges = 2 * self.decoder_margin
-        granules = max(1, -(-(frames - edges) // CHUNK_GRANULE))
-        return granules * CHUNK_GRANULE + edges
+        granules = max(1, -(-(frames - edges) // LENGTH_GRANULE))
+        return granules * LENGTH_GRANULE + edges
 
     def _flow_block(self, prior, d0: int, d1: int, frames: int, chunk_length: int | None, exact: bool = False):
         """Run the flow over a block of frames covering ``[d0, d1)`` (exactly that, if ``exact``) and
@@ -295,10 +297,10 @@ class Engine:
             b0, b1 = _window(d0, d1, 0, frames, size)
         f0, f1 = _window(b0, b1, self.flow_margin, frames, size)
         z_p = prior(f0, f1)
-        # padded to a multiple of CHUNK_GRANULE for the reason the decoder's windows are (see
+        # padded to a multiple of LENGTH_GRANULE for the reason the decoder's windows are (see
         # ``_decode_length``); the flow masks its convs' inputs, so zero padding past the mask is exact
         length = f1 - f0
-        padded = -(-length // CHUNK_GRANULE) * CHUNK_GRANULE
+        padded = -(-length // LENGTH_GRANULE) * LENGTH_GRANULE
         mask = torch.zeros(1, 1, padded, device=z_p.device, dtype=z_p.dtype)
         mask[..., :length] = 1
         z = self.model.flow.reverse(torch.nn.functional.pad(z_p, (0, padded - length)), mask)
@@ -348,32 +350,18 @@ def _window(start: int, end: int, margin: int, frames: int, size: int | None) ->
 
 def _chunks(frames: int, chunk_length: int | None,
             first_chunk_length: int | None) -> Iterator[tuple[int, int, int | None]]:
-    """Frame ranges ``(start, end, size)`` covering ``[0, frames)``; ``size`` is the chunk size the
-    range's decoder window is built for (``None``: one pass, no window).
-
-    The first range is ``first_chunk_length`` long, so the first audio comes sooner. The rest is split
-    into as few chunks as ``chunk_length`` allows, all of one size: the remainder's frame count over
-    that number of chunks, rounded up to :data:`CHUNK_GRANULE`. Cutting ``chunk_length``-sized steps
-    instead left a short last chunk whose window, shifted inward to keep its size, decoded the previous
-    chunk's frames again: a sentence of 300 frames cost 560 decoded frames. Equal chunks cost 368 for it,
-    and rounding keeps the window sizes to a few values shared by all sentences, which the allocator
-    reuses (see ``_window``).
+    """Frame ranges ``(start, end, size)`` covering ``[0, frames)``: one range if unchunked (``size``
+    ``None``), else ``chunk_length`` steps, the first one ``first_chunk_length`` long so that the first
+    audio comes sooner; ``size`` is the chunk size the range's decoder window is built for.
     """
+    if frames <= 0:
+        return
     if chunk_length is None:
         yield 0, frames, None
         return
     start = 0
-    if first_chunk_length:
-        end = min(frames, first_chunk_length)
-        yield 0, end, first_chunk_length
-        start = end
-    rest = frames - start
-    if rest <= 0:
-        return
-    count = -(-rest // chunk_length)
-    per_chunk = -(-rest // count)
-    size = min(chunk_length, -(-per_chunk // CHUNK_GRANULE) * CHUNK_GRANULE)
+    size = first_chunk_length or chunk_length
     while start < frames:
         end = min(frames, start + size)
         yield start, end, size
-        start = end
+        start, size = end, chunk_length

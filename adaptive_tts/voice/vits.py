@@ -607,17 +607,27 @@ class VitsModel(nn.Module):
         self.dec = Generator(cfg)
 
     def encode(
-        self, ids: torch.Tensor, noise_w: torch.Tensor, length_scale: float
+        self, ids: torch.Tensor, noise_w: torch.Tensor, length_scale: float, padded_to: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Phoneme ids ``[1, T]`` → prior mean, log-std ``[1, C, T]`` and integer frames per phoneme.
 
-        ``noise_w`` is the duration predictor's noise ``[1, 2, T]``, already scaled.
+        ``noise_w`` is the duration predictor's noise ``[1, 2, T]``, already scaled. ``padded_to``
+        (>= T) runs the networks on the ids padded to that length and masked, as VITS runs a batch of
+        sentences of different lengths: the padding changes no result (masked attention weights
+        underflow to exactly 0), and a few padded lengths share oneDNN's compiled kernels where every
+        sentence length would compile its own.
         """
-        lengths = torch.tensor([ids.shape[1]], dtype=torch.long, device=ids.device)
+        length = ids.shape[1]
+        lengths = torch.tensor([length], dtype=torch.long, device=ids.device)
+        if padded_to is not None and padded_to != length:
+            if padded_to < length:
+                raise ValueError(f"padded_to={padded_to} is shorter than the {length} ids to encode")
+            ids = F.pad(ids, (0, padded_to - length))
+            noise_w = F.pad(noise_w, (0, padded_to - length))
         x, m_p, logs_p, x_mask = self.enc_p(ids, lengths)
         logw = self.dp(x, x_mask, noise_w)
         w_ceil = torch.ceil(torch.exp(logw) * x_mask * length_scale)
-        return m_p, logs_p, w_ceil[0, 0].long()
+        return m_p[:, :, :length], logs_p[:, :, :length], w_ceil[0, 0, :length].long()
 
     def decode(self, z: torch.Tensor, padded_to: int | None = None) -> torch.Tensor:
         """Latent frames ``[1, C, F]`` → waveform ``[1, 1, F * hop_length]``.
