@@ -53,7 +53,7 @@ def _check_writable(path: Path) -> None:
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
     from .audio import write_wav
-    from .voice.engine import SynthesisOptions, SynthesisStats
+    from .voice.engine import SynthesisOptions, SynthesisStats, load_engine
     from .voice.frontend import TextError, validate_text
 
     out = Path(args.output)
@@ -78,7 +78,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
         chunks = backend.stream(args.text, options, stats=stats)
         sample_rate = backend.sample_rate
     else:
-        engine = _make_engine(args.engine, args.threads)
+        engine = load_engine(args.engine, args.threads)
         chunks = engine.stream(args.text, options, stats=stats)
         sample_rate = engine.sample_rate
     try:
@@ -95,16 +95,6 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     print(f"first audio:        {stats.first_audio_s or 0.0:.3f} s")
     print(f"real-time factor:   {stats.latency_s / audio_s if audio_s else float('nan'):.3f}")
     return 0
-
-
-def _make_engine(name: str, threads: int | None):
-    if name == "reference":
-        from .voice.reference import ReferenceEngine
-
-        return ReferenceEngine(num_threads=threads)
-    from .voice.engine import Engine
-
-    return Engine(num_threads=threads)
 
 
 def cmd_hardware(args: argparse.Namespace) -> int:

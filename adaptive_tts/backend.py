@@ -29,7 +29,7 @@ from .runtime.cache import AudioCache
 from .runtime.estimator import CalibrationStore, ConfigKey, MemoryEstimator, machine_key
 from .runtime.hardware import HardwareInfo, HardwareProfile, detect_hardware, hardware_payload, select_profile
 from .runtime.monitor import SystemMonitor
-from .voice.engine import Engine, SynthesisOptions, SynthesisStats, release_free_memory
+from .voice.engine import SynthesisOptions, SynthesisStats, load_engine, release_free_memory
 from .voice.frontend import TextError, validate_text
 
 logger = logging.getLogger(__name__)
@@ -171,9 +171,8 @@ class SmartAdaptiveBackend:
             applied = self.affinity.apply()
             if self.options.num_threads is None:
                 self.config.num_threads = applied.num_threads
-        self.engine = self._load_engine()
+        self.engine = load_engine(self.options.engine, self.config.num_threads)
         self.sample_rate = self.engine.sample_rate
-        self.quantization_report = None
         self._set_precision(self._initial_precision(budget))
         self.cache: AudioCache | None = None
         if self.options.cache:
@@ -192,13 +191,6 @@ class SmartAdaptiveBackend:
         logger.info("backend ready: profile %s, %s", self.profile.name, self.config)
 
     # -- construction helpers -----------------------------------------------------------------------
-
-    def _load_engine(self):
-        if self.options.engine == "reference":
-            from .voice.reference import ReferenceEngine
-
-            return ReferenceEngine(num_threads=self.config.num_threads)
-        return Engine(num_threads=self.config.num_threads)
 
     def _initial_precision(self, budget: MemoryBudgetManager) -> str:
         if self.options.engine == "reference":
@@ -223,7 +215,7 @@ class SmartAdaptiveBackend:
         row = self.profile.quantization
         strategy = QuantizationStrategy(mode=precision, weight_only=row.weight_only or precision == "int4",
                                         dynamic=row.dynamic and precision == "int8")
-        self.quantization_report = quantize_(self.engine.model, strategy)
+        quantize_(self.engine.model, strategy)
         self.config.quantization = precision
         gc.collect()
         logger.info("model weights now %s", precision)
@@ -311,26 +303,37 @@ class SmartAdaptiveBackend:
 
     # -- admission ----------------------------------------------------------------------------------
 
-    def _admit(self, tokens: int) -> Plan:
-        """Decide how (and whether) a request of ``tokens`` phoneme ids runs; blocks while it waits."""
+    def _admit(self, tokens: int) -> tuple[int, Plan]:
+        """Decide how (and whether) a request of ``tokens`` phoneme ids runs; blocks while it waits.
+
+        Returns the job's id and plan, with its reservation already counted: recorded under the same
+        lock as the decision, so that a request admitted right after sees it.
+        """
+        with self._cond:
+            plan = self._plan(tokens)
+            job = next(self._job_ids)
+            self._running[job] = plan.reserved_mb
+            return job, plan
+
+    def _plan(self, tokens: int) -> Plan:
+        """The plan for ``tokens``, waiting for running jobs while memory is short (caller holds the lock)."""
         if not self.options.budget:
             return Plan(self._chunk_length(), None, 0.0)
         budget = self.memory_budget_manager
         deadline = time.monotonic() + self.options.wait_timeout_s
-        with self._cond:
-            while True:
-                budget.adjust_cache_limit()
-                reserved = sum(self._running.values())
-                plan, decision = self._plan_once(tokens, reserved)
-                if plan is not None:
-                    return plan
-                remaining = deadline - time.monotonic()
-                if self._running and remaining > 0:
-                    logger.info("waiting for %d running job(s) to free memory", len(self._running))
-                    self._cond.wait(remaining)
-                    continue
-                raise SynthesisRefused(decision.reason, decision.required_mb, decision.available_mb,
-                                       decision.safety_margin_mb)
+        while True:
+            budget.adjust_cache_limit()
+            reserved = sum(self._running.values())
+            plan, decision = self._plan_once(tokens, reserved)
+            if plan is not None:
+                return plan
+            remaining = deadline - time.monotonic()
+            if self._running and remaining > 0:
+                logger.info("waiting for %d running job(s) to free memory", len(self._running))
+                self._cond.wait(remaining)
+                continue
+            raise SynthesisRefused(decision.reason, decision.required_mb, decision.available_mb,
+                                   decision.safety_margin_mb)
 
     def _plan_once(self, tokens: int, reserved: float):
         """One pass down the degradation ladder; returns (plan, None) or (None, last decision)."""
@@ -350,21 +353,20 @@ class SmartAdaptiveBackend:
                 chunk //= 2
                 degraded.append(f"chunk_length {chunk}")
                 continue
-            lower = self._lower_precision(tokens, chunk)
+            lower = self._lower_precision(tokens, chunk, estimated)
             if lower is None:
                 return None, decision
             self._set_precision(lower)
             self.estimator.set_config(self._config_key())
             degraded.append(f"quantization {lower}")
 
-    def _lower_precision(self, tokens: int, chunk: int | None) -> str | None:
-        """The next lower precision, if the estimator expects it to need less memory."""
+    def _lower_precision(self, tokens: int, chunk: int | None, estimated: float) -> str | None:
+        """The next lower precision, if the estimator expects it to need less than ``estimated`` MB."""
         if self.options.engine != "torch" or self.config.quantization == PRECISIONS[-1]:
             return None
         lower = PRECISIONS[PRECISIONS.index(self.config.quantization) + 1]
-        now = self.estimator.predict_mb(tokens, self._config_key(chunk))
         then = self.estimator.predict_mb(tokens, self._config_key(chunk, lower))
-        return lower if then < now else None
+        return lower if then < estimated else None
 
     # -- synthesis ----------------------------------------------------------------------------------
 
@@ -400,10 +402,7 @@ class SmartAdaptiveBackend:
                 return
         sentences = self.engine.frontend.sentences(text)
         tokens = sum(len(s.ids) for s in sentences)
-        plan = self._admit(tokens)
-        job = next(self._job_ids)
-        with self._cond:
-            self._running[job] = plan.reserved_mb
+        job, plan = self._admit(tokens)
         if result is not None:
             result.update(cached=False, plan=plan, tokens=tokens)
         chunks: list[np.ndarray] = []

@@ -18,9 +18,11 @@ error, a client that went away — closes the generator, which releases the job'
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import threading
+import typing
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,11 +35,12 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 from starlette.types import Receive, Scope, Send
 
 from .audio import to_pcm16, wav_header
 from .backend import BackendOptions, SmartAdaptiveBackend, SynthesisRefused, TextTooLong
+from .runtime.hardware import EstimateDefaults, HardwareInfo, MemoryBudget, QuantizationConfig
 from .voice.engine import SynthesisOptions
 from .voice.frontend import TextError, validate_text
 
@@ -70,53 +73,22 @@ class _Payload(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class HardwareInfoModel(_Payload):
-    os: str
-    arch: str
-    cpu_model: str
-    logical_cores: int
-    physical_cores: int
-    performance_cpus: list[int]
-    efficiency_cpus: list[int]
-    smt_siblings: list[list[int]]
-    is_hybrid: bool
-    has_smt: bool
-    core_type_source: str
-    total_ram_mb: float
-    cgroup_version: int | None = None
-    cgroup_limit_mb: float | None = None
-    cgroup_usage_mb: float | None = None
-    cuda_available: bool = False
-    gpu_name: str | None = None
-    gpu_total_mb: float | None = None
-    gpu_free_mb: float | None = None
-    mps_available: bool = False
-    total_ram_gb: float
-    effective_memory_mb: float
-    performance_cores: int
-    efficiency_cores: int
+def _payload_model(name: str, source: type, **extra: Any) -> type[_Payload]:
+    """A response model with the fields of the runtime's dataclass ``source``, typed as there, plus
+    ``extra`` (name: (type, default)) for what its ``to_dict`` adds: the dataclass stays the one
+    definition of the payload, and the model types it for OpenAPI."""
+    hints = typing.get_type_hints(source)
+    fields = {f.name: (hints[f.name], ... if f.default is dataclasses.MISSING else f.default)
+              for f in dataclasses.fields(source)}
+    return create_model(name, __base__=_Payload, **fields, **extra)
 
 
-class MemoryBudgetModel(_Payload):
-    total_ram_gb: float
-    reserved_os_gb: float
-    max_model_gb: float
-    max_cache_gb: float
-    safety_margin_gb: float
-
-
-class QuantizationModel(_Payload):
-    quantization: str
-    layer_wise: bool
-    weight_only: bool
-    dynamic: bool
-    calibration_size: int
-
-
-class EstimationDefaultsModel(_Payload):
-    base_model_mb: float
-    per_100_tokens_mb: float
-    cache_overhead_mb: float
+HardwareInfoModel = _payload_model("HardwareInfoModel", HardwareInfo, total_ram_gb=(float, ...),
+                                   effective_memory_mb=(float, ...), performance_cores=(int, ...),
+                                   efficiency_cores=(int, ...))
+MemoryBudgetModel = _payload_model("MemoryBudgetModel", MemoryBudget)
+QuantizationModel = _payload_model("QuantizationModel", QuantizationConfig)
+EstimationDefaultsModel = _payload_model("EstimationDefaultsModel", EstimateDefaults)
 
 
 class RuntimeConfigModel(_Payload):

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
@@ -793,17 +794,25 @@ def _dodge(index: int, count: int, span: float) -> float:
     return (index - (count - 1) / 2) * span * 0.012
 
 
-def latency_vs_length(rows: pd.DataFrame) -> FigureOut | Skipped:
-    ok = rows[(rows["status"] == "ok") & rows["latency_ms"].notna()]
-    if ok.empty:
-        return Skipped("latency_vs_length", "no ok trials with a latency")
+def _per_length_figure(ok: pd.DataFrame, column: str, scale: float, label: str = "{}") -> tuple[Figure, Axes]:
+    """A figure of ``column`` (times ``scale``) vs text length, one dodged series with intervals per
+    ablation (``label`` formats its name)."""
     fig = _new_figure()
     ax = fig.add_subplot()
     series = _series(ok)
     span = float(ok["text_length"].max() - ok["text_length"].min()) or 1.0
     for i, (name, group) in enumerate(series):
-        stats = _per_length(group, "latency_ms")
-        _errorbar(ax, stats["text_length"].to_numpy() + _dodge(i, len(series), span), stats, 1e-3, label=name)
+        stats = _per_length(group, column)
+        _errorbar(ax, stats["text_length"].to_numpy() + _dodge(i, len(series), span), stats, scale,
+                  label=label.format(name))
+    return fig, ax
+
+
+def latency_vs_length(rows: pd.DataFrame) -> FigureOut | Skipped:
+    ok = rows[(rows["status"] == "ok") & rows["latency_ms"].notna()]
+    if ok.empty:
+        return Skipped("latency_vs_length", "no ok trials with a latency")
+    fig, ax = _per_length_figure(ok, "latency_ms", 1e-3)
     ax.set_xlabel("text length (characters)")
     ax.set_ylabel("latency to whole audio (s)")
     _legend_above(fig)
@@ -818,14 +827,7 @@ def memory_vs_length(rows: pd.DataFrame) -> FigureOut | Skipped:
     ok = rows[(rows["status"] == "ok") & rows["peak_rss_mb"].notna()]
     if ok.empty:
         return Skipped("memory_vs_length", "no ok trials with a peak RSS")
-    fig = _new_figure()
-    ax = fig.add_subplot()
-    series = _series(ok)
-    span = float(ok["text_length"].max() - ok["text_length"].min()) or 1.0
-    for i, (name, group) in enumerate(series):
-        stats = _per_length(group, "peak_rss_mb")
-        x = stats["text_length"].to_numpy() + _dodge(i, len(series), span)
-        _errorbar(ax, x, stats, 1.0, label=f"{name} (measured)")
+    fig, ax = _per_length_figure(ok, "peak_rss_mb", 1.0, label="{} (measured)")
     predicted = _per_length(rows[rows["estimated_mb"].notna()], "estimated_mb")
     note = "no rows carry an estimate"
     if not predicted.empty:

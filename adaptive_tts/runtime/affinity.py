@@ -28,8 +28,8 @@ _unavailable_lock = threading.Lock()
 
 
 def _log_unavailable(reason: str) -> None:
-    """Log "CPU affinity not available" once per process: it is a property of the platform, and a
-    server re-applying per request would otherwise repeat it forever."""
+    """Log "CPU affinity not available" once per process: it is a property of the platform, and every
+    backend built in the process (the harness builds one per trial) would otherwise repeat it."""
     global _unavailable_logged
     with _unavailable_lock:
         if _unavailable_logged:

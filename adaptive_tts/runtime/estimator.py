@@ -161,6 +161,8 @@ class MemoryEstimator:
         self.key = key
         self._warned = False
         self.constants = self._load(key)
+        #: other configurations' constants, read once: admission asks for several per request
+        self._others: dict[ConfigKey, EstimatorConstants] = {}
 
     def _load(self, key: ConfigKey) -> EstimatorConstants:
         constants = self.store.load(self.machine, key)
@@ -177,10 +179,13 @@ class MemoryEstimator:
 
     def predict_mb(self, text_tokens: int, key: ConfigKey | None = None) -> float:
         """Peak process memory (MB) for a text of ``text_tokens`` phoneme ids under ``key``."""
-        c = self.constants if key is None or key == self.key else self._load(key)
+        if key is None or key == self.key:
+            key, c = self.key, self.constants
+        else:
+            c = self._others.get(key) or self._others.setdefault(key, self._load(key))
         if not c.calibrated and not self._warned:
             logger.warning("memory estimator uncalibrated for %s on this machine: using the profile's "
-                           "conservative defaults (run `python -m adaptive_tts calibrate`)", self.key)
+                           "conservative defaults (run `python -m adaptive_tts calibrate`)", key)
             self._warned = True
         cache = c.cache_overhead_mb if c.cache_overhead_mb is not None else self.cache_bytes() / MB
         return c.base_model_mb + text_tokens / 100.0 * c.per_100_tokens_mb + cache

@@ -159,7 +159,8 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def _read_int(path: Path) -> int | None:
+def read_int(path: Path) -> int | None:
+    """An integer sysfs or procfs file's value; ``None`` if it is missing or not an integer."""
     text = _read(path)
     if text is None:
         return None
@@ -320,7 +321,7 @@ def _linux_topology(sysfs_root: Path, cpuinfo: str) -> _CpuTopology:
     max_freq = {
         cpu: freq
         for cpu in logical
-        if (freq := _read_int(cpu_dir / f"cpu{cpu}" / "cpufreq" / "cpuinfo_max_freq")) is not None
+        if (freq := read_int(cpu_dir / f"cpu{cpu}" / "cpufreq" / "cpuinfo_max_freq")) is not None
     }
     if len(max_freq) == len(logical) and max_freq:
         top = max(max_freq.values())

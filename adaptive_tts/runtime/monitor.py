@@ -22,7 +22,7 @@ from typing import Any, Callable
 import psutil
 
 from adaptive_tts.runtime.budget import MemoryBudgetManager
-from adaptive_tts.runtime.hardware import HardwareInfo, HardwareProfile
+from adaptive_tts.runtime.hardware import HardwareInfo, HardwareProfile, read_int
 
 logger = logging.getLogger(__name__)
 
@@ -86,13 +86,6 @@ def read_nvidia_gpu_util() -> float | None:
         return None
 
 
-def _read_int(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
 class SystemMonitor:
     """Resources, throttling risk and a recommended action, for one profile.
 
@@ -133,7 +126,7 @@ class SystemMonitor:
         counts = [
             value
             for path in self._cpu_dir.glob("cpu[0-9]*/thermal_throttle/*_throttle_count")
-            if (value := _read_int(path)) is not None
+            if (value := read_int(path)) is not None
         ]
         return sum(counts) if counts else None
 
@@ -141,7 +134,7 @@ class SystemMonitor:
         """(description of the zone closest to a trip point, whether it is within TRIP_MARGIN_C)."""
         closest: tuple[float, str] | None = None
         for zone in sorted(self._thermal_dir.glob("thermal_zone*")):
-            temp = _read_int(zone / "temp")
+            temp = read_int(zone / "temp")
             if temp is None:
                 continue
             try:
@@ -153,7 +146,7 @@ class SystemMonitor:
                     trip_type = trip_type_path.read_text().strip()
                 except OSError:
                     continue
-                trip = _read_int(zone / trip_type_path.name.replace("_type", "_temp"))
+                trip = read_int(zone / trip_type_path.name.replace("_type", "_temp"))
                 if trip_type not in _TRIP_TYPES or trip is None or trip <= 0:
                     continue
                 margin_c = (trip - temp) / 1000
@@ -173,8 +166,8 @@ class SystemMonitor:
         current_total = max_total = 0
         count = 0
         for freq_dir in self._cpu_dir.glob("cpu[0-9]*/cpufreq"):
-            current = _read_int(freq_dir / "scaling_cur_freq")
-            maximum = _read_int(freq_dir / "cpuinfo_max_freq")
+            current = read_int(freq_dir / "scaling_cur_freq")
+            maximum = read_int(freq_dir / "cpuinfo_max_freq")
             if current is None or not maximum:
                 continue
             current_total += current

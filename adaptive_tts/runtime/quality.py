@@ -68,10 +68,6 @@ class QualityScore:
     log_mel_db: float
     mcd_db: float
 
-    def within(self, mcd_bound_db: float = MCD_BOUND_DB) -> bool:
-        """Whether this rendering meets the MCD bound."""
-        return self.mcd_db <= mcd_bound_db
-
     @staticmethod
     def mean(scores: list["QualityScore"]) -> "QualityScore":
         """Average of several scores (each sentence weighs the same, whatever its length)."""
@@ -151,8 +147,11 @@ def _log_mels_db(reference: np.ndarray, test: np.ndarray, sample_rate: int) -> t
 
 def log_mel_distance(reference: np.ndarray, test: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
     """Mean over frames of the RMS (over mel bands) log-mel power difference, in dB. Symmetric."""
-    a, b = _log_mels_db(reference, test, sample_rate)
-    return float((a - b).pow(2).mean(dim=1).sqrt().mean())
+    return _log_mel_distance(*_log_mels_db(reference, test, sample_rate))
+
+
+def _log_mel_distance(a_db: torch.Tensor, b_db: torch.Tensor) -> float:
+    return float((a_db - b_db).pow(2).mean(dim=1).sqrt().mean())
 
 
 @lru_cache(maxsize=4)
@@ -166,7 +165,10 @@ def _cepstrum_basis(n_mels: int, order: int) -> torch.Tensor:
 def mel_cepstral_distortion(reference: np.ndarray, test: np.ndarray, sample_rate: int = SAMPLE_RATE,
                             order: int = MCD_ORDER) -> float:
     """Frame-averaged MCD in dB over ``c1..c{order}``. Symmetric; ignores gain (``c0`` is left out)."""
-    a_db, b_db = _log_mels_db(reference, test, sample_rate)
+    return _mel_cepstral_distortion(*_log_mels_db(reference, test, sample_rate), order)
+
+
+def _mel_cepstral_distortion(a_db: torch.Tensor, b_db: torch.Tensor, order: int = MCD_ORDER) -> float:
     # dB of power → natural log of amplitude: ln A = (ln 10 / 20) · dB
     to_ln_amplitude = math.log(10) / 20
     basis = _cepstrum_basis(a_db.shape[1], order)
@@ -175,9 +177,9 @@ def mel_cepstral_distortion(reference: np.ndarray, test: np.ndarray, sample_rate
 
 
 def compare(reference: np.ndarray, test: np.ndarray, sample_rate: int = SAMPLE_RATE) -> QualityScore:
-    """Both distances of ``test`` from ``reference``."""
-    return QualityScore(log_mel_distance(reference, test, sample_rate),
-                        mel_cepstral_distortion(reference, test, sample_rate))
+    """Both distances of ``test`` from ``reference`` (the spectrograms computed once for both)."""
+    a_db, b_db = _log_mels_db(reference, test, sample_rate)
+    return QualityScore(_log_mel_distance(a_db, b_db), _mel_cepstral_distortion(a_db, b_db))
 
 
 __all__ = [

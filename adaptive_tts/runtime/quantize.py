@@ -44,7 +44,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..voice.vits import ResidualCouplingLayer, VitsModel
+from ..voice.engine import voice_defaults
+from ..voice.vits import ResidualCouplingLayer, VitsModel, conv1d_as_2d
 from .hardware import INT4_BELOW_GB, HardwareProfile
 from .quality import MCD_BOUND_DB, QualityScore, compare
 
@@ -225,8 +226,7 @@ class WeightOnlyConv1d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.packed_weight.dequantize()
         if _time_major(x):
-            return F.conv2d(x.unsqueeze(2), weight.unsqueeze(2), self.bias, (1, self.stride[0]),
-                            (0, self.padding[0]), (1, self.dilation[0]), self.groups).squeeze(2)
+            return conv1d_as_2d(x.unsqueeze(2), weight, self.bias, self).squeeze(2)
         return F.conv1d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def as_float(self) -> nn.Conv1d:
@@ -256,9 +256,7 @@ class WeightOnlyConvTranspose1d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.packed_weight.dequantize()
         if _time_major(x):
-            return F.conv_transpose2d(x.unsqueeze(2), weight.unsqueeze(2), self.bias, (1, self.stride[0]),
-                                      (0, self.padding[0]), (0, self.output_padding[0]), self.groups,
-                                      (1, self.dilation[0])).squeeze(2)
+            return conv1d_as_2d(x.unsqueeze(2), weight, self.bias, self, transposed=True).squeeze(2)
         return F.conv_transpose1d(x, weight, self.bias, self.stride, self.padding, self.output_padding,
                                   self.groups, self.dilation)
 
@@ -647,13 +645,13 @@ class CalibrationSet:
         """``size`` samples (default: one per sentence) cycling over the sentences of ``texts``."""
         sentences = [s.ids for text in texts for s in frontend.sentences(text)]
         size = len(sentences) if size is None else size
-        inference = voice_config.get("inference", {})
+        defaults = voice_defaults(voice_config)
         return cls(
             ids=tuple(sentences[i % len(sentences)] for i in range(size)),
             seeds=tuple(range(first_seed, first_seed + size)),
-            noise_scale=float(inference.get("noise_scale", 0.667)),
-            noise_w=float(inference.get("noise_w", 0.8)),
-            length_scale=float(inference.get("length_scale", 1.0)),
+            noise_scale=defaults.noise_scale,
+            noise_w=defaults.noise_w,
+            length_scale=defaults.length_scale,
         )
 
     @classmethod

@@ -38,9 +38,9 @@ LONG_SENTENCE_IDS = 512
 #: decoder lengths) and a text of short sentences spent a third of its synthesis compiling. The engine
 #: therefore runs its networks at a few padded lengths (``LENGTH_GRANULE``), and bounds the cache at
 #: 512 entries, which still holds a text's working set of kernels across requests (a 500-character
-#: text of new sentence lengths: 0.83 s with 512 entries, 1.11 s with 128). oneDNN reads the setting
-#: when it first compiles, so it is set here, before the engine's first convolution; a value already in
-#: the environment wins. ideep's per-thread cache above it (``LRU_CACHE_CAPACITY``) keeps its default:
+#: text of new sentence lengths: 0.96-1.08 s with 512 entries, 1.36-1.44 s with 128). oneDNN reads
+#: the setting when it first compiles, so it is set here, before the engine's first convolution; a
+#: value already in the environment wins. ideep's per-thread cache above it (``LRU_CACHE_CAPACITY``) keeps its default:
 #: with few shapes it stays small, and bounding it to 16 entries made each convolution re-pack its
 #: weights, which fragmented the heap (a 1000-character sentence then peaked 5-7 % above a
 #: 100-character one, against 0-1 % with the default).
@@ -88,8 +88,6 @@ class SynthesisStats:
     first_audio_s: float | None = None
     latency_s: float = 0.0
     samples: int = 0
-    sentences: int = 0
-    frames: int = 0
 
 
 def resolve_device(device: str) -> torch.device:
@@ -107,7 +105,43 @@ def resolve_device(device: str) -> torch.device:
     raise ValueError(f"unknown device {device!r}: use cpu, cuda or mps")
 
 
-class Engine:
+def voice_defaults(voice_config: dict) -> SynthesisOptions:
+    """The voice config's inference scales (Piper's own defaults where the config has none)."""
+    inference = voice_config.get("inference", {})
+    return SynthesisOptions(
+        noise_scale=float(inference.get("noise_scale", 0.667)),
+        length_scale=float(inference.get("length_scale", 1.0)),
+        noise_w=float(inference.get("noise_w", 0.8)),
+    )
+
+
+class SpeechEngine:
+    """What our engine and the onnxruntime reference share: options resolved against the voice's
+    defaults, and a whole waveform from the chunks of ``stream``."""
+
+    defaults: SynthesisOptions
+
+    def stream(self, text: str, options: SynthesisOptions | None = None, stats: SynthesisStats | None = None,
+               **overrides) -> Iterator[np.ndarray]:
+        raise NotImplementedError
+
+    def resolve(self, options: SynthesisOptions | None = None, **overrides) -> SynthesisOptions:
+        """Options with the voice's defaults filled in for unset scales."""
+        opts = replace(options or SynthesisOptions(), **overrides)
+        return replace(
+            opts,
+            noise_scale=self.defaults.noise_scale if opts.noise_scale is None else opts.noise_scale,
+            length_scale=self.defaults.length_scale if opts.length_scale is None else opts.length_scale,
+            noise_w=self.defaults.noise_w if opts.noise_w is None else opts.noise_w,
+        )
+
+    def synthesize(self, text: str, options: SynthesisOptions | None = None, **overrides) -> np.ndarray:
+        """Whole waveform (float32 in [-1, 1]) of ``text``; sentences are concatenated."""
+        chunks = list(self.stream(text, options, **overrides))
+        return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+
+
+class Engine(SpeechEngine):
     """Our PyTorch VITS engine for one voice, loaded once and shared by callers.
 
     Thread-safe: synthesis holds no shared mutable state besides the model's (read-only) weights, so
@@ -131,12 +165,7 @@ class Engine:
         self.model = model.to(self.device)
         self.voice_config = voice_config
         self.frontend = Frontend(voice_config)
-        inference = voice_config.get("inference", {})
-        self.defaults = SynthesisOptions(
-            noise_scale=float(inference.get("noise_scale", 0.667)),
-            length_scale=float(inference.get("length_scale", 1.0)),
-            noise_w=float(inference.get("noise_w", 0.8)),
-        )
+        self.defaults = voice_defaults(voice_config)
         self.sample_rate = model.config.sample_rate
         self.hop_length = model.config.hop_length
         self.flow_margin = model.flow.receptive_field
@@ -154,26 +183,7 @@ class Engine:
             raise ValueError(f"num_threads must be >= 1, got {num_threads}")
         torch.set_num_threads(num_threads)
 
-    def resolve(self, options: SynthesisOptions | None = None, **overrides) -> SynthesisOptions:
-        """Options with the voice's defaults filled in for unset scales."""
-        opts = options or SynthesisOptions()
-        if overrides:
-            opts = replace(opts, **overrides)
-        return SynthesisOptions(
-            noise_scale=self.defaults.noise_scale if opts.noise_scale is None else opts.noise_scale,
-            length_scale=self.defaults.length_scale if opts.length_scale is None else opts.length_scale,
-            noise_w=self.defaults.noise_w if opts.noise_w is None else opts.noise_w,
-            seed=opts.seed,
-            chunk_length=opts.chunk_length,
-            first_chunk_length=opts.first_chunk_length,
-        )
-
     # -- public API ----------------------------------------------------------------------------------
-
-    def synthesize(self, text: str, options: SynthesisOptions | None = None, **overrides) -> np.ndarray:
-        """Whole waveform (float32 in [-1, 1]) of ``text``; sentences are concatenated."""
-        chunks = list(self.stream(text, options, **overrides))
-        return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
 
     def stream(
         self,
@@ -195,7 +205,6 @@ class Engine:
         stats.started = stats.started or time.perf_counter()
         generator = torch.Generator().manual_seed(opts.seed) if opts.seed is not None else None
         for i, sentence in enumerate(sentences):
-            stats.sentences += 1
             for chunk in self.stream_ids(sentence.ids, opts, generator, stats, first_sentence=i == 0):
                 if stats.first_audio_s is None:
                     stats.first_audio_s = time.perf_counter() - stats.started
@@ -227,8 +236,6 @@ class Engine:
         m_p, logs_p, durations = model.encode(ids_t, noise_w, float(opts.length_scale), padded_to=padded)
         frame_to_phoneme = torch.repeat_interleave(torch.arange(n, device=dev), durations.clamp_min(0))
         frames = int(frame_to_phoneme.numel())
-        if stats is not None:
-            stats.frames += frames
         if n > LONG_SENTENCE_IDS:
             # the encoder's temporaries for a long sentence are tens of MB; give them back before the
             # decoder allocates its own, or the two stack up in the process's peak
@@ -305,6 +312,17 @@ class Engine:
         mask[..., :length] = 1
         z = self.model.flow.reverse(torch.nn.functional.pad(z_p, (0, padded - length)), mask)
         return b0, b1, z[:, :, b0 - f0 : b1 - f0]
+
+
+def load_engine(name: str = "torch", num_threads: int | None = None) -> SpeechEngine:
+    """Our engine (``torch``) or Piper's onnxruntime graph (``reference``) for the bundled voice."""
+    if name == "reference":
+        from .reference import ReferenceEngine
+
+        return ReferenceEngine(num_threads=num_threads)
+    if name != "torch":
+        raise ValueError(f"unknown engine {name!r}: use torch or reference")
+    return Engine(num_threads=num_threads)
 
 
 def _load_malloc_trim():

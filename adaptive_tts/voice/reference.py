@@ -6,19 +6,17 @@ memory are quoted as ratios to it). It synthesizes sentence by sentence, as Pipe
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 
 import numpy as np
 
-from .engine import SynthesisOptions, SynthesisStats
+from .engine import SpeechEngine, SynthesisOptions, SynthesisStats, voice_defaults
 from .frontend import Frontend, Sentence
 from .weights import VoiceFiles, read_voice_config
 
 
-class ReferenceEngine:
+class ReferenceEngine(SpeechEngine):
     """Piper's ONNX model run by onnxruntime on the CPU, one sentence per ``session.run``."""
 
     name = "reference"
@@ -29,12 +27,7 @@ class ReferenceEngine:
         files = files or VoiceFiles.default()
         self.voice_config = read_voice_config(files)
         self.frontend = Frontend(self.voice_config)
-        inference = self.voice_config.get("inference", {})
-        self.defaults = SynthesisOptions(
-            noise_scale=float(inference.get("noise_scale", 0.667)),
-            length_scale=float(inference.get("length_scale", 1.0)),
-            noise_w=float(inference.get("noise_w", 0.8)),
-        )
+        self.defaults = voice_defaults(self.voice_config)
         self.sample_rate = int(self.voice_config["audio"]["sample_rate"])
         options = onnxruntime.SessionOptions()
         if num_threads is not None:
@@ -42,17 +35,6 @@ class ReferenceEngine:
             options.inter_op_num_threads = 1
         self.session = onnxruntime.InferenceSession(
             str(files.model), sess_options=options, providers=["CPUExecutionProvider"]
-        )
-        self._lock = threading.Lock()
-
-    def resolve(self, options: SynthesisOptions | None = None, **overrides) -> SynthesisOptions:
-        """Options with the voice's defaults filled in (chunking does not apply to onnxruntime)."""
-        opts = replace(options or SynthesisOptions(), **overrides)
-        return SynthesisOptions(
-            noise_scale=self.defaults.noise_scale if opts.noise_scale is None else opts.noise_scale,
-            length_scale=self.defaults.length_scale if opts.length_scale is None else opts.length_scale,
-            noise_w=self.defaults.noise_w if opts.noise_w is None else opts.noise_w,
-            seed=opts.seed,
         )
 
     def run_ids(self, ids: tuple[int, ...] | list[int], opts: SynthesisOptions) -> np.ndarray:
@@ -77,13 +59,8 @@ class ReferenceEngine:
         stats.started = stats.started or time.perf_counter()
         for sentence in sentences:
             audio = self.run_ids(sentence.ids, opts)
-            stats.sentences += 1
             stats.samples += len(audio)
             if stats.first_audio_s is None:
                 stats.first_audio_s = time.perf_counter() - stats.started
             yield audio
         stats.latency_s = time.perf_counter() - stats.started
-
-    def synthesize(self, text: str, options: SynthesisOptions | None = None, **overrides) -> np.ndarray:
-        chunks = list(self.stream(text, options, **overrides))
-        return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)

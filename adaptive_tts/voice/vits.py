@@ -494,14 +494,22 @@ def conv_nhwc(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     The module keeps its 1-D parameters (and their names); other module types (quantized wrappers)
     run in their own layout.
     """
-    if type(module) is nn.Conv1d:
-        return F.conv2d(x, module.weight.unsqueeze(2), module.bias, (1, module.stride[0]),
-                        (0, module.padding[0]), (1, module.dilation[0]), module.groups)
-    if type(module) is nn.ConvTranspose1d:
-        return F.conv_transpose2d(x, module.weight.unsqueeze(2), module.bias, (1, module.stride[0]),
-                                  (0, module.padding[0]), (0, module.output_padding[0]), module.groups,
-                                  (1, module.dilation[0]))
+    if type(module) in (nn.Conv1d, nn.ConvTranspose1d):
+        return conv1d_as_2d(x, module.weight, module.bias, module, transposed=type(module) is nn.ConvTranspose1d)
     return _as_image(module(x.squeeze(2)))
+
+
+def conv1d_as_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, geometry: nn.Module,
+                 transposed: bool = False) -> torch.Tensor:
+    """The 1-D (transposed) convolution of ``weight`` with ``geometry``'s stride, padding, dilation and
+    groups (and output padding), run as a 2-D one over ``[N, C, 1, L]`` — in channels-last layout when
+    ``x`` is, which is what makes it fast (see :func:`conv_nhwc`; the quantized wrappers use it too)."""
+    g = geometry
+    if transposed:
+        return F.conv_transpose2d(x, weight.unsqueeze(2), bias, (1, g.stride[0]), (0, g.padding[0]),
+                                  (0, g.output_padding[0]), g.groups, (1, g.dilation[0]))
+    return F.conv2d(x, weight.unsqueeze(2), bias, (1, g.stride[0]), (0, g.padding[0]), (1, g.dilation[0]),
+                    g.groups)
 
 
 class ResBlock2(nn.Module):
