@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup run test test-slow bench clean
+.PHONY: setup run test test-slow clean
 
 # torch is pinned to the CPU build that pip finds locally; a looser request pulls a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml

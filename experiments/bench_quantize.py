@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import csv
 import gc
 import json
 import logging
@@ -105,17 +106,11 @@ def texts() -> list[str]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _status_mb(field_name: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field_name + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field_name} not in /proc/self/status (peak RSS needs Linux)")
-
-
 def probe(strategy: dict, threads: int, chunk_length: int | None) -> dict:
     """Child side: load, quantize as told, synthesize the texts once; the kernel's memory counters."""
     import torch
 
+    from adaptive_tts.runtime.estimator import current_rss_mb, peak_rss_mb
     from adaptive_tts.runtime.quantize import QuantizationStrategy, quantize_
     from adaptive_tts.voice.engine import Engine
     from adaptive_tts.voice.weights import load_vits
@@ -125,13 +120,13 @@ def probe(strategy: dict, threads: int, chunk_length: int | None) -> dict:
     quantize_(model, QuantizationStrategy(**strategy))
     gc.collect()
     engine = Engine(model=model, voice_config=voice_config)
-    startup_peak, steady = _status_mb("VmHWM"), _status_mb("VmRSS")
+    startup_peak, steady = peak_rss_mb(), current_rss_mb()
     options = engine.resolve(seed=0, chunk_length=chunk_length)
     engine.synthesize(WARM_UP, options)
     Path("/proc/self/clear_refs").write_text("5")  # the high-water mark from here on: synthesis only
     for text in texts():
         engine.synthesize(text, options)
-    return {"startup_peak_mb": startup_peak, "steady_rss_mb": steady, "synthesis_peak_mb": _status_mb("VmHWM")}
+    return {"startup_peak_mb": startup_peak, "steady_rss_mb": steady, "synthesis_peak_mb": peak_rss_mb()}
 
 
 def measure_rss(strategy: dict, threads: int, chunk_length: int | None) -> dict:
@@ -264,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="layer-wise calibration samples (the m1_air profile's row says 32)")
     parser.add_argument("--eval-size", type=int, default=12, help="held-out samples for the quality columns")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each calibration step")
+    parser.add_argument("--csv", type=Path, default=Path("results/bench_quantize.csv"),
+                        help="also write the measurements here for experiments.report (default: %(default)s)")
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.probe:
@@ -274,7 +271,21 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     results, own_variation = run(args)
     print_tables(results, own_variation, args)
+    if args.csv is not None:
+        write_csv(results, args.csv)
+        print(f"\nwrote {args.csv}")
     return 0
+
+
+def write_csv(results: list[Result], path: Path) -> None:
+    """One row per configuration, in the columns ``experiments.report`` reads (``--quantize``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["mode", "variant", "weight_bytes", "mcd_db", "log_mel_db"])
+        for r in results:
+            writer.writerow([r.row.strategy["mode"], r.row.name, r.weight_bytes, r.quality_mcd_db,
+                             r.quality_log_mel_db])
 
 
 if __name__ == "__main__":

@@ -331,8 +331,6 @@ class DeviceSpec:
         if profile not in PROFILES:
             raise ValueError(f"cannot simulate profile {profile!r}; simulated profiles: {', '.join(PROFILES)}")
         if cores is None:
-            from adaptive_tts.runtime.hardware import PROFILES
-
             cores = PROFILES[profile].cores
         if cores < 1:
             raise ValueError(f"simulating {profile!r} needs a positive core count, got {cores!r}")

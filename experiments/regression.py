@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+from omegaconf import OmegaConf
 
 DEFAULT_THRESHOLDS = Path(__file__).resolve().parent.parent / "conf" / "regression" / "thresholds.yaml"
 
@@ -77,21 +77,17 @@ def rtf_vs_reference(short: bool, threads: int) -> tuple[float, str]:
 _PEAK_PROBE = """
 import json, sys
 from pathlib import Path
-from adaptive_tts.voice.engine import Engine
+from adaptive_tts.runtime.estimator import peak_rss_mb
+from adaptive_tts.voice.engine import load_engine
 req = json.loads(sys.stdin.read())
-if req["engine"] == "reference":
-    from adaptive_tts.voice.reference import ReferenceEngine
-    engine = ReferenceEngine(num_threads=req["threads"]); kwargs = {}
-else:
-    engine = Engine(num_threads=req["threads"])
-    kwargs = {"chunk_length": req["chunk_length"]} if req["chunk_length"] else {}
+engine = load_engine(req["engine"], req["threads"])
+kwargs = {"chunk_length": req["chunk_length"]} if req["chunk_length"] else {}
 for _ in engine.stream("Warming up.", **kwargs):
     pass
 Path("/proc/self/clear_refs").write_text("5")
 for _ in engine.stream(req["text"], **kwargs):
     pass
-hwm = [l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM:")][0]
-print(int(hwm.split()[1]) / 1024)
+print(peak_rss_mb())
 """
 
 
@@ -153,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--thresholds", type=Path, default=DEFAULT_THRESHOLDS)
     args = parser.parse_args(argv)
-    bounds = yaml.safe_load(args.thresholds.read_text())
+    bounds = OmegaConf.to_container(OmegaConf.load(args.thresholds))
 
     def bound(name: str) -> tuple[float, str]:
         entry = bounds[name]

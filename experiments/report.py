@@ -76,14 +76,13 @@ INTERVALS_NOTE = (
 
 #: Bench files ``python -m experiments.bench_quantize`` may leave, looked for when --quantize is not given.
 BENCH_NAMES = ("bench_quantize.parquet", "bench_quantize.csv")
-#: Accepted spellings of a bench file's columns (its format is not settled): first match wins.
-#: The last of each is experiments.bench_quantize's own field name (its ``Result``), which it prints
-#: but does not yet write to a file.
+#: Accepted spellings of a bench file's columns: first match wins. ``python -m
+#: experiments.bench_quantize --csv`` writes ``mode``, ``weight_bytes``, ``mcd_db`` and ``log_mel_db``.
 BENCH_COLUMNS = {
-    "quantization": ("quantization", "mode", "precision", "name"),
-    "weight_bytes": ("weight_bytes", "bytes_after"),
-    "mcd_db": ("mcd_db", "quality_mcd_db"),
-    "log_mel_db": ("log_mel_db", "quality_log_mel_db"),
+    "quantization": ("quantization", "mode"),
+    "weight_bytes": ("weight_bytes",),
+    "mcd_db": ("mcd_db",),
+    "log_mel_db": ("log_mel_db",),
 }
 QUALITY_COLUMNS = ("weight_bytes", "mcd_db", "log_mel_db")
 
@@ -181,8 +180,8 @@ def load_bench(path: str | Path) -> pd.DataFrame:
     """``python -m experiments.bench_quantize``'s measurements per quantization mode: weight bytes and
     quality (MCD, log-mel distance vs fp32), averaged over the file's rows per mode.
 
-    Its format is not settled, so columns are matched by :data:`BENCH_COLUMNS`; a file without a mode
-    column cannot be attributed to a mode and is an error. Missing measurements stay missing."""
+    Columns are matched by :data:`BENCH_COLUMNS`; a file without a mode column cannot be attributed to
+    a mode and is an error. Missing measurements stay missing."""
     path = Path(path)
     raw = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
     columns = {}
@@ -617,8 +616,9 @@ def quantization_table(rows: pd.DataFrame, bench: pd.DataFrame | None = None) ->
     """Per quantization mode: weight bytes, latency, peak RSS and quality.
 
     Over ok trials, by the mode each one ran with (the ``quantization`` column): a failed trial may not
-    know its mode. Weight bytes and quality come from the rows where the harness recorded them, else
-    from the bench file for that mode; a mode only the bench measured gets a row with no trials."""
+    know its mode. Weight bytes and quality are not per-trial measurements (the rows do not carry them):
+    they come from the bench file for that mode; a mode only the bench measured gets a row with no
+    trials."""
     keys = [k for k in CONDITION_KEYS if k != "quant"] + ["ablation", "quantization"]
     ok = rows[rows["status"] == "ok"]
     by_mode = (bench if bench is not None else pd.DataFrame(columns=["quantization"])).set_index("quantization")
@@ -628,13 +628,9 @@ def quantization_table(rows: pd.DataFrame, bench: pd.DataFrame | None = None) ->
         record = {**key, "n_ok": len(group), **location_stats(latency, "mean", "lat_mean_ms"),
                   "peak_rss_mb": group["peak_rss_mb"].max()}
         for column in QUALITY_COLUMNS:
-            measured = group[column].mean() if column in group else math.nan
             known = column in by_mode and key["quantization"] in by_mode.index
-            from_bench = by_mode.at[key["quantization"], column] if known else math.nan
-            if not _missing(measured):
-                record |= {column: measured, f"{column}_source": "harness"}
-            else:
-                record |= {column: from_bench, f"{column}_source": "" if _missing(from_bench) else "bench"}
+            value = by_mode.at[key["quantization"], column] if known else math.nan
+            record |= {column: value, f"{column}_source": "" if _missing(value) else "bench"}
         records.append(record)
     for mode in sorted(set(by_mode.index) - set(ok["quantization"].dropna())):
         record = {"quantization": mode, "n_ok": 0}
