@@ -73,12 +73,12 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
         backend = SmartAdaptiveBackend(
             profile=args.profile or "auto",
             options=BackendOptions(engine=args.engine, quantization=args.quantization,
-                                   chunk_length=args.chunk_length, num_threads=args.threads),
+                                   chunk_length=args.chunk_length, num_threads=args.threads, compute=args.compute),
         )
         chunks = backend.stream(args.text, options, stats=stats)
         sample_rate = backend.sample_rate
     else:
-        engine = load_engine(args.engine, args.threads)
+        engine = load_engine(args.engine, args.threads, args.compute)
         chunks = engine.stream(args.text, options, stats=stats)
         sample_rate = engine.sample_rate
     try:
@@ -116,7 +116,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     backend = SmartAdaptiveBackend(
         profile=args.profile or "auto",
         options=BackendOptions(affinity=False, engine=args.engine, quantization=args.quantization,
-                               chunk_length=args.chunk_length, num_threads=args.threads),
+                               chunk_length=args.chunk_length, num_threads=args.threads, compute=args.compute),
     )
     print(json.dumps(backend.estimate(args.text), indent=2))
     return 0
@@ -129,11 +129,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     from .runtime.estimator import CalibrationStore, ConfigKey, calibration_texts, fit_constants, machine_key, probe
     from .runtime.hardware import detect_hardware
+    from .voice.engine import resolve_compute
 
     store = CalibrationStore(args.output)
     machine = machine_key(detect_hardware())
     train, test = calibration_texts()
-    keys = [ConfigKey(args.engine, q, None if c == 0 or args.engine == "reference" else c, t)
+    compute = "fp32" if args.engine == "reference" else resolve_compute(args.compute)
+    keys = [ConfigKey(args.engine, q, None if c == 0 or args.engine == "reference" else c, t, compute)
             for q, c, t in itertools.product(args.quantization, args.chunk_length, args.threads)]
     print(f"calibrating {len(keys)} configuration(s) on {machine}: {len(train)} training and "
           f"{len(test)} held-out texts each, one fresh process per text")
@@ -166,12 +168,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.profile not in (None, "auto", *PROFILES):
         raise CliError(f"unknown hardware profile {args.profile!r}; valid: auto, {', '.join(PROFILES)}")
     options = BackendOptions(engine=args.engine, quantization=args.quantization or "fp32",
-                             chunk_length=args.chunk_length, num_threads=args.threads)
+                             chunk_length=args.chunk_length, num_threads=args.threads, compute=args.compute)
     app = create_app(profile=args.profile or "auto", options=options, max_jobs=args.max_jobs,
                      retry_after_s=args.retry_after)
     print(f"loading the voice, then serving on http://{args.host}:{args.port} (API docs at /docs)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
     return 0
+
+
+COMPUTE_HELP = "what our engine multiplies in; auto: bf16 on CPUs with native bf16 (AVX512-BF16, AMX), else fp32"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--engine", choices=["torch", "reference"], default="torch")
     syn.add_argument("--profile", default=None, help="run through the adaptive backend with this hardware profile")
     syn.add_argument("--quantization", choices=["fp32", "int8", "int4"], default=None)
+    syn.add_argument("--compute", choices=["auto", "fp32", "bf16"], default="auto",
+                     help=COMPUTE_HELP)
     syn.set_defaults(func=cmd_synthesize)
 
     hw = sub.add_parser("hardware", help="print the detected hardware and selected profile as JSON")
@@ -202,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--profile", default=None)
     est.add_argument("--engine", choices=["torch", "reference"], default="torch")
     est.add_argument("--quantization", choices=["fp32", "int8", "int4"], default=None)
+    est.add_argument("--compute", choices=["auto", "fp32", "bf16"], default="auto",
+                     help=COMPUTE_HELP)
     est.add_argument("--chunk-length", type=_positive_int, default=None)
     est.add_argument("--threads", type=_positive_int, default=None)
     est.set_defaults(func=cmd_estimate)
@@ -209,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     cal = sub.add_parser("calibrate", help="fit the memory estimator's constants on this machine")
     cal.add_argument("--engine", choices=["torch", "reference"], default="torch")
     cal.add_argument("--quantization", nargs="+", choices=["fp32", "int8", "int4"], default=["fp32"])
+    cal.add_argument("--compute", choices=["auto", "fp32", "bf16"], default="auto",
+                     help=COMPUTE_HELP)
     cal.add_argument("--chunk-length", nargs="+", type=int, default=[256],
                      help="decoder chunk lengths in frames; 0 = one pass")
     cal.add_argument("--threads", nargs="+", type=_positive_int, default=[os.cpu_count() or 1])
@@ -222,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--profile", default=None, help="hardware profile by name (default: auto)")
     srv.add_argument("--engine", choices=["torch", "reference"], default="torch")
     srv.add_argument("--quantization", choices=["fp32", "int8", "int4"], default=None, help="default fp32")
+    srv.add_argument("--compute", choices=["auto", "fp32", "bf16"], default="auto",
+                     help=COMPUTE_HELP)
     srv.add_argument("--chunk-length", type=_positive_int, default=None, help="decoder chunk in latent frames")
     srv.add_argument("--threads", type=_positive_int, default=None)
     srv.add_argument("--max-jobs", type=_positive_int, default=16,

@@ -29,7 +29,7 @@ from .runtime.cache import AudioCache
 from .runtime.estimator import CalibrationStore, ConfigKey, MemoryEstimator, machine_key
 from .runtime.hardware import HardwareInfo, HardwareProfile, detect_hardware, hardware_payload, select_profile
 from .runtime.monitor import SystemMonitor
-from .voice.engine import SynthesisOptions, SynthesisStats, load_engine, release_free_memory
+from .voice.engine import COMPUTE_DTYPES, SynthesisOptions, SynthesisStats, load_engine, release_free_memory
 from .voice.frontend import TextError, validate_text
 
 logger = logging.getLogger(__name__)
@@ -82,6 +82,8 @@ class BackendOptions:
     quantization: str | None = None
     chunk_length: int | None = None
     num_threads: int | None = None
+    #: What our engine computes in: ``auto`` is bf16 on CPUs with native bf16, else fp32.
+    compute: str = "auto"
     #: How long a request may wait for running jobs to free memory before it is refused.
     wait_timeout_s: float = 30.0
 
@@ -92,6 +94,8 @@ class BackendOptions:
             raise ValueError(f"quantization must be one of {', '.join(PRECISIONS)}, not {self.quantization!r}")
         if self.engine == "reference" and self.quantization not in (None, "fp32"):
             raise ValueError("the onnxruntime reference engine runs fp32 only")
+        if self.compute not in ("auto", *COMPUTE_DTYPES):
+            raise ValueError(f"compute must be auto, {', '.join(COMPUTE_DTYPES)}, not {self.compute!r}")
         if self.chunk_length is not None and self.chunk_length < 1:
             raise ValueError(f"chunk_length must be >= 1, got {self.chunk_length}")
         if self.num_threads is not None and self.num_threads < 1:
@@ -107,6 +111,8 @@ class RuntimeConfig:
     cache_limit: float
     max_text_length: int
     quantization: str
+    #: what the engine multiplies in (fp32 or bf16; the reference engine: fp32)
+    compute: str = "fp32"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -171,7 +177,8 @@ class SmartAdaptiveBackend:
             applied = self.affinity.apply()
             if self.options.num_threads is None:
                 self.config.num_threads = applied.num_threads
-        self.engine = load_engine(self.options.engine, self.config.num_threads)
+        self.engine = load_engine(self.options.engine, self.config.num_threads, self.options.compute)
+        self.config.compute = getattr(self.engine, "compute", "fp32")
         self.sample_rate = self.engine.sample_rate
         self._set_precision(self._initial_precision(budget))
         self.cache: AudioCache | None = None
@@ -227,7 +234,7 @@ class SmartAdaptiveBackend:
     def _config_key(self, chunk_length: int | None = None, quantization: str | None = None) -> ConfigKey:
         chunk = None if self.options.engine == "reference" else (chunk_length or self.config.chunk_length)
         return ConfigKey(self.options.engine, quantization or self.config.quantization, chunk,
-                         self.config.num_threads)
+                         self.config.num_threads, self.config.compute)
 
     def _on_cache_limit(self, limit_mb: float) -> None:
         self.config.cache_limit = limit_mb
@@ -464,7 +471,7 @@ class SmartAdaptiveBackend:
             rtf=stats.latency_s / audio_s if audio_s else float("nan"), text_tokens=tokens,
             estimated_mb=plan.estimated_mb if plan else None,
             config={"engine": self.options.engine, "quantization": self.config.quantization,
-                    "num_threads": self.config.num_threads,
+                    "num_threads": self.config.num_threads, "compute": self.config.compute,
                     "chunk_length": plan.chunk_length if plan else self._chunk_length()},
             cached=info.get("cached", False), degraded=plan.degraded if plan else (),
         )

@@ -1,6 +1,7 @@
 """Engine benchmark: our PyTorch engine against Piper's onnxruntime graph, side by side in one run.
 
     python -m experiments.bench_engine [--runs 3] [--threads 2] [--chunk-length 256] [--quantization fp32]
+        [--compute auto]
 
 For each text (100, 300, 500, 800 and 1000 characters from the corpus, plus one 1000-character sentence
 with no punctuation) each engine runs in its own fresh process — peak RSS is per process — and the two
@@ -60,7 +61,7 @@ def _reset_peak_rss() -> str:
 
 
 def probe(engine_name: str, text: str, runs: int, threads: int, chunk_length: int | None,
-          quantization: str) -> dict:
+          quantization: str, compute: str) -> dict:
     """Child side: one engine, one text, ``runs`` timed syntheses."""
     from adaptive_tts.voice.engine import SynthesisOptions, SynthesisStats
 
@@ -73,7 +74,7 @@ def probe(engine_name: str, text: str, runs: int, threads: int, chunk_length: in
         from adaptive_tts.backend import FIRST_CHUNK_LENGTH
         from adaptive_tts.voice.engine import Engine
 
-        engine = Engine(num_threads=threads)
+        engine = Engine(num_threads=threads, compute=compute)
         if quantization != "fp32":
             from adaptive_tts.runtime.quantize import QuantizationStrategy, quantize_
 
@@ -97,7 +98,8 @@ def probe(engine_name: str, text: str, runs: int, threads: int, chunk_length: in
 
 def measure(engine_name: str, text: str, args: argparse.Namespace) -> tuple[Measurement, str]:
     request = {"engine": engine_name, "text": text, "runs": args.runs, "threads": args.threads,
-               "chunk_length": args.chunk_length, "quantization": args.quantization}
+               "chunk_length": args.chunk_length, "quantization": args.quantization,
+               "compute": args.compute}
     done = subprocess.run([sys.executable, "-m", "experiments.bench_engine", "--probe"],
                           input=json.dumps(request), capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
@@ -117,14 +119,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="timed syntheses per text and engine (median)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--chunk-length", type=int, default=256, help="our decoder chunk (0 = one pass)")
-    parser.add_argument("--quantization", choices=["fp32", "int8", "int4"], default="fp32")
+    parser.add_argument("--quantization", choices=["fp32", "int8", "int4"], default="fp32",
+                        help="our weights (int8/int4: weight-only)")
+    parser.add_argument("--compute", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="what our encoder, flow and decoder multiply in (auto: bf16 on CPUs with native bf16)")
     parser.add_argument("--json", type=Path, default=None, help="also write the table as JSON here")
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.probe:
         req = json.loads(sys.stdin.read())
         print(json.dumps(probe(req["engine"], req["text"], req["runs"], req["threads"],
-                               req["chunk_length"] or None, req["quantization"])))
+                               req["chunk_length"] or None, req["quantization"], req["compute"])))
         return 0
 
     cases = texts()
@@ -140,7 +145,10 @@ def main(argv: list[str] | None = None) -> int:
                 bar.update()
             rows.append((name, len(text), got["torch"], got["reference"]))
 
-    ours = f"torch {args.quantization}, chunk {args.chunk_length or 'one pass'}"
+    from adaptive_tts.voice.engine import resolve_compute
+
+    ours = (f"torch {args.quantization} weights, {resolve_compute(args.compute)} compute, "
+            f"chunk {args.chunk_length or 'one pass'}")
     print(f"\nours = {ours}; reference = Piper's onnxruntime graph, one sentence per run; "
           f"{args.threads} threads; median of {args.runs} runs; peak RSS = {mechanism}")
     header = (f"{'text':<28}{'audio s':>8} | {'latency s':>19} | {'RTF':>17} | {'first audio s':>19} | "

@@ -20,6 +20,10 @@ same profile with under 6 GB available, which switches to INT4.
   saw. The reference point: fp32 against itself with another prior-noise seed (the voice's own variation).
   Layer-wise rows also print each group's calibration result (the group alone at the mode, all else fp32).
 
+Every mode computes in fp32 (``Engine(compute="fp32")``), so the rows measure weight quantization
+alone; bf16 compute, the default on CPUs with native bf16, is judged against fp32 the same way by
+``experiments.regression`` (``default_mcd_db``) and ``tests/test_compute.py``.
+
 The default is one intra-op thread: on a shared two-core machine a second thread mostly measures the
 other processes. Absolute numbers belong to this machine and this moment; the ratios are the result.
 """
@@ -119,7 +123,7 @@ def probe(strategy: dict, threads: int, chunk_length: int | None) -> dict:
     model, voice_config = load_vits()
     quantize_(model, QuantizationStrategy(**strategy))
     gc.collect()
-    engine = Engine(model=model, voice_config=voice_config)
+    engine = Engine(model=model, voice_config=voice_config, compute="fp32")
     startup_peak, steady = peak_rss_mb(), current_rss_mb()
     options = engine.resolve(seed=0, chunk_length=chunk_length)
     engine.synthesize(WARM_UP, options)
@@ -154,7 +158,7 @@ def run(args: argparse.Namespace) -> tuple[list[Result], "QualityScore"]:
 
     torch.set_num_threads(args.threads)
     fp32, voice_config = load_vits()
-    engine = Engine(model=fp32, voice_config=voice_config)
+    engine = Engine(model=fp32, voice_config=voice_config, compute="fp32")
     frontend = engine.frontend
     calibration = CalibrationSet.default(frontend, voice_config, args.calibration_size)
     held_out = CalibrationSet.from_texts(frontend, [cut_text(120, i) for i in range(args.eval_size)],
@@ -179,7 +183,7 @@ def run(args: argparse.Namespace) -> tuple[list[Result], "QualityScore"]:
             report = quantize_(model, strategy, calibration if strategy.layer_wise else None)
             score = held_out.score(model, references)
             models[row.name] = model
-            engines[row.name] = Engine(model=model, voice_config=voice_config)
+            engines[row.name] = Engine(model=model, voice_config=voice_config, compute="fp32")
             results.append(Result(
                 row=row, weight_bytes=report.bytes_after, ratio=report.ratio, precisions=report.precisions,
                 quality_mcd_db=score.quality.mcd_db, quality_log_mel_db=score.quality.log_mel_db,

@@ -38,6 +38,7 @@ def tts(options: dict[str, Any]) -> TrialBody:
             quantization=options["quantization"],
             chunk_length=options["chunk_length"],
             num_threads=options["num_threads"],
+            compute=options["compute"],
             cache=False,
         ),
     )
@@ -89,7 +90,7 @@ def tts(options: dict[str, Any]) -> TrialBody:
             "estimated_mb": slowest.estimated_mb,
             "text_tokens": slowest.text_tokens,
             "requests_ok": len(results),
-            **{key: slowest.config[key] for key in ("engine", "quantization", "num_threads", "chunk_length")},
+            **{key: slowest.config[key] for key in ("engine", "quantization", "num_threads", "chunk_length", "compute")},
         }
 
     return run

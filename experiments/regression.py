@@ -7,10 +7,13 @@ depend on how fast the machine is, only on what the code does:
 
 - ``rtf_vs_reference``: our default engine's real-time factor / onnxruntime's, same texts and threads,
   each engine in a fresh process, alternating, medians (``experiments.bench_engine``'s probe);
+- ``default_mcd_db`` and ``default_duration_change``: the default configuration (its compute precision,
+  bf16 where the CPU has it) against fp32, as quantization is judged (same noise, same durations);
 - ``streaming_peak_vs_one_pass``: peak RSS of a streamed 1000-character sentence / the same sentence
   decoded in one pass (fresh processes);
 - ``streaming_peak_vs_reference``: the same streamed peak / the reference's per-sentence peak;
-- ``int8_weight_bytes`` and ``int8_latency``: INT8 weight-only vs fp32, bytes and median latency;
+- ``int8_weight_bytes`` and ``int8_latency``: INT8 weight-only vs fp32 weights, bytes and median latency
+  (both with the default compute precision);
 - ``estimator_mape_percent``: the memory estimator's error on held-out texts after a short calibration.
 
 Absolute times are printed for the log, never asserted. A figure outside its bound fails the run with
@@ -64,7 +67,8 @@ def rtf_vs_reference(short: bool, threads: int) -> tuple[float, str]:
 
     from experiments.bench_engine import measure
 
-    args = Namespace(runs=3 if short else 5, threads=threads, chunk_length=256, quantization="fp32")
+    args = Namespace(runs=3 if short else 5, threads=threads, chunk_length=256, quantization="fp32",
+                     compute="auto")
     ratios, lines = [], []
     for i, text in enumerate(_texts(short)):
         order = ("torch", "reference") if i % 2 == 0 else ("reference", "torch")
@@ -130,13 +134,29 @@ def quantization_ratios(threads: int, short: bool) -> tuple[float, float, str]:
             f"latency {t['fp32']:.3f} s -> {t['int8']:.3f} s")
 
 
+def default_quality(short: bool) -> tuple[float, float, str]:
+    """MCD and duration change of the default configuration against fp32 on the calibration set."""
+    import copy
+
+    from adaptive_tts.runtime.quantize import CalibrationSet
+    from adaptive_tts.voice.engine import Engine
+
+    fp32 = Engine(compute="fp32")
+    default = Engine(model=copy.deepcopy(fp32.model), voice_config=fp32.voice_config)
+    calibration = CalibrationSet.default(fp32.frontend, fp32.voice_config, 8 if short else 32)
+    score = calibration.score(default.model, calibration.references(fp32.model))
+    return (score.quality.mcd_db, score.duration_change,
+            f"{default.compute} compute vs fp32, {len(calibration)} samples; log-mel {score.quality.log_mel_db:.2f} dB")
+
+
 def estimator_mape(threads: int) -> tuple[float, str]:
     """The calibration ``python -m adaptive_tts calibrate`` runs (all its texts: with fewer, one noisy
-    peak decides the figure), scored on its held-out texts."""
+    peak decides the figure), scored on its held-out texts, for the default compute precision."""
     from adaptive_tts.runtime.estimator import ConfigKey, calibration_texts, fit_constants, probe
+    from adaptive_tts.voice.engine import resolve_compute
 
     train, test = calibration_texts()
-    key = ConfigKey("torch", "fp32", 256, threads)
+    key = ConfigKey("torch", "fp32", 256, threads, resolve_compute("auto"))
     measured = [probe(key, text) for text in train + test]
     fit = fit_constants(measured[: len(train)], measured[len(train):]).fit
     return fit.mape_percent, (f"{fit.n_train} training / {fit.n_test} held-out texts; max under-prediction "
@@ -165,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"regression benchmarks ({'short' if args.short else 'full'}), {args.threads} threads", flush=True)
     ratio, detail = rtf_vs_reference(args.short, args.threads)
     add("rtf_vs_reference", ratio, detail)
+
+    mcd, duration_change, detail = default_quality(args.short)
+    add("default_mcd_db", mcd, detail)
+    add("default_duration_change", duration_change, detail)
 
     from experiments.bench_engine import texts
 

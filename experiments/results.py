@@ -73,6 +73,7 @@ EXTRA_FIELDS = [
     pa.field("available_mb", pa.float64()),
     pa.field("host_cpus", pa.int64()),
     pa.field("host_mem_mb", pa.float64()),
+    pa.field("compute", pa.string()),  # what the engine multiplied in: fp32 or bf16
 ]
 SCHEMA = pa.schema(list(CORE_SCHEMA) + EXTRA_FIELDS)
 STATUSES = ("ok", "oom", "refused", "error", "timeout")

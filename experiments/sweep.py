@@ -51,6 +51,8 @@ class EngineChoice:
     quantization: str | None = None
     num_threads: int | None = None
     chunk_length: int | None = None
+    #: auto: bf16 on CPUs with native bf16, else fp32 (the row records what was used)
+    compute: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,7 @@ class SweepSpec:
             "quantization": self.engine.quantization,
             "num_threads": self.engine.num_threads,
             "chunk_length": self.engine.chunk_length,
+            "compute": self.engine.compute,
             **self.trial.options,
         }
 

@@ -16,6 +16,7 @@ from adaptive_tts.backend import BackendOptions, SmartAdaptiveBackend, Synthesis
 from adaptive_tts.runtime.budget import MemoryBudgetManager, SystemMemory
 from adaptive_tts.runtime.estimator import CalibrationStore, ConfigKey, EstimatorConstants, current_rss_mb, machine_key
 from adaptive_tts.runtime.hardware import PROFILES
+from adaptive_tts.voice.engine import resolve_compute
 
 M1 = PROFILES["m1_air"]
 TEXT = "The adaptive runtime decides before it synthesizes."
@@ -44,7 +45,7 @@ def make(tmp_path, memory: Memory | None = None, calibrate: dict[int, float] | N
     )
     if calibrate:
         for chunk, base in calibrate.items():
-            key = ConfigKey("torch", "fp32", chunk, backend.config.num_threads)
+            key = ConfigKey("torch", "fp32", chunk, backend.config.num_threads, backend.config.compute)
             store.save(machine_key(backend.info), key, EstimatorConstants(current_rss_mb() + base, 0.0, None, True))
         backend.estimator.constants = backend.estimator._load(backend.estimator.key)
     return backend
@@ -64,7 +65,7 @@ def test_synthesize_reports_timings_and_plan(tmp_path):
     assert 0 < result.first_audio_s <= result.latency_s
     assert result.rtf == pytest.approx(result.latency_s / result.audio_s)
     assert result.config == {"engine": "torch", "quantization": "fp32", "num_threads": backend.config.num_threads,
-                             "chunk_length": 128}
+                             "chunk_length": 128, "compute": resolve_compute("auto")}
     assert result.estimated_mb is not None and result.text_tokens > 40
 
 

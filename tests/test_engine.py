@@ -82,6 +82,37 @@ def test_padded_encode_equals_unpadded(engine):
         assert a.shape == b.shape and (a - b).abs().max().item() <= 1e-4
 
 
+def test_batched_encode_equals_one_sentence_at_a_time(engine):
+    """Sentences of different lengths encoded as one padded batch: same durations, same prior."""
+    import torch
+
+    ids = [torch.tensor(s.ids) for s in engine.frontend.sentences(" ".join(PARITY_SENTENCES[17:21]))]
+    assert len({len(t) for t in ids}) > 1
+    noise = [torch.randn(2, len(t), generator=torch.Generator().manual_seed(i)) * 0.8 for i, t in enumerate(ids)]
+    with torch.inference_mode():
+        batched = engine.model.encode_batch(ids, noise, 1.0, padded_to=max(len(t) for t in ids) + 13)
+        alone = [engine.model.encode(t[None], n[None], 1.0) for t, n in zip(ids, noise)]
+    for (m_b, logs_b, dur_b), (m_a, logs_a, dur_a) in zip(batched, alone):
+        assert torch.equal(dur_b, dur_a)
+        assert m_b.shape == m_a.shape and (m_b - m_a).abs().max().item() <= 1e-4
+        assert (logs_b - logs_a).abs().max().item() <= 1e-4
+
+
+def test_encode_batches_cover_every_sentence_within_their_limits():
+    from adaptive_tts.voice.engine import ENCODE_BATCH_IDS, ENCODE_BATCH_SPREAD, _batches
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        lengths = [int(n) for n in rng.integers(3, 1500, size=rng.integers(0, 30))]
+        batches = list(_batches(lengths))
+        assert [i for batch in batches for i in batch] == list(range(len(lengths)))
+        for batch in batches:
+            sizes = [lengths[i] for i in batch]
+            if len(batch) > 1:
+                assert max(sizes) * len(batch) <= ENCODE_BATCH_IDS
+                assert max(sizes) <= ENCODE_BATCH_SPREAD * min(sizes)
+
+
 def test_chunks_cover_the_sentence_in_chunk_length_steps():
     for frames in range(0, 1400, 7):
         for chunk_length, first in [(256, None), (256, 32), (64, 8), (57, None)]:

@@ -37,16 +37,19 @@ DEFAULT_CALIBRATION_PATH = Path.home() / ".cache" / "adaptive-tts" / "calibratio
 
 @dataclass(frozen=True)
 class ConfigKey:
-    """The configuration a calibration belongs to: memory depends on all four."""
+    """The configuration a calibration belongs to: memory depends on all five (bf16 compute halves
+    the decoder's activations)."""
 
     engine: str
     quantization: str
     chunk_length: int | None
     num_threads: int
+    compute: str = "fp32"
 
     def __str__(self) -> str:
         chunk = "onepass" if self.chunk_length is None else f"cl{self.chunk_length}"
-        return f"{self.engine}/{self.quantization}/{chunk}/t{self.num_threads}"
+        suffix = "" if self.compute == "fp32" else f"/{self.compute}"
+        return f"{self.engine}/{self.quantization}/{chunk}/t{self.num_threads}{suffix}"
 
 
 @dataclass(frozen=True)
@@ -285,7 +288,8 @@ def _probe_main() -> None:
     key = ConfigKey(**request["key"])
     backend = SmartAdaptiveBackend(options=BackendOptions(
         budget=False, affinity=False, estimation=False, cache=False, engine=key.engine,
-        quantization=key.quantization, chunk_length=key.chunk_length, num_threads=key.num_threads))
+        quantization=key.quantization, chunk_length=key.chunk_length, num_threads=key.num_threads,
+        compute=key.compute))
     result = backend.synthesize(request["text"])
     peak = peak_rss_mb()
     print(json.dumps({"text_length": len(request["text"]), "text_tokens": result.text_tokens, "peak_rss_mb": peak}))

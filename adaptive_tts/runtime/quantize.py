@@ -190,7 +190,7 @@ def pack_weight(weight: torch.Tensor, precision: str, output_axis: int = 0) -> P
 def _bias(layer: nn.Module) -> torch.Tensor | None:
     """A copy, not a view: the loader memory-maps the weights file, and one view into it keeps the whole
     mapping (every fp32 weight) resident."""
-    return None if layer.bias is None else layer.bias.detach().clone()
+    return None if layer.bias is None else layer.bias.detach().to(torch.float32, copy=True)
 
 
 def _time_major(x: torch.Tensor) -> bool:
@@ -199,6 +199,14 @@ def _time_major(x: torch.Tensor) -> bool:
     ``[N, C, 1, L]`` in that layout: oneDNN's channels-last kernels are about twice as fast there, and a
     channels-first ``conv1d`` would also cost a layout copy in and out of every layer."""
     return x.dim() == 3 and x.shape[1] > 1 and x.stride(1) == 1
+
+
+def _dequantized(layer: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A weight-only layer's weight and bias in ``dtype``, its input's: the model computes a stage in
+    bf16 where the CPU has native bf16 (``VitsModel.set_compute_dtype``), and the scales stay fp32
+    until the weight is dequantized."""
+    bias = None if layer.bias is None else layer.bias.to(dtype)
+    return layer.packed_weight.dequantize().to(dtype), bias
 
 
 def _with_weights(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
@@ -224,10 +232,10 @@ class WeightOnlyConv1d(nn.Module):
         return self.packed_weight.precision
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.packed_weight.dequantize()
+        weight, bias = _dequantized(self, x.dtype)
         if _time_major(x):
-            return conv1d_as_2d(x.unsqueeze(2), weight, self.bias, self).squeeze(2)
-        return F.conv1d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+            return conv1d_as_2d(x.unsqueeze(2), weight, bias, self).squeeze(2)
+        return F.conv1d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
     def as_float(self) -> nn.Conv1d:
         """An ``nn.Conv1d`` with the dequantized weight (to re-quantize at a lower precision)."""
@@ -254,10 +262,10 @@ class WeightOnlyConvTranspose1d(nn.Module):
         return self.packed_weight.precision
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.packed_weight.dequantize()
+        weight, bias = _dequantized(self, x.dtype)
         if _time_major(x):
-            return conv1d_as_2d(x.unsqueeze(2), weight, self.bias, self, transposed=True).squeeze(2)
-        return F.conv_transpose1d(x, weight, self.bias, self.stride, self.padding, self.output_padding,
+            return conv1d_as_2d(x.unsqueeze(2), weight, bias, self, transposed=True).squeeze(2)
+        return F.conv_transpose1d(x, weight, bias, self.stride, self.padding, self.output_padding,
                                   self.groups, self.dilation)
 
     def as_float(self) -> nn.ConvTranspose1d:
@@ -322,14 +330,14 @@ class DynamicInt8Conv1d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, _, _ = x.shape
-        cols = self._columns(x)
+        cols = self._columns(x.float())  # scales from a bf16 input (autocast) would round too coarsely
         x_scale = (cols.abs().amax(dim=1, keepdim=True) / 127).clamp_min(1e-12)
         x_q = torch.round(cols / x_scale).to(torch.int8)
         acc = torch._int_mm(x_q, self.packed_weight.values.T)
         y = acc.float() * x_scale * self.packed_weight.scale.T
         if self.bias is not None:
             y = y + self.bias
-        return y.view(batch, -1, y.shape[1]).transpose(1, 2)
+        return y.view(batch, -1, y.shape[1]).transpose(1, 2).to(x.dtype)
 
 
 #: Every layer a group can hold: the fp32 types and what quantization turns them into.
@@ -680,7 +688,7 @@ class CalibrationSet:
             generator = torch.Generator().manual_seed(noise_seed)
         eps = torch.randn(frame_to_phoneme.numel(), m_p.shape[1], generator=generator)
         z_p = m_p[0][:, frame_to_phoneme] + eps.T * torch.exp(logs_p[0][:, frame_to_phoneme]) * self.noise_scale
-        z = model.flow.reverse(z_p.unsqueeze(0), torch.ones(1, 1, z_p.shape[1]))
+        z = model.flow_reverse(z_p.unsqueeze(0), torch.ones(1, 1, z_p.shape[1]))
         audio = model.decode(z)[0, 0].float().numpy()
         return Rendering(audio, own)
 

@@ -46,6 +46,12 @@ LONG_SENTENCE_IDS = 512
 #: 100-character one, against 0-1 % with the default).
 PRIMITIVE_CACHE_CAPACITY = 512
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(PRIMITIVE_CACHE_CAPACITY))
+#: Sentences after a request's first are encoded in batches of up to this many ids (padded): the
+#: encoder and duration predictor of a short sentence are hundreds of small operations, whose fixed
+#: cost batching pays once per batch (a 300-character text of 14 sentences: ...).
+ENCODE_BATCH_IDS = 1024
+#: A batch's longest sentence is at most this many times its shortest: padding costs arithmetic.
+ENCODE_BATCH_SPREAD = 2.0
 #: The encoder (ids), flow and decoder (frames) run at lengths padded to a multiple of this, so that
 #: their compiled kernels are shared (see ``PRIMITIVE_CACHE_CAPACITY``).
 LENGTH_GRANULE = 32
@@ -105,6 +111,28 @@ def resolve_device(device: str) -> torch.device:
     raise ValueError(f"unknown device {device!r}: use cpu, cuda or mps")
 
 
+#: Compute dtypes an engine can run its encoder, flow and decoder in (see ``VitsModel.set_compute_dtype``).
+COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def native_bf16() -> bool:
+    """Whether this CPU has native bf16 dot products (x86 AVX512-BF16 or AMX), where oneDNN's bf16
+    kernels run about twice as fast as its fp32 ones. Elsewhere bf16 is converted in software and
+    is slower than fp32, so ``auto`` keeps fp32 there (ARM's bf16 extension is not probed: unmeasured)."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def resolve_compute(compute: str) -> str:
+    """``fp32`` or ``bf16`` for a requested compute precision; ``auto`` is bf16 where :func:`native_bf16`."""
+    if compute == "auto":
+        return "bf16" if native_bf16() else "fp32"
+    if compute not in COMPUTE_DTYPES:
+        raise ValueError(f"unknown compute precision {compute!r}: use auto, {', '.join(COMPUTE_DTYPES)}")
+    if compute == "bf16" and not native_bf16():
+        logger.warning("bf16 compute requested on a CPU without native bf16: expect it to be slower than fp32")
+    return compute
+
+
 def voice_defaults(voice_config: dict) -> SynthesisOptions:
     """The voice config's inference scales (Piper's own defaults where the config has none)."""
     inference = voice_config.get("inference", {})
@@ -156,6 +184,7 @@ class Engine(SpeechEngine):
         *,
         num_threads: int | None = None,
         device: str = "cpu",
+        compute: str = "auto",
         model: VitsModel | None = None,
         voice_config: dict | None = None,
     ) -> None:
@@ -163,6 +192,11 @@ class Engine(SpeechEngine):
         if model is None or voice_config is None:
             model, voice_config = load_vits(files)
         self.model = model.to(self.device)
+        #: ``fp32`` or ``bf16``: what the encoder, flow and decoder compute in (``auto`` resolved)
+        if compute == "auto" and self.device.type != "cpu":
+            compute = "fp32"  # native_bf16 probes the CPU; on an accelerator, ask for bf16 explicitly
+        self.compute = resolve_compute(compute)
+        self.model.set_compute_dtype(COMPUTE_DTYPES[self.compute])
         self.voice_config = voice_config
         self.frontend = Frontend(voice_config)
         self.defaults = voice_defaults(voice_config)
@@ -204,42 +238,71 @@ class Engine(SpeechEngine):
         stats = stats if stats is not None else SynthesisStats()
         stats.started = stats.started or time.perf_counter()
         generator = torch.Generator().manual_seed(opts.seed) if opts.seed is not None else None
-        for i, sentence in enumerate(sentences):
-            for chunk in self.stream_ids(sentence.ids, opts, generator, stats, first_sentence=i == 0):
+        for i, encoded in enumerate(self._encoded(sentences, opts, generator)):
+            for chunk in self._stream_encoded(encoded, opts, generator, first_sentence=i == 0):
                 if stats.first_audio_s is None:
                     stats.first_audio_s = time.perf_counter() - stats.started
                 stats.samples += len(chunk)
                 yield chunk
         stats.latency_s = time.perf_counter() - stats.started
 
-    @torch.inference_mode()
     def stream_ids(
         self,
         ids: tuple[int, ...] | list[int],
         opts: SynthesisOptions,
         generator: torch.Generator | None = None,
-        stats: SynthesisStats | None = None,
         first_sentence: bool = True,
     ) -> Iterator[np.ndarray]:
-        """Phoneme ids of one sentence → audio chunks. Options must be resolved (no ``None`` scales).
+        """Phoneme ids of one sentence → audio chunks. Options must be resolved (no ``None`` scales)."""
+        yield from self._stream_encoded(self._encode([ids], opts, generator)[0], opts, generator, first_sentence)
+
+    @torch.inference_mode()
+    def _encode(self, sentences: list[tuple[int, ...] | list[int]], opts: SynthesisOptions,
+                generator: torch.Generator | None) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Prior mean, log-std and frames per phoneme of each sentence, encoded as one batch padded to
+        a multiple of ``LENGTH_GRANULE`` (see ``VitsModel.encode_batch``). The duration noise is drawn
+        sentence by sentence, in order."""
+        dev = self.device
+        ids = [torch.as_tensor(list(s), dtype=torch.long, device=dev) for s in sentences]
+        noise = [torch.zeros(2, len(t)) if opts.noise_w == 0
+                 else torch.randn(2, len(t), generator=generator) * opts.noise_w for t in ids]
+        padded = -(-max(len(t) for t in ids) // LENGTH_GRANULE) * LENGTH_GRANULE
+        encoded = self.model.encode_batch(ids, [t.to(dev) for t in noise], float(opts.length_scale), padded)
+        if padded * len(ids) > LONG_SENTENCE_IDS:
+            # the encoder's temporaries for a long sentence are tens of MB; give them back before the
+            # decoder allocates its own, or the two stack up in the process's peak
+            release_free_memory()
+        return encoded
+
+    def _encoded(self, sentences: list[Sentence], opts: SynthesisOptions,
+                 generator: torch.Generator | None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Each sentence encoded, in order: the first alone, since its audio is awaited; the ones
+        after it a batch at a time, as each batch's audio is needed (:func:`_batches`)."""
+        if not sentences:
+            return
+        yield from self._encode([sentences[0].ids], opts, generator)
+        for batch in _batches([len(s.ids) for s in sentences[1:]]):
+            yield from self._encode([sentences[1 + i].ids for i in batch], opts, generator)
+
+    @torch.inference_mode()
+    def _stream_encoded(
+        self,
+        encoded: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        opts: SynthesisOptions,
+        generator: torch.Generator | None = None,
+        first_sentence: bool = True,
+    ) -> Iterator[np.ndarray]:
+        """One encoded sentence → audio chunks, through the flow and the decoder.
 
         ``first_chunk_length`` applies to the first sentence of a request only: later sentences are
         decoded while earlier audio plays, so they gain nothing from a short first chunk.
         """
         model = self.model
         dev = self.device
-        ids_t = torch.as_tensor([list(ids)], dtype=torch.long, device=dev)
-        n = ids_t.shape[1]
-        noise_w = torch.zeros(1, 2, n) if opts.noise_w == 0 else torch.randn(1, 2, n, generator=generator) * opts.noise_w
-        noise_w = noise_w.to(dev)
-        padded = -(-n // LENGTH_GRANULE) * LENGTH_GRANULE  # see VitsModel.encode
-        m_p, logs_p, durations = model.encode(ids_t, noise_w, float(opts.length_scale), padded_to=padded)
+        m_p, logs_p, durations = encoded
+        n = durations.shape[0]
         frame_to_phoneme = torch.repeat_interleave(torch.arange(n, device=dev), durations.clamp_min(0))
         frames = int(frame_to_phoneme.numel())
-        if n > LONG_SENTENCE_IDS:
-            # the encoder's temporaries for a long sentence are tens of MB; give them back before the
-            # decoder allocates its own, or the two stack up in the process's peak
-            release_free_memory()
         if frames == 0:  # the original clamps the length to one (silent) frame
             yield np.zeros(self.hop_length, np.float32)
             return
@@ -310,33 +373,52 @@ class Engine(SpeechEngine):
         padded = -(-length // LENGTH_GRANULE) * LENGTH_GRANULE
         mask = torch.zeros(1, 1, padded, device=z_p.device, dtype=z_p.dtype)
         mask[..., :length] = 1
-        z = self.model.flow.reverse(torch.nn.functional.pad(z_p, (0, padded - length)), mask)
+        z = self.model.flow_reverse(torch.nn.functional.pad(z_p, (0, padded - length)), mask)
         return b0, b1, z[:, :, b0 - f0 : b1 - f0]
 
 
-def load_engine(name: str = "torch", num_threads: int | None = None) -> SpeechEngine:
-    """Our engine (``torch``) or Piper's onnxruntime graph (``reference``) for the bundled voice."""
+def load_engine(name: str = "torch", num_threads: int | None = None, compute: str = "auto") -> SpeechEngine:
+    """Our engine (``torch``) or Piper's onnxruntime graph (``reference``) for the bundled voice;
+    ``compute`` applies to ours only."""
     if name == "reference":
         from .reference import ReferenceEngine
 
         return ReferenceEngine(num_threads=num_threads)
     if name != "torch":
         raise ValueError(f"unknown engine {name!r}: use torch or reference")
-    return Engine(num_threads=num_threads)
+    return Engine(num_threads=num_threads, compute=compute)
 
 
-def _load_malloc_trim():
-    """glibc's ``malloc_trim`` if this process has it (Linux/glibc), else ``None``."""
+#: glibc ``mallopt`` parameters (malloc.h) and the values the engine sets: blocks below 32 MB (a
+#: decoder chunk's activations are 2-10 MB each) come from the heap rather than fresh ``mmap`` s, and
+#: up to 128 MB of freed heap stays mapped between chunks instead of going back to the kernel at every
+#: ``free``. glibc's own adaptive thresholds start at 128 kB and let a decoder window's blocks go back
+#: and forth to the kernel, so every chunk page-faulted its activations in again: a 280-frame bf16
+#: decoder window took 28-33 ms with the defaults and 22-23 ms with these (2 threads). Free memory is
+#: still returned, by ``release_free_memory`` (every few chunks, and when the backend goes idle).
+#: Setting only one of the two disables glibc's adaptation of the other: it is both or neither.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MALLOC_TRIM_THRESHOLD = 128 * 2**20
+MALLOC_MMAP_THRESHOLD = 32 * 2**20
+
+
+def _load_libc_malloc():
+    """glibc's ``malloc_trim`` if this process has it (Linux/glibc), else ``None``; sets the engine's
+    ``mallopt`` thresholds on the way, unless the environment sets glibc's own (``MALLOC_*_``)."""
     try:
         libc = ctypes.CDLL(None)
-        trim = libc.malloc_trim
+        trim, mallopt = libc.malloc_trim, libc.mallopt
     except (OSError, AttributeError):
         return None
     trim.argtypes = [ctypes.c_size_t]
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    if not any(name in os.environ for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")):
+        mallopt(M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)
+        mallopt(M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD)
     return trim
 
 
-_MALLOC_TRIM = _load_malloc_trim()
+_MALLOC_TRIM = _load_libc_malloc()
 
 
 def release_free_memory() -> None:
@@ -349,6 +431,24 @@ def release_free_memory() -> None:
     """
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
+
+
+def _batches(lengths: list[int]) -> Iterator[list[int]]:
+    """Indices of consecutive sentences to encode together: at most :data:`ENCODE_BATCH_IDS` ids in all,
+    and none more than :data:`ENCODE_BATCH_SPREAD` times as long as the batch's shortest, so that the
+    batch (padded to its longest sentence) computes little padding. A sentence longer than the limit
+    goes alone."""
+    batch: list[int] = []
+    shortest = longest = 0
+    for i, n in enumerate(lengths):
+        lo, hi = min(shortest, n) if batch else n, max(longest, n)
+        if batch and (hi * (len(batch) + 1) > ENCODE_BATCH_IDS or hi > ENCODE_BATCH_SPREAD * lo):
+            yield batch
+            batch, lo, hi = [], n, n
+        batch.append(i)
+        shortest, longest = lo, hi
+    if batch:
+        yield batch
 
 
 def _window(start: int, end: int, margin: int, frames: int, size: int | None) -> tuple[int, int]:
