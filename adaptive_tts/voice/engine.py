@@ -48,7 +48,8 @@ PRIMITIVE_CACHE_CAPACITY = 512
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(PRIMITIVE_CACHE_CAPACITY))
 #: Sentences after a request's first are encoded in batches of up to this many ids (padded): the
 #: encoder and duration predictor of a short sentence are hundreds of small operations, whose fixed
-#: cost batching pays once per batch (a 300-character text of 14 sentences: ...).
+#: cost batching pays once per batch (a 300-character text of 14 sentences, bf16, 2 threads: 0.19 s in
+#: encoder and duration predictor one sentence at a time, 0.08 s in batches).
 ENCODE_BATCH_IDS = 1024
 #: A batch's longest sentence is at most this many times its shortest: padding costs arithmetic.
 ENCODE_BATCH_SPREAD = 2.0
