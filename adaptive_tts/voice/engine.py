@@ -11,6 +11,7 @@ one-pass decode produces: there are no seams to hide.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import logging
 import os
 import time
@@ -51,8 +52,9 @@ os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(PRIMITIVE_CACHE_CAP
 #: cost batching pays once per batch (a 300-character text of 14 sentences, bf16, 2 threads: 0.19 s in
 #: encoder and duration predictor one sentence at a time, 0.08 s in batches).
 ENCODE_BATCH_IDS = 1024
-#: A batch's longest sentence is at most this many times its shortest: padding costs arithmetic.
-ENCODE_BATCH_SPREAD = 2.0
+#: A batch may compute at most this many padded ids, or as many as it has real ones if that is more:
+#: padding costs arithmetic (~0.05 ms an id, bf16), a separate batch its fixed cost (~5 ms).
+ENCODE_BATCH_PADDING = 256
 #: The encoder (ids), flow and decoder (frames) run at lengths padded to a multiple of this, so that
 #: their compiled kernels are shared (see ``PRIMITIVE_CACHE_CAPACITY``).
 LENGTH_GRANULE = 32
@@ -95,6 +97,33 @@ class SynthesisStats:
     first_audio_s: float | None = None
     latency_s: float = 0.0
     samples: int = 0
+
+
+@dataclass
+class Prior:
+    """One encoded sentence, ready for the flow: the prior's mean and log-std per phoneme, the phoneme
+    of each latent frame, the prior noise (drawn once for the whole sentence, frame-major, so that any
+    chunking sees the same numbers), and the flow's output ``z`` for all its frames once it has been
+    computed together with other sentences (``None`` until then)."""
+
+    m_p: torch.Tensor
+    logs_p: torch.Tensor
+    frame_to_phoneme: torch.Tensor
+    eps: torch.Tensor | None
+    noise_scale: float
+    z: torch.Tensor | None = None
+
+    @property
+    def frames(self) -> int:
+        return int(self.frame_to_phoneme.numel())
+
+    def __call__(self, start: int, end: int) -> torch.Tensor:
+        """The prior sample ``z_p`` ``[1, C, end - start]`` for frames ``[start, end)``."""
+        idx = self.frame_to_phoneme[start:end]
+        z = self.m_p[0][:, idx]
+        if self.eps is not None:
+            z = z + self.eps[start:end].T * torch.exp(self.logs_p[0][:, idx]) * self.noise_scale
+        return z.unsqueeze(0)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -239,8 +268,8 @@ class Engine(SpeechEngine):
         stats = stats if stats is not None else SynthesisStats()
         stats.started = stats.started or time.perf_counter()
         generator = torch.Generator().manual_seed(opts.seed) if opts.seed is not None else None
-        for i, encoded in enumerate(self._encoded(sentences, opts, generator)):
-            for chunk in self._stream_encoded(encoded, opts, generator, first_sentence=i == 0):
+        for i, prior in enumerate(self._encoded(sentences, opts, generator)):
+            for chunk in self._stream_prior(prior, opts, first_sentence=i == 0):
                 if stats.first_audio_s is None:
                     stats.first_audio_s = time.perf_counter() - stats.started
                 stats.samples += len(chunk)
@@ -255,14 +284,14 @@ class Engine(SpeechEngine):
         first_sentence: bool = True,
     ) -> Iterator[np.ndarray]:
         """Phoneme ids of one sentence → audio chunks. Options must be resolved (no ``None`` scales)."""
-        yield from self._stream_encoded(self._encode([ids], opts, generator)[0], opts, generator, first_sentence)
+        yield from self._stream_prior(self._encode([ids], opts, generator)[0], opts, first_sentence)
 
     @torch.inference_mode()
     def _encode(self, sentences: list[tuple[int, ...] | list[int]], opts: SynthesisOptions,
-                generator: torch.Generator | None) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Prior mean, log-std and frames per phoneme of each sentence, encoded as one batch padded to
-        a multiple of ``LENGTH_GRANULE`` (see ``VitsModel.encode_batch``). The duration noise is drawn
-        sentence by sentence, in order."""
+                generator: torch.Generator | None) -> list[Prior]:
+        """Each sentence's :class:`Prior`, encoded as one batch padded to a multiple of
+        ``LENGTH_GRANULE`` (see ``VitsModel.encode_batch``). The noise is drawn sentence by sentence,
+        durations first, in the order a one-sentence-at-a-time synthesis draws it."""
         dev = self.device
         ids = [torch.as_tensor(list(s), dtype=torch.long, device=dev) for s in sentences]
         noise = [torch.zeros(2, len(t)) if opts.noise_w == 0
@@ -273,55 +302,80 @@ class Engine(SpeechEngine):
             # the encoder's temporaries for a long sentence are tens of MB; give them back before the
             # decoder allocates its own, or the two stack up in the process's peak
             release_free_memory()
-        return encoded
+        priors = []
+        for m_p, logs_p, durations in encoded:
+            frame_to_phoneme = torch.repeat_interleave(torch.arange(len(durations), device=dev),
+                                                       durations.clamp_min(0))
+            # Noise is drawn frame-major for the whole sentence up front, so any chunking sees the same
+            # numbers as a one-pass decode with the same seed. It is 192 floats a frame: negligible.
+            eps = None
+            if opts.noise_scale != 0 and frame_to_phoneme.numel():
+                eps = torch.randn(frame_to_phoneme.numel(), m_p.shape[1], generator=generator).to(dev)
+            priors.append(Prior(m_p, logs_p, frame_to_phoneme, eps, float(opts.noise_scale)))
+        return priors
 
     def _encoded(self, sentences: list[Sentence], opts: SynthesisOptions,
-                 generator: torch.Generator | None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+                 generator: torch.Generator | None) -> Iterator[Prior]:
         """Each sentence encoded, in order: the first alone, since its audio is awaited; the ones
-        after it a batch at a time, as each batch's audio is needed (:func:`_batches`)."""
+        after it a batch at a time, as each batch's audio is needed (:func:`_batches`), with the flow
+        run once over the batch's short sentences (:meth:`_flow_together`)."""
         if not sentences:
             return
         yield from self._encode([sentences[0].ids], opts, generator)
         for batch in _batches([len(s.ids) for s in sentences[1:]]):
-            yield from self._encode([sentences[1 + i].ids for i in batch], opts, generator)
+            priors = self._encode([sentences[1 + i].ids for i in batch], opts, generator)
+            self._flow_together(priors)
+            yield from priors
 
     @torch.inference_mode()
-    def _stream_encoded(
-        self,
-        encoded: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-        opts: SynthesisOptions,
-        generator: torch.Generator | None = None,
-        first_sentence: bool = True,
-    ) -> Iterator[np.ndarray]:
-        """One encoded sentence → audio chunks, through the flow and the decoder.
+    def _flow_together(self, priors: list[Prior]) -> None:
+        """Run the flow once over ``priors`` (those of at most :data:`FLOW_BLOCK` frames, in groups of at
+        most that many) and set each one's ``z``: their decoder windows then take it from there.
+
+        The sentences lie end to end with ``flow.layer_reach`` masked frames between them: every
+        coupling layer zeroes the masked frames before its next convolution, and no convolution reaches
+        further than that, so each sentence's ``z`` is what the flow gives it alone. Why: a short
+        sentence's flow is ~200 small operations, and one call for the batch pays their fixed cost once.
+        """
+        gap = self.model.flow.layer_reach
+        group: list[Prior] = []
+        for prior in [p for p in priors if 0 < p.frames <= FLOW_BLOCK] + [None]:
+            if group and (prior is None or sum(p.frames + gap for p in group) + prior.frames > FLOW_BLOCK):
+                if len(group) > 1:
+                    self._flow_group(group, gap)
+                group = []
+            if prior is not None:
+                group.append(prior)
+
+    def _flow_group(self, group: list[Prior], gap: int) -> None:
+        """The flow over ``group`` laid end to end, ``gap`` masked frames after each sentence."""
+        pieces = [torch.nn.functional.pad(prior(0, prior.frames), (0, gap)) for prior in group]
+        starts = list(itertools.accumulate((piece.shape[-1] for piece in pieces[:-1]), initial=0))
+        length = sum(piece.shape[-1] for piece in pieces)
+        padded = -(-length // LENGTH_GRANULE) * LENGTH_GRANULE
+        z_p = torch.nn.functional.pad(torch.cat(pieces, -1), (0, padded - length))
+        mask = torch.zeros(1, 1, padded, device=z_p.device, dtype=z_p.dtype)
+        for start, prior in zip(starts, group):
+            mask[..., start : start + prior.frames] = 1
+        z = self.model.flow_reverse(z_p, mask)
+        for start, prior in zip(starts, group):
+            prior.z = z[:, :, start : start + prior.frames]
+
+    @torch.inference_mode()
+    def _stream_prior(self, prior: Prior, opts: SynthesisOptions, first_sentence: bool = True) -> Iterator[np.ndarray]:
+        """One encoded sentence → audio chunks, through the flow (unless already run) and the decoder.
 
         ``first_chunk_length`` applies to the first sentence of a request only: later sentences are
         decoded while earlier audio plays, so they gain nothing from a short first chunk.
         """
         model = self.model
-        dev = self.device
-        m_p, logs_p, durations = encoded
-        n = durations.shape[0]
-        frame_to_phoneme = torch.repeat_interleave(torch.arange(n, device=dev), durations.clamp_min(0))
-        frames = int(frame_to_phoneme.numel())
+        frames = prior.frames
         if frames == 0:  # the original clamps the length to one (silent) frame
             yield np.zeros(self.hop_length, np.float32)
             return
-        # Noise is drawn frame-major for the whole sentence up front, so any chunking sees the same
-        # numbers as a one-pass decode with the same seed. It is 192 floats a frame: negligible.
-        eps = None
-        if opts.noise_scale != 0:
-            eps = torch.randn(frames, m_p.shape[1], generator=generator).to(dev)
-
-        def prior(start: int, end: int) -> torch.Tensor:
-            idx = frame_to_phoneme[start:end]
-            z = m_p[0][:, idx]
-            if eps is not None:
-                z = z + eps[start:end].T * torch.exp(logs_p[0][:, idx]) * opts.noise_scale
-            return z.unsqueeze(0)
-
         first_chunk = opts.first_chunk_length if first_sentence else None
-        block: tuple[int, int, torch.Tensor] | None = None  # flow output z for frames [b0, b1)
+        # flow output z for frames [b0, b1)
+        block: tuple[int, int, torch.Tensor] | None = None if prior.z is None else (0, frames, prior.z)
         hop = self.hop_length
         for start, end, size in _chunks(frames, opts.chunk_length, first_chunk):
             d0, d1 = _window(start, end, self.decoder_margin, frames, size)
@@ -352,7 +406,8 @@ class Engine(SpeechEngine):
         granules = max(1, -(-(frames - edges) // LENGTH_GRANULE))
         return granules * LENGTH_GRANULE + edges
 
-    def _flow_block(self, prior, d0: int, d1: int, frames: int, chunk_length: int | None, exact: bool = False):
+    def _flow_block(self, prior: Prior, d0: int, d1: int, frames: int, chunk_length: int | None,
+                    exact: bool = False) -> tuple[int, int, torch.Tensor]:
         """Run the flow over a block of frames covering ``[d0, d1)`` (exactly that, if ``exact``) and
         return ``(b0, b1, z)``.
 
@@ -435,19 +490,18 @@ def release_free_memory() -> None:
 
 
 def _batches(lengths: list[int]) -> Iterator[list[int]]:
-    """Indices of consecutive sentences to encode together: at most :data:`ENCODE_BATCH_IDS` ids in all,
-    and none more than :data:`ENCODE_BATCH_SPREAD` times as long as the batch's shortest, so that the
-    batch (padded to its longest sentence) computes little padding. A sentence longer than the limit
-    goes alone."""
+    """Indices of consecutive sentences to encode together: padded to the batch's longest sentence, at
+    most :data:`ENCODE_BATCH_IDS` ids in all, of which at most :data:`ENCODE_BATCH_PADDING` or half are
+    padding. A sentence longer than the limit goes alone."""
     batch: list[int] = []
-    shortest = longest = 0
+    real = longest = 0
     for i, n in enumerate(lengths):
-        lo, hi = min(shortest, n) if batch else n, max(longest, n)
-        if batch and (hi * (len(batch) + 1) > ENCODE_BATCH_IDS or hi > ENCODE_BATCH_SPREAD * lo):
+        padded = max(longest, n) * (len(batch) + 1)
+        if batch and (padded > ENCODE_BATCH_IDS or padded - real - n > max(ENCODE_BATCH_PADDING, real + n)):
             yield batch
-            batch, lo, hi = [], n, n
+            batch, real, longest = [], 0, 0
         batch.append(i)
-        shortest, longest = lo, hi
+        real, longest = real + n, max(longest, n)
     if batch:
         yield batch
 

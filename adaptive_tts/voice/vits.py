@@ -480,6 +480,17 @@ class ResidualCouplingBlock(nn.Module):
         return x
 
     @property
+    def layer_reach(self) -> int:
+        """Frames the widest single convolution reaches on each side: masked frames at least this many
+        between two sequences keep them independent, since every layer re-zeroes masked frames."""
+        return max(
+            (conv.kernel_size[0] // 2) * conv.dilation[0]
+            for layer in self.flows
+            if isinstance(layer, ResidualCouplingLayer)
+            for conv in layer.enc.in_layers
+        )
+
+    @property
     def receptive_field(self) -> int:
         """Frames of context on each side that one output frame depends on."""
         per_layer = sum(
