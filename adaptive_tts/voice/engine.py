@@ -204,6 +204,10 @@ class Engine(SpeechEngine):
 
     Thread-safe: synthesis holds no shared mutable state besides the model's (read-only) weights, so
     several threads may synthesize at once (the HTTP service does).
+
+    ``compute`` is what the encoder, flow and decoder multiply in: ``auto`` (bf16 where the CPU has
+    native bf16, see :func:`native_bf16`), ``fp32`` or ``bf16``. A ``model`` passed in is set to it,
+    its parameters converted in place (``VitsModel.set_compute_dtype``).
     """
 
     name = "torch"
@@ -222,9 +226,9 @@ class Engine(SpeechEngine):
         if model is None or voice_config is None:
             model, voice_config = load_vits(files)
         self.model = model.to(self.device)
-        #: ``fp32`` or ``bf16``: what the encoder, flow and decoder compute in (``auto`` resolved)
         if compute == "auto" and self.device.type != "cpu":
             compute = "fp32"  # native_bf16 probes the CPU; on an accelerator, ask for bf16 explicitly
+        #: ``fp32`` or ``bf16``: what the encoder, flow and decoder compute in (``auto`` resolved)
         self.compute = resolve_compute(compute)
         self.model.set_compute_dtype(COMPUTE_DTYPES[self.compute])
         self.voice_config = voice_config
@@ -290,8 +294,9 @@ class Engine(SpeechEngine):
     def _encode(self, sentences: list[tuple[int, ...] | list[int]], opts: SynthesisOptions,
                 generator: torch.Generator | None) -> list[Prior]:
         """Each sentence's :class:`Prior`, encoded as one batch padded to a multiple of
-        ``LENGTH_GRANULE`` (see ``VitsModel.encode_batch``). The noise is drawn sentence by sentence,
-        durations first, in the order a one-sentence-at-a-time synthesis draws it."""
+        ``LENGTH_GRANULE`` (see ``VitsModel.encode_batch``). Every sentence's duration noise is drawn
+        first, in order, then each one's prior noise: with a seed, the batches (which depend only on
+        the sentences) and the chunking (which draws nothing) leave the audio the same."""
         dev = self.device
         ids = [torch.as_tensor(list(s), dtype=torch.long, device=dev) for s in sentences]
         noise = [torch.zeros(2, len(t)) if opts.noise_w == 0
