@@ -181,6 +181,8 @@ class SmartAdaptiveBackend:
         self.config.compute = getattr(self.engine, "compute", "fp32")
         self.sample_rate = self.engine.sample_rate
         self._set_precision(self._initial_precision(budget))
+        if self.options.engine == "torch":
+            logger.info("decoder kernels compiled in %.2f s", self.engine.warm_up(self._chunk_length()))
         self.cache: AudioCache | None = None
         if self.options.cache:
             self.cache = AudioCache(budget.cache_limit_mb)

@@ -6,8 +6,9 @@
 For each text (100, 300, 500, 800 and 1000 characters from the corpus, plus one 1000-character sentence
 with no punctuation) each engine runs in its own fresh process — peak RSS is per process — and the two
 alternate (ours first for one text, the reference first for the next) so that drifting machine load
-hits both alike. A process loads its engine, warms up on a short sentence, resets the kernel's
-peak-RSS counter, then synthesizes the text ``runs`` times. Reported: median latency, real-time
+hits both alike. A process loads its engine (ours also compiles its decoder's kernels for every
+window length, ``Engine.warm_up``, as the service does at start-up), warms up on a short sentence,
+resets the kernel's peak-RSS counter, then synthesizes the text ``runs`` times. Reported: median latency, real-time
 factor, time to first audio, peak RSS of the synthesis, and the ratios ours / reference.
 Absolute times are printed, never asserted: they belong to this machine and this moment.
 """
@@ -80,6 +81,7 @@ def probe(engine_name: str, text: str, runs: int, threads: int, chunk_length: in
 
             quantize_(engine.model, QuantizationStrategy(mode=quantization))
         first = min(FIRST_CHUNK_LENGTH, chunk_length) if chunk_length else None
+        engine.warm_up(chunk_length)
         options = SynthesisOptions(chunk_length=chunk_length, first_chunk_length=first)
     for _ in engine.stream(WARM_UP, options):
         pass

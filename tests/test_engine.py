@@ -110,6 +110,28 @@ def test_sentences_synthesized_together_equal_each_alone(engine, chunk_length):
     assert together.shape == alone.shape and np.abs(together - alone).max() <= 1e-4
 
 
+def test_warm_up_compiles_the_decoder_windows_a_chunked_synthesis_uses(engine):
+    """After warm_up, a text of sentences of many lengths meets no decoder window length it has not
+    already decoded (so oneDNN compiles nothing new for it)."""
+    decoded: set[int] = set()
+    model_decode = engine.model.decode
+
+    def recording(z, padded_to=None):
+        decoded.add(padded_to or z.shape[-1])
+        return model_decode(z, padded_to)
+
+    engine.model.decode = recording
+    try:
+        engine.warm_up(64)
+        warmed = set(decoded)
+        decoded.clear()
+        engine.synthesize(" ".join(PARITY_SENTENCES), DETERMINISTIC, chunk_length=64, first_chunk_length=8)
+    finally:
+        del engine.model.decode
+    assert len(warmed) == 2 and decoded and decoded <= warmed
+    assert engine.warm_up(None) < 0.01  # one-pass decoding: nothing to compile ahead
+
+
 def test_encode_batches_cover_every_sentence_within_their_limits():
     from adaptive_tts.voice.engine import ENCODE_BATCH_IDS, ENCODE_BATCH_PADDING, _batches
 
