@@ -97,6 +97,7 @@ class RuntimeConfigModel(_Payload):
     cache_limit: float = Field(description="audio cache limit, MB")
     max_text_length: int = Field(description="longest text /tts accepts, in characters")
     quantization: str
+    compute: str = Field(description="what the engine multiplies in: fp32, or bf16 on CPUs with native bf16")
 
 
 class RuntimeFeaturesModel(_Payload):

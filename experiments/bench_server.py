@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         hardware = httpx.get(url + "/hardware", timeout=60).json()
         config = hardware["selected_configuration"]
         print(f"server: {hardware['hardware']['cpu_model']}, {hardware['hardware']['logical_cores']} logical CPUs, "
-              f"profile {hardware['profile']}, {config['quantization']}, {config['num_threads']} threads, "
+              f"profile {hardware['profile']}, {config['quantization']} weights, {config['compute']} compute, "
+              f"{config['num_threads']} threads, "
               f"chunk {config['chunk_length']} frames")
         print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         tts_latencies(url, warmup, 8)

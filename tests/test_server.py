@@ -45,6 +45,7 @@ from adaptive_tts.runtime.budget import MemoryBudgetManager, SystemMemory
 from adaptive_tts.runtime.estimator import CalibrationStore
 from adaptive_tts.runtime.hardware import PROFILES, CgroupMemory
 from adaptive_tts.server import ESTIMATE_LENGTH_FACTOR, MAX_BODY_BYTES, create_app
+from adaptive_tts.voice.engine import resolve_compute
 
 HOST = "127.0.0.1"
 SHORT = "Hello there, this is the server speaking."
@@ -191,6 +192,7 @@ def test_seed_payloads(client):
     hardware = client.get("/hardware").json()
     assert {"hardware", "profile", "memory_budget", "quantization", "selected_configuration"} <= set(hardware)
     assert hardware["selected_configuration"]["quantization"] == "fp32"  # the server's default
+    assert hardware["selected_configuration"]["compute"] == resolve_compute("auto")
 
     estimate = client.post("/estimate-memory", data={"text": "Your text here"}).json()
     assert estimate["status"] in ("ok", "warning") and estimate["recommendation"]

@@ -31,7 +31,8 @@ logger = logging.getLogger(__name__)
 FLOW_BLOCK = 1024
 #: Decoded chunks between two returns of freed heap memory to the OS (see ``release_free_memory``).
 TRIM_EVERY_CHUNKS = 8
-#: Phoneme ids above which a sentence's encoder temporaries are returned to the OS before decoding.
+#: Padded phoneme ids (of an encoder batch, all its sentences) above which the encoder's temporaries
+#: are returned to the OS before decoding.
 LONG_SENTENCE_IDS = 512
 #: Compiled convolutions kept by oneDNN (its default: 1024). oneDNN compiles kernels per input shape,
 #: and each cache entry holds memory (~11 MB per decoder length, its ~25 convolutions): with every
@@ -304,8 +305,8 @@ class Engine(SpeechEngine):
         padded = -(-max(len(t) for t in ids) // LENGTH_GRANULE) * LENGTH_GRANULE
         encoded = self.model.encode_batch(ids, [t.to(dev) for t in noise], float(opts.length_scale), padded)
         if padded * len(ids) > LONG_SENTENCE_IDS:
-            # the encoder's temporaries for a long sentence are tens of MB; give them back before the
-            # decoder allocates its own, or the two stack up in the process's peak
+            # a long sentence's encoder temporaries are tens of MB; give them back before the decoder
+            # allocates its own, or the two stack up in the process's peak
             release_free_memory()
         priors = []
         for m_p, logs_p, durations in encoded:
