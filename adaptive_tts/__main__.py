@@ -176,7 +176,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-COMPUTE_HELP = "what our engine multiplies in; auto: bf16 on CPUs with native bf16 (AVX512-BF16, AMX), else fp32"
+def _add_compute(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--compute", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="what our engine multiplies in; auto: bf16 on CPUs with native bf16 "
+                             "(AVX512-BF16, AMX), else fp32")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,8 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--engine", choices=["torch", "reference"], default="torch")
     syn.add_argument("--profile", default=None, help="run through the adaptive backend with this hardware profile")
     syn.add_argument("--quantization", choices=["fp32", "int8", "int4"], default=None)
-    syn.add_argument("--compute", choices=["auto", "fp32", "bf16"], default="auto",
-                     help=COMPUTE_HELP)
+    _add_compute(syn)
     syn.set_defaults(func=cmd_synthesize)
 
     hw = sub.add_parser("hardware", help="print the detected hardware and selected profile as JSON")
@@ -209,8 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--profile", default=None)
     est.add_argument("--engine", choices=["torch", "reference"], default="torch")
     est.add_argument("--quantization", choices=["fp32", "int8", "int4"], default=None)
-    est.add_argument("--compute", choices=["auto", "fp32", "bf16"], default="auto",
-                     help=COMPUTE_HELP)
+    _add_compute(est)
     est.add_argument("--chunk-length", type=_positive_int, default=None)
     est.add_argument("--threads", type=_positive_int, default=None)
     est.set_defaults(func=cmd_estimate)
@@ -218,8 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal = sub.add_parser("calibrate", help="fit the memory estimator's constants on this machine")
     cal.add_argument("--engine", choices=["torch", "reference"], default="torch")
     cal.add_argument("--quantization", nargs="+", choices=["fp32", "int8", "int4"], default=["fp32"])
-    cal.add_argument("--compute", choices=["auto", "fp32", "bf16"], default="auto",
-                     help=COMPUTE_HELP)
+    _add_compute(cal)
     cal.add_argument("--chunk-length", nargs="+", type=int, default=[256],
                      help="decoder chunk lengths in frames; 0 = one pass")
     cal.add_argument("--threads", nargs="+", type=_positive_int, default=[os.cpu_count() or 1])
@@ -233,8 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--profile", default=None, help="hardware profile by name (default: auto)")
     srv.add_argument("--engine", choices=["torch", "reference"], default="torch")
     srv.add_argument("--quantization", choices=["fp32", "int8", "int4"], default=None, help="default fp32")
-    srv.add_argument("--compute", choices=["auto", "fp32", "bf16"], default="auto",
-                     help=COMPUTE_HELP)
+    _add_compute(srv)
     srv.add_argument("--chunk-length", type=_positive_int, default=None, help="decoder chunk in latent frames")
     srv.add_argument("--threads", type=_positive_int, default=None)
     srv.add_argument("--max-jobs", type=_positive_int, default=16,

@@ -178,7 +178,7 @@ class SmartAdaptiveBackend:
             if self.options.num_threads is None:
                 self.config.num_threads = applied.num_threads
         self.engine = load_engine(self.options.engine, self.config.num_threads, self.options.compute)
-        self.config.compute = getattr(self.engine, "compute", "fp32")
+        self.config.compute = self.engine.compute
         self.sample_rate = self.engine.sample_rate
         self._set_precision(self._initial_precision(budget))
         if self.options.engine == "torch":

@@ -20,6 +20,13 @@ def bf16_engine(engine):
 
 
 def test_auto_is_bf16_only_where_the_cpu_has_it():
+    """torch's probe agrees with what the kernel reports of the CPU (Linux x86), and auto follows it."""
+    import platform
+    from pathlib import Path
+
+    if platform.system() == "Linux" and platform.machine() == "x86_64":
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+        assert native_bf16() == bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
     assert resolve_compute("auto") == ("bf16" if native_bf16() else "fp32")
     assert resolve_compute("fp32") == "fp32"
     with pytest.raises(ValueError, match="fp16"):

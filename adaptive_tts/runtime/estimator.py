@@ -185,7 +185,9 @@ class MemoryEstimator:
         if key is None or key == self.key:
             key, c = self.key, self.constants
         else:
-            c = self._others.get(key) or self._others.setdefault(key, self._load(key))
+            if key not in self._others:
+                self._others[key] = self._load(key)
+            c = self._others[key]
         if not c.calibrated and not self._warned:
             logger.warning("memory estimator uncalibrated for %s on this machine: using the profile's "
                            "conservative defaults (run `python -m adaptive_tts calibrate`)", key)

@@ -330,7 +330,7 @@ class DynamicInt8Conv1d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, _, _ = x.shape
-        cols = self._columns(x.float())  # scales from a bf16 input (autocast) would round too coarsely
+        cols = self._columns(x.float())  # scales from a bf16 input (bf16 compute) would round too coarsely
         x_scale = (cols.abs().amax(dim=1, keepdim=True) / 127).clamp_min(1e-12)
         x_q = torch.round(cols / x_scale).to(torch.int8)
         acc = torch._int_mm(x_q, self.packed_weight.values.T)

@@ -179,6 +179,8 @@ class SpeechEngine:
     defaults, and a whole waveform from the chunks of ``stream``."""
 
     defaults: SynthesisOptions
+    #: what the engine multiplies in (``Engine`` resolves its own; onnxruntime runs the graph in fp32)
+    compute: str = "fp32"
 
     def stream(self, text: str, options: SynthesisOptions | None = None, stats: SynthesisStats | None = None,
                **overrides) -> Iterator[np.ndarray]:
@@ -302,7 +304,7 @@ class Engine(SpeechEngine):
         ids = [torch.as_tensor(list(s), dtype=torch.long, device=dev) for s in sentences]
         noise = [torch.zeros(2, len(t)) if opts.noise_w == 0
                  else torch.randn(2, len(t), generator=generator) * opts.noise_w for t in ids]
-        padded = -(-max(len(t) for t in ids) // LENGTH_GRANULE) * LENGTH_GRANULE
+        padded = _granular(max(len(t) for t in ids))
         encoded = self.model.encode_batch(ids, [t.to(dev) for t in noise], float(opts.length_scale), padded)
         if padded * len(ids) > LONG_SENTENCE_IDS:
             # a long sentence's encoder temporaries are tens of MB; give them back before the decoder
@@ -345,27 +347,39 @@ class Engine(SpeechEngine):
         """
         gap = self.model.flow.layer_reach
         group: list[Prior] = []
-        for prior in [p for p in priors if 0 < p.frames <= FLOW_BLOCK] + [None]:
-            if group and (prior is None or sum(p.frames + gap for p in group) + prior.frames > FLOW_BLOCK):
-                if len(group) > 1:
-                    self._flow_group(group, gap)
-                group = []
-            if prior is not None:
-                group.append(prior)
+        size = 0
+        for prior in priors:
+            if not 0 < prior.frames <= FLOW_BLOCK:
+                continue
+            if group and size + prior.frames > FLOW_BLOCK:
+                self._flow_group(group, gap)
+                group, size = [], 0
+            group.append(prior)
+            size += prior.frames + gap
+        self._flow_group(group, gap)
 
     def _flow_group(self, group: list[Prior], gap: int) -> None:
-        """The flow over ``group`` laid end to end, ``gap`` masked frames after each sentence."""
-        pieces = [torch.nn.functional.pad(prior(0, prior.frames), (0, gap)) for prior in group]
-        starts = list(itertools.accumulate((piece.shape[-1] for piece in pieces[:-1]), initial=0))
-        length = sum(piece.shape[-1] for piece in pieces)
-        padded = -(-length // LENGTH_GRANULE) * LENGTH_GRANULE
-        z_p = torch.nn.functional.pad(torch.cat(pieces, -1), (0, padded - length))
-        mask = torch.zeros(1, 1, padded, device=z_p.device, dtype=z_p.dtype)
-        for start, prior in zip(starts, group):
-            mask[..., start : start + prior.frames] = 1
+        """Set the ``z`` of a group of two or more sentences from one flow call (alone, a sentence's
+        flow runs as its decoder windows need it)."""
+        if len(group) > 1:
+            for prior, z in zip(group, self._flow_over([prior(0, prior.frames) for prior in group], gap)):
+                prior.z = z
+
+    def _flow_over(self, segments: list[torch.Tensor], gap: int) -> list[torch.Tensor]:
+        """The flow over prior samples ``[1, C, F_i]`` laid end to end, ``gap`` masked frames after
+        each, padded to a multiple of ``LENGTH_GRANULE`` for the reason the decoder's windows are (see
+        ``_decode_length``): the flow masks its convolutions' inputs, so the padding changes nothing."""
+        lengths = [segment.shape[-1] for segment in segments]
+        starts = list(itertools.accumulate((n + gap for n in lengths[:-1]), initial=0))
+        end = starts[-1] + lengths[-1]
+        padded = _granular(end + gap)
+        z_p = segments[0].new_zeros(1, segments[0].shape[1], padded)
+        mask = segments[0].new_zeros(1, 1, padded)
+        for start, n, segment in zip(starts, lengths, segments):
+            z_p[..., start : start + n] = segment
+            mask[..., start : start + n] = 1
         z = self.model.flow_reverse(z_p, mask)
-        for start, prior in zip(starts, group):
-            prior.z = z[:, :, start : start + prior.frames]
+        return [z[:, :, start : start + n] for start, n in zip(starts, lengths)]
 
     @torch.inference_mode()
     def _stream_prior(self, prior: Prior, opts: SynthesisOptions, first_sentence: bool = True) -> Iterator[np.ndarray]:
@@ -447,14 +461,7 @@ class Engine(SpeechEngine):
             size = max(FLOW_BLOCK, chunk_length + 2 * self.decoder_margin)
             b0, b1 = _window(d0, d1, 0, frames, size)
         f0, f1 = _window(b0, b1, self.flow_margin, frames, size)
-        z_p = prior(f0, f1)
-        # padded to a multiple of LENGTH_GRANULE for the reason the decoder's windows are (see
-        # ``_decode_length``); the flow masks its convs' inputs, so zero padding past the mask is exact
-        length = f1 - f0
-        padded = -(-length // LENGTH_GRANULE) * LENGTH_GRANULE
-        mask = torch.zeros(1, 1, padded, device=z_p.device, dtype=z_p.dtype)
-        mask[..., :length] = 1
-        z = self.model.flow_reverse(torch.nn.functional.pad(z_p, (0, padded - length)), mask)
+        z = self._flow_over([prior(f0, f1)], gap=0)[0]
         return b0, b1, z[:, :, b0 - f0 : b1 - f0]
 
 
@@ -512,6 +519,11 @@ def release_free_memory() -> None:
     """
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
+
+
+def _granular(length: int) -> int:
+    """``length`` rounded up to a multiple of :data:`LENGTH_GRANULE`."""
+    return -(-length // LENGTH_GRANULE) * LENGTH_GRANULE
 
 
 def _batches(lengths: list[int]) -> Iterator[list[int]]:
