@@ -127,7 +127,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from .runtime.estimator import CalibrationStore, ConfigKey, calibration_texts, fit_constants, machine_key, probe
+    from .calibration import calibrate, measuring_backend
+    from .runtime.estimator import CalibrationStore, ConfigKey, calibration_texts, machine_key
     from .runtime.hardware import detect_hardware
     from .voice.engine import resolve_compute
 
@@ -138,22 +139,26 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     keys = [ConfigKey(args.engine, q, None if c == 0 or args.engine == "reference" else c, t, compute)
             for q, c, t in itertools.product(args.quantization, args.chunk_length, args.threads)]
     print(f"calibrating {len(keys)} configuration(s) on {machine}: {len(train)} training and "
-          f"{len(test)} held-out texts each, one fresh process per text")
+          f"{len(test)} held-out texts each, measured in this process")
     rows = []
-    with tqdm(total=len(keys) * (len(train) + len(test)), unit="probe") as bar:
-        for key in keys:
-            measured = []
-            for text in train + test:
-                measured.append(probe(key, text))
+    with tqdm(unit="request") as bar:
+        for threads, group in itertools.groupby(sorted(keys, key=lambda k: k.num_threads), key=lambda k: k.num_threads):
+            group = list(group)
+            first = max(group, key=lambda k: (-["fp32", "int8", "int4"].index(k.quantization), k.chunk_length or 0))
+            backend = measuring_backend(first)
+
+            def tick(key: ConfigKey, done: int, total: int) -> None:
+                bar.total = total
+                bar.set_postfix_str(str(key), refresh=False)
                 bar.update()
-            constants = fit_constants(measured[: len(train)], measured[len(train):])
-            store.save(machine, key, constants)
-            rows.append((key, constants))
+
+            rows += calibrate(backend, group, store=store, machine=machine, progress=tick).items()
+            backend.close()
     print(f"\nsaved to {store.path}")
-    print(f"{'configuration':<28}{'base MB':>10}{'MB/100 tok':>12}{'MAPE %':>9}{'max under MB':>14}{'max over MB':>13}")
+    print(f"{'configuration':<28}{'rest MB':>9}{'MB/request':>12}{'MB/100 ids':>12}{'MAPE %':>9}{'max under MB':>14}{'max over MB':>13}")
     for key, c in rows:
-        print(f"{str(key):<28}{c.base_model_mb:>10.1f}{c.per_100_tokens_mb:>12.2f}{c.fit.mape_percent:>9.2f}"
-              f"{c.fit.max_under_mb:>14.1f}{c.fit.max_over_mb:>13.1f}")
+        print(f"{str(key):<28}{c.base_model_mb:>9.1f}{c.per_request_mb:>12.1f}{c.per_100_tokens_mb:>12.2f}"
+              f"{c.fit.mape_percent:>9.2f}{c.fit.max_under_mb:>14.1f}{c.fit.max_over_mb:>13.1f}")
     return 0
 
 

@@ -2,19 +2,22 @@
 
 The one object a notebook, the HTTP service and the experiment harness use. A request goes
 
-    cache lookup → budget check → estimate → plan → engine (streamed) → cache
+    cache lookup → estimate every configuration the planner may choose → plan (pure) → ledger →
+    engine (streamed) → cache
 
-and when the estimate does not fit, the plan degrades in a fixed order — a smaller decoder chunk, then
-lower weight precision, then waiting for running jobs to finish — before it refuses with a typed
-error that carries the numbers. Each feature can be switched off on its own (the thesis's ablations):
-``budget`` (admission by the memory budget manager), ``affinity`` (CPU pinning and thread count) and
-``estimation`` (pre-synthesis memory estimation); with ``budget`` off nothing is checked at all.
+The planner (:func:`adaptive_tts.runtime.planner.plan_request`) answers run / wait / refuse from one
+snapshot of the state; when memory is short it degrades in the order its docstring justifies (smaller
+decoder chunk, wait for running jobs, lower weight precision) and refuses, with the numbers, only when
+even the most frugal plan cannot fit. Weights change precision only while no job runs
+(:class:`~adaptive_tts.runtime.admission.AdmissionLedger`). Each feature can be switched off on its own
+(the thesis's ablations): ``budget`` (admission by the memory budget manager), ``affinity`` (CPU pinning
+and thread count) and ``estimation`` (pre-synthesis memory estimation); with ``budget`` off nothing is
+checked at all and the weights stay as shipped (fp32) unless a precision is asked for.
 """
 
 from __future__ import annotations
 
 import gc
-import itertools
 import logging
 import threading
 import time
@@ -23,12 +26,14 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .runtime.admission import AdmissionLedger
 from .runtime.affinity import CPUAffinityManager
-from .runtime.budget import MemoryBudgetManager
+from .runtime.budget import BUDGET_POLICIES, MemoryBudgetManager
 from .runtime.cache import AudioCache
 from .runtime.estimator import CalibrationStore, ConfigKey, MemoryEstimator, machine_key
 from .runtime.hardware import HardwareInfo, HardwareProfile, detect_hardware, hardware_payload, select_profile
 from .runtime.monitor import SystemMonitor
+from .runtime.planner import PRECISIONS, Candidate, Plan, PlannerState, Refusal, Wait, plan_request
 from .voice.engine import COMPUTE_DTYPES, SynthesisOptions, SynthesisStats, load_engine, release_free_memory
 from .voice.frontend import TextError, validate_text
 
@@ -37,7 +42,6 @@ logger = logging.getLogger(__name__)
 #: Seconds of idleness after which freed memory is handed back to the OS (see ``_schedule_idle_trim``).
 IDLE_TRIM_DELAY_S = 0.5
 
-PRECISIONS = ("fp32", "int8", "int4")
 #: The smallest decoder chunk the planner degrades to: below ~64 frames (0.7 s) the margins on each
 #: side of a chunk cost more compute than the chunk itself.
 MIN_CHUNK_LENGTH = 64
@@ -86,8 +90,13 @@ class BackendOptions:
     compute: str = "auto"
     #: How long a request may wait for running jobs to free memory before it is refused.
     wait_timeout_s: float = 30.0
+    #: The safety margin: ``seed`` (the feature document's table) or ``calibrated`` (measured error of
+    #: the estimator plus the observed swing of other processes' memory; see runtime/budget.py)
+    budget_policy: str = "calibrated"
 
     def __post_init__(self) -> None:
+        if self.budget_policy not in BUDGET_POLICIES:
+            raise ValueError(f"budget_policy must be one of {', '.join(BUDGET_POLICIES)}, not {self.budget_policy!r}")
         if self.engine not in ("torch", "reference"):
             raise ValueError(f"engine must be 'torch' or 'reference', not {self.engine!r}")
         if self.quantization is not None and self.quantization not in PRECISIONS:
@@ -118,16 +127,6 @@ class RuntimeConfig:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class Plan:
-    """How one admitted request will run."""
-
-    chunk_length: int | None
-    estimated_mb: float | None
-    reserved_mb: float
-    degraded: tuple[str, ...] = ()
-
-
 @dataclass
 class SynthesisResult:
     audio: np.ndarray
@@ -141,6 +140,10 @@ class SynthesisResult:
     config: dict
     cached: bool = False
     degraded: tuple[str, ...] = field(default_factory=tuple)
+    #: seconds the request waited for running jobs before it was admitted
+    waited_s: float = 0.0
+    #: the safety margin in force when it was admitted (None: budget off)
+    safety_margin_mb: float | None = None
 
 
 class SmartAdaptiveBackend:
@@ -154,14 +157,16 @@ class SmartAdaptiveBackend:
         info: HardwareInfo | None = None,
         calibration: CalibrationStore | None = None,
         budget_manager: MemoryBudgetManager | None = None,
+        warm_up: bool = True,
     ) -> None:
         """``budget_manager`` defaults to live readings of this machine; pass one with injected readers
         to run the admission logic as a smaller device would (the experiment harness caps memory with
-        the kernel instead)."""
+        the kernel instead). ``warm_up=False`` skips compiling the decoder (measuring start-up alone)."""
         self.options = options or BackendOptions()
         self.info = info or detect_hardware()
         self.profile = profile if isinstance(profile, HardwareProfile) else select_profile(self.info, profile)
         budget = budget_manager or MemoryBudgetManager(self.profile, info=self.info)
+        budget.set_policy(self.options.budget_policy)
         self.monitor = SystemMonitor(self.profile, info=self.info, budget_manager=budget)
         selected = self.profile.selected_configuration
         self.config = RuntimeConfig(
@@ -181,8 +186,6 @@ class SmartAdaptiveBackend:
         self.config.compute = self.engine.compute
         self.sample_rate = self.engine.sample_rate
         self._set_precision(self._initial_precision(budget))
-        if self.options.engine == "torch":
-            logger.info("decoder kernels compiled in %.2f s", self.engine.warm_up(self._chunk_length()))
         self.cache: AudioCache | None = None
         if self.options.cache:
             self.cache = AudioCache(budget.cache_limit_mb)
@@ -193,37 +196,61 @@ class SmartAdaptiveBackend:
             cache_bytes=lambda: self.cache.bytes if self.cache else 0, store=calibration,
             machine=machine_key(self.info),
         )
-        self._cond = threading.Condition()
-        self._running: dict[int, float] = {}
-        self._job_ids = itertools.count()
+        self._calibrated_margin()
+        self.ledger = AdmissionLedger()
         self._idle_trim: threading.Timer | None = None
+        if warm_up:
+            self._warm_up()
         logger.info("backend ready: profile %s, %s", self.profile.name, self.config)
 
     # -- construction helpers -----------------------------------------------------------------------
 
+    def _warm_up(self) -> None:
+        """Compile the decoder for the window lengths of the chunk a first request would be planned
+        with: warming 256-frame windows where only 64-frame ones fit would itself run out of memory."""
+        if self.options.engine != "torch":
+            return
+        chunk = self._chunk_length()
+        if self.options.budget and self.options.estimation:
+            decision = plan_request(self._planner_state(self.engine.frontend.count_tokens("Warm up.")))
+            if not isinstance(decision, Plan):
+                logger.warning("no decoder warm-up: %s", decision.reason)
+                return
+            chunk = decision.chunk_length
+        logger.info("decoder kernels compiled in %.2f s", self.engine.warm_up(chunk))
+
     def _initial_precision(self, budget: MemoryBudgetManager) -> str:
+        """An explicit precision; else fp32 with the budget off (the voice as shipped); else the
+        profile's row — under the seed policy with the seed's "< 6 GB available → INT4" rule, under
+        the calibrated policy as written, since the planner lowers precision when measurements say a
+        request needs it."""
         if self.options.engine == "reference":
             return "fp32"
         if self.options.quantization is not None:
             return self.options.quantization
+        if not self.options.budget:
+            return "fp32"
         from .runtime.quantize import QuantizationStrategy
 
-        return QuantizationStrategy.for_profile(self.profile, budget.available_mb()).mode
+        available = budget.available_mb() if self.options.budget_policy == "seed" else None
+        return QuantizationStrategy.for_profile(self.profile, available).mode
 
     def _set_precision(self, precision: str) -> None:
         """Quantize the shared model's weights to ``precision`` (in place: the fp32 copy is freed)."""
         if precision == self.config.quantization:
             return
-        from .runtime.quantize import QuantizationStrategy, quantize_
+        from .runtime.quantize import QuantizationStrategy, native_int8_dot, quantize_
 
         if PRECISIONS.index(precision) < PRECISIONS.index(self.config.quantization):
             raise ValueError(f"cannot raise precision from {self.config.quantization} to {precision} in place")
-        # The profile's weight-only/dynamic choice, but no layer-wise calibration pass: this runs at
+        # The profile's weight-only/dynamic choice (dynamic INT8 only on CPUs with integer dot products,
+        # see ``native_int8_dot``), but no layer-wise calibration pass: this runs at
         # start-up and when the planner degrades a busy service, where calibrating over dozens of
         # sentences would cost minutes (``python -m experiments.bench_quantize`` measures it).
         row = self.profile.quantization
-        strategy = QuantizationStrategy(mode=precision, weight_only=row.weight_only or precision == "int4",
-                                        dynamic=row.dynamic and precision == "int8")
+        dynamic = row.dynamic and precision == "int8" and native_int8_dot()
+        strategy = QuantizationStrategy(mode=precision, weight_only=row.weight_only or not dynamic,
+                                        dynamic=dynamic)
         quantize_(self.engine.model, strategy)
         self.config.quantization = precision
         gc.collect()
@@ -237,6 +264,37 @@ class SmartAdaptiveBackend:
         chunk = None if self.options.engine == "reference" else (chunk_length or self.config.chunk_length)
         return ConfigKey(self.options.engine, quantization or self.config.quantization, chunk,
                          self.config.num_threads, self.config.compute)
+
+    def candidate_keys(self) -> list[ConfigKey]:
+        """Every configuration the planner may choose, in its preference order: the current chunk
+        and the halvings down to :data:`MIN_CHUNK_LENGTH`, at the current precision, then at each
+        lower one (our engine only; the reference runs one configuration)."""
+        if self.options.engine != "torch" or self.options.quantization is not None:
+            precisions = [self.config.quantization]
+        else:
+            precisions = list(PRECISIONS[PRECISIONS.index(self.config.quantization):])
+        chunks = [self._chunk_length()]
+        while chunks[-1] is not None and chunks[-1] // 2 >= MIN_CHUNK_LENGTH:
+            chunks.append(chunks[-1] // 2)
+        return [self._config_key(chunk, precision) for precision in precisions for chunk in chunks]
+
+    def _calibrated_margin(self) -> None:
+        """Give the calibrated policy its first term: the worst held-out under-prediction over the
+        configurations the planner may choose (none without estimation: nothing is predicted)."""
+        budget = self.memory_budget_manager
+        if not self.options.estimation:
+            budget.set_estimator_error(0.0)
+            return
+        constants = [self.estimator.constants_for(key) for key in self.candidate_keys()]
+        if all(c.calibrated and c.fit is not None for c in constants):
+            budget.set_estimator_error(max(c.fit.max_under_mb for c in constants))
+        else:
+            budget.set_estimator_error(None)
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether every configuration the planner may choose has fitted constants on this machine."""
+        return all(self.estimator.constants_for(key).calibrated for key in self.candidate_keys())
 
     def _on_cache_limit(self, limit_mb: float) -> None:
         self.config.cache_limit = limit_mb
@@ -262,8 +320,8 @@ class SmartAdaptiveBackend:
 
     def system_status(self) -> dict:
         status = self.monitor.status()
-        with self._cond:
-            status["running_jobs"] = len(self._running)
+        status["running_jobs"] = self.ledger.running
+        status["budget"] = self.memory_budget_manager.margin_terms()
         if self.cache is not None:
             status["cache"] = self.cache.stats().to_dict()
         return status
@@ -312,70 +370,82 @@ class SmartAdaptiveBackend:
 
     # -- admission ----------------------------------------------------------------------------------
 
-    def _admit(self, tokens: int) -> tuple[int, Plan]:
+    def set_precision(self, precision: str) -> bool:
+        """Lower the shared weights to ``precision`` as soon as no job is using them: now when idle
+        (returns True), else when the last running job ends. A job never sees its weights change."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        if self.options.engine != "torch":
+            raise ValueError(f"the {self.options.engine} engine runs {self.config.quantization} only")
+        return self.ledger.when_idle(lambda: self._switch_precision(precision))
+
+    def _switch_precision(self, precision: str) -> None:
+        """Apply a precision change; the ledger guarantees no job is running."""
+        self._set_precision(precision)
+        self.estimator.set_config(self._config_key())
+
+    def _planner_state(self, tokens: int) -> PlannerState:
+        """One snapshot of everything the planner decides on (caller holds the ledger)."""
+        candidates = tuple(
+            Candidate(key.chunk_length, key.quantization, self.estimator.increment_mb(tokens, key),
+                      self.estimator.predict_mb(tokens, key))
+            for key in self.candidate_keys()
+        )
+        budget = self.memory_budget_manager
+        return PlannerState(candidates, budget.available_mb(), budget.safety_margin_mb,
+                            self.config.quantization, self.ledger.running_mb())
+
+    def _admit(self, tokens: int) -> tuple[int, Plan, float]:
         """Decide how (and whether) a request of ``tokens`` phoneme ids runs; blocks while it waits.
 
-        Returns the job's id and plan, with its reservation already counted: recorded under the same
-        lock as the decision, so that a request admitted right after sees it.
+        Returns the job's id, its plan and the seconds it waited. The reservation is recorded under the
+        same lock as the decision, so that a request admitted right after sees it. Whenever no job is
+        running and the plan does not fit, freed heap is handed back to the OS once and the decision
+        taken again: a refusal should not be caused by memory this process holds but does not use.
         """
-        with self._cond:
-            plan = self._plan(tokens)
-            job = next(self._job_ids)
-            self._running[job] = plan.reserved_mb
-            return job, plan
+        started = time.monotonic()
+        deadline = started + self.options.wait_timeout_s
+        trimmed = False
+        with self.ledger.deciding():
+            while True:
+                decision = self._decide(tokens)
+                if isinstance(decision, Plan):
+                    if decision.precision != self.config.quantization:
+                        self._switch_precision(decision.precision)  # the planner chose it: no job runs
+                    job = self.ledger.reserve(decision.reserved_mb)
+                    return job, decision, time.monotonic() - started
+                if not trimmed and not self.ledger.running_mb():
+                    trimmed = True  # once per idle moment: jobs that ended left their heap behind
+                    release_free_memory()
+                    continue
+                if isinstance(decision, Wait) and self.ledger.wait(deadline):
+                    logger.info("request of %d ids: %s", tokens, decision.reason)
+                    trimmed = False
+                    continue
+                refusal = decision if isinstance(decision, Refusal) else self._timed_out(decision)
+                raise SynthesisRefused(refusal.reason, refusal.required_mb, refusal.available_mb,
+                                       refusal.safety_margin_mb)
 
-    def _plan(self, tokens: int) -> Plan:
-        """The plan for ``tokens``, waiting for running jobs while memory is short (caller holds the lock)."""
-        if not self.options.budget:
-            return Plan(self._chunk_length(), None, 0.0)
-        budget = self.memory_budget_manager
-        deadline = time.monotonic() + self.options.wait_timeout_s
-        while True:
-            budget.adjust_cache_limit()
-            reserved = sum(self._running.values())
-            plan, decision = self._plan_once(tokens, reserved)
-            if plan is not None:
-                return plan
-            remaining = deadline - time.monotonic()
-            if self._running and remaining > 0:
-                logger.info("waiting for %d running job(s) to free memory", len(self._running))
-                self._cond.wait(remaining)
-                continue
-            raise SynthesisRefused(decision.reason, decision.required_mb, decision.available_mb,
-                                   decision.safety_margin_mb)
-
-    def _plan_once(self, tokens: int, reserved: float):
-        """One pass down the degradation ladder; returns (plan, None) or (None, last decision)."""
-        budget = self.memory_budget_manager
-        if not self.options.estimation:
-            decision = budget.check(reserved)
-            return (Plan(self._chunk_length(), None, 0.0), None) if decision.allowed else (None, decision)
-        degraded: list[str] = []
+    def _decide(self, tokens: int) -> Plan | Wait | Refusal:
+        """The planner's answer, or the budget manager's alone when estimation is off."""
         chunk = self._chunk_length()
-        while True:
-            estimated = self.estimator.predict_mb(tokens, self._config_key(chunk))
-            required = self.estimator.required_mb(estimated)
-            decision = budget.check(required + reserved)
-            if decision.allowed:
-                return Plan(chunk, estimated, required, tuple(degraded)), None
-            if chunk is not None and chunk // 2 >= MIN_CHUNK_LENGTH:
-                chunk //= 2
-                degraded.append(f"chunk_length {chunk}")
-                continue
-            lower = self._lower_precision(tokens, chunk, estimated)
-            if lower is None:
-                return None, decision
-            self._set_precision(lower)
-            self.estimator.set_config(self._config_key())
-            degraded.append(f"quantization {lower}")
+        if not self.options.budget:
+            return Plan(chunk, self.config.quantization, None, 0.0)
+        budget = self.memory_budget_manager
+        budget.adjust_cache_limit()
+        if self.options.estimation:
+            return plan_request(self._planner_state(tokens))
+        check = budget.check(0.0)
+        if check.allowed:
+            return Plan(chunk, self.config.quantization, None, 0.0)
+        if self.ledger.running_mb():
+            return Wait(f"waiting for running jobs: {check.reason}")
+        return Refusal(check.reason, check.required_mb, check.available_mb, check.safety_margin_mb)
 
-    def _lower_precision(self, tokens: int, chunk: int | None, estimated: float) -> str | None:
-        """The next lower precision, if the estimator expects it to need less than ``estimated`` MB."""
-        if self.options.engine != "torch" or self.config.quantization == PRECISIONS[-1]:
-            return None
-        lower = PRECISIONS[PRECISIONS.index(self.config.quantization) + 1]
-        then = self.estimator.predict_mb(tokens, self._config_key(chunk, lower))
-        return lower if then < estimated else None
+    def _timed_out(self, wait: Wait) -> Refusal:
+        budget = self.memory_budget_manager
+        return Refusal(f"still no memory after waiting {self.options.wait_timeout_s:g} s ({wait.reason})",
+                       sum(self.ledger.running_mb()), budget.available_mb(), budget.safety_margin_mb)
 
     # -- synthesis ----------------------------------------------------------------------------------
 
@@ -411,9 +481,10 @@ class SmartAdaptiveBackend:
                 return
         sentences = self.engine.frontend.sentences(text)
         tokens = sum(len(s.ids) for s in sentences)
-        job, plan = self._admit(tokens)
+        job, plan, waited_s = self._admit(tokens)
         if result is not None:
-            result.update(cached=False, plan=plan, tokens=tokens)
+            result.update(cached=False, plan=plan, tokens=tokens, waited_s=waited_s,
+                          safety_margin_mb=self.memory_budget_manager.safety_margin_mb if self.options.budget else None)
         chunks: list[np.ndarray] = []
         try:
             first = opts.first_chunk_length
@@ -425,11 +496,7 @@ class SmartAdaptiveBackend:
                     chunks.append(chunk)
                 yield chunk
         finally:
-            with self._cond:
-                del self._running[job]
-                idle = not self._running
-                self._cond.notify_all()
-            if idle:
+            if self.ledger.release(job):
                 self._schedule_idle_trim()
         if key is not None and chunks:
             self.cache.put(key, np.concatenate(chunks))
@@ -442,7 +509,7 @@ class SmartAdaptiveBackend:
         cache entry are freed or made only after that moment, and a trim then left them resident (the
         service's RSS crept up by up to 11 % per burst of requests).
         """
-        with self._cond:
+        with self.ledger.deciding():
             if self._idle_trim is not None:
                 self._idle_trim.cancel()
             self._idle_trim = threading.Timer(IDLE_TRIM_DELAY_S, self._trim_if_idle)
@@ -450,8 +517,8 @@ class SmartAdaptiveBackend:
             self._idle_trim.start()
 
     def _trim_if_idle(self) -> None:
-        with self._cond:
-            if self._running:
+        with self.ledger.deciding():
+            if self.ledger.running_mb():
                 return  # the job now running schedules the next trim when it ends
             self._idle_trim = None
         release_free_memory()
@@ -476,9 +543,11 @@ class SmartAdaptiveBackend:
                     "num_threads": self.config.num_threads, "compute": self.config.compute,
                     "chunk_length": plan.chunk_length if plan else self._chunk_length()},
             cached=info.get("cached", False), degraded=plan.degraded if plan else (),
+            waited_s=info.get("waited_s", 0.0), safety_margin_mb=info.get("safety_margin_mb"),
         )
 
     def close(self) -> None:
-        """Undo process-wide changes (CPU affinity, thread count)."""
+        """Undo process-wide changes (CPU affinity, thread count) and stop the memory watch."""
         if self.affinity is not None:
             self.affinity.restore()
+        self.memory_budget_manager.close()

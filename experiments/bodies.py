@@ -18,17 +18,19 @@ MIB = 1024 * 1024
 WARMUP_TEXT = "Warm up."
 
 
-def tts(options: dict[str, Any]) -> TrialBody:
-    """Load :class:`SmartAdaptiveBackend` once for the worker's condition; each trial then runs
-    ``request.concurrency`` simultaneous ``synthesize`` calls on it (one shared model, as a server does).
+def _backend(options: dict[str, Any], warm_up: bool = True) -> Any:
+    """The condition's :class:`SmartAdaptiveBackend`. ``estimator_constants`` says where the memory
+    estimator's constants come from: ``calibrated`` (the harness's calibration file, measured on this
+    device before the trials) or ``seed`` (the feature document's table, explicitly uncalibrated)."""
+    from adaptive_tts.backend import BackendOptions, SmartAdaptiveBackend
+    from adaptive_tts.runtime.estimator import CalibrationStore, SeedTable
 
-    The row reports the slowest request (a trial is done when its last request is); one refusal makes
-    the trial ``refused``, one exception fails it. The audio cache is off: the workload repeats texts
-    on purpose, and a cache hit would measure the cache instead of synthesis.
-    """
-    from adaptive_tts.backend import BackendOptions, SmartAdaptiveBackend, SynthesisRefused, TextTooLong
-
-    backend = SmartAdaptiveBackend(
+    constants = options.get("estimator_constants", "calibrated")
+    if constants not in ("calibrated", "seed"):
+        raise ValueError(f"estimator_constants must be 'calibrated' or 'seed', not {constants!r}")
+    path = options.get("calibration_path")
+    store = SeedTable() if constants == "seed" else CalibrationStore(path)
+    return SmartAdaptiveBackend(
         profile=options["profile"],
         options=BackendOptions(
             budget=options["budget"],
@@ -39,9 +41,36 @@ def tts(options: dict[str, Any]) -> TrialBody:
             chunk_length=options["chunk_length"],
             num_threads=options["num_threads"],
             compute=options["compute"],
+            budget_policy=options.get("budget_policy", "calibrated"),
             cache=False,
         ),
+        calibration=store,
+        warm_up=warm_up,
     )
+
+
+def tts(options: dict[str, Any]) -> TrialBody:
+    """Load :class:`SmartAdaptiveBackend` once for the worker's condition; each trial then runs
+    ``request.concurrency`` simultaneous ``synthesize`` calls on it (one shared model, as a server does).
+
+    The row reports the slowest request (a trial is done when its last request is); one refusal makes
+    the trial ``refused``, one exception fails it. The audio cache is off: the workload repeats texts
+    on purpose, and a cache hit would measure the cache instead of synthesis.
+    """
+    refused = _room_to_start(options)
+    if refused is not None:  # the runtime declines to start: every trial says why, nothing is loaded
+        return _refused_at_start(refused, options)
+    from adaptive_tts.backend import SynthesisRefused, TextTooLong
+
+    backend = _backend(options)
+    budget = backend.memory_budget_manager
+    calibration = {"calibrated": backend.calibrated if backend.options.estimation else None,
+                   "estimator_max_under_mb": None, "estimator_mape_percent": None}
+    if backend.options.estimation:
+        fits = [backend.estimator.constants_for(key).fit for key in backend.candidate_keys()]
+        if all(fit is not None for fit in fits):
+            calibration.update(estimator_max_under_mb=max(f.max_under_mb for f in fits),
+                               estimator_mape_percent=max(f.mape_percent for f in fits))
     try:
         backend.synthesize(WARMUP_TEXT)
     except SynthesisRefused:
@@ -70,28 +99,101 @@ def tts(options: dict[str, Any]) -> TrialBody:
                 thread.join()
         if failures:
             raise failures[0]
+        common = {"requests_ok": len(results), "budget_policy": budget.policy,
+                  "safety_margin_mb": budget.safety_margin_mb if backend.options.budget else None,
+                  "background_swing_seen_mb": budget.watch.swing_mb() if budget.policy == "calibrated" else None,
+                  **calibration}
+        if results:
+            common["waited_ms"] = max(r.waited_s for r in results) * 1000
+            common["degraded"] = ";".join(sorted({step for r in results for step in r.degraded})) or None
         if refusals:
             refused = refusals[0]
             if isinstance(refused, TextTooLong):  # the profile's max_text_length
-                return {"status": "refused", "error": str(refused), "requests_ok": len(results)}
+                return {**common, "status": "refused", "error": str(refused)}
             return {
+                **common,
                 "status": "refused",
                 "error": refused.reason,
                 "required_mb": refused.required_mb,
                 "available_mb": refused.available_mb,
-                "requests_ok": len(results),
+                "safety_margin_mb": refused.safety_margin_mb,
             }
         slowest = max(results, key=lambda result: result.latency_s)
         return {
+            **common,
             "latency_ms": slowest.latency_s * 1000,
             "first_audio_ms": slowest.first_audio_s * 1000,
             "audio_s": slowest.audio_s,
             "rtf": slowest.rtf,
             "estimated_mb": slowest.estimated_mb,
             "text_tokens": slowest.text_tokens,
-            "requests_ok": len(results),
             **{key: slowest.config[key] for key in ("engine", "quantization", "num_threads", "chunk_length", "compute")},
         }
+
+    return run
+
+
+def _room_to_start(options: dict[str, Any]) -> Any:
+    """With budget and calibrated estimation on: the budget manager's refusal to start the runtime
+    where its measured start-up does not fit (None: it fits, or nothing says). Imports no torch."""
+    if not (options["budget"] and options["estimation"]) or options.get("estimator_constants") == "seed":
+        return None
+    from adaptive_tts.runtime.budget import MemoryBudgetManager
+    from adaptive_tts.runtime.estimator import CalibrationStore, machine_key, room_to_start
+    from adaptive_tts.runtime.hardware import detect_hardware, select_profile
+    from adaptive_tts.runtime.process import anon_rss_mb
+
+    info = detect_hardware(probe_gpu=False)
+    budget = MemoryBudgetManager(select_profile(info, options["profile"]), info=info,
+                                 policy=options.get("budget_policy", "calibrated"))
+    decision = room_to_start(CalibrationStore(options.get("calibration_path")), budget, machine_key(info), anon_rss_mb())
+    budget.close()
+    return None if decision is None or decision.allowed else decision
+
+
+def _refused_at_start(decision: Any, options: dict[str, Any]) -> TrialBody:
+    """The body of a worker whose runtime refused to start: each trial is refused with the numbers."""
+    def run(request: TrialRequest) -> dict[str, Any]:
+        return {"status": "refused", "error": f"not enough memory to start the runtime: {decision.reason}",
+                "required_mb": decision.required_mb, "available_mb": decision.available_mb,
+                "safety_margin_mb": decision.safety_margin_mb, "budget_policy": options.get("budget_policy"),
+                "requests_ok": 0}
+
+    return run
+
+
+def calibrate(options: dict[str, Any]) -> TrialBody:
+    """Fit the memory estimator, in this (confined) worker, for every configuration the condition's
+    planner may choose that the calibration file lacks; one call does it all and reports what it fit.
+
+    Runs in its own worker because lowering the weights to measure INT8/INT4 cannot be undone: the
+    trials' workers start again from the condition's own precision. Being a fresh process, it also
+    measures what starting the condition's runtime takes (anonymous memory at its peak, from before
+    torch is imported), which the trials' workers check before they start.
+    """
+    from adaptive_tts.runtime.process import AnonPeak
+
+    startup = AnonPeak()  # from before torch is imported to a loaded voice (warm-up is planned later)
+    planner = _backend({**options, "estimator_constants": "calibrated"}, warm_up=False)
+    startup_mb = startup.stop()
+    from adaptive_tts.calibration import calibrate as fit, measuring_backend
+    from adaptive_tts.runtime.estimator import CalibrationStore
+
+    store = CalibrationStore(options["calibration_path"])
+    machine = planner.estimator.machine
+    store.save_startup(machine, startup_mb)
+    missing = [key for key in planner.candidate_keys() if store.load(machine, key) is None]
+    planner.close()
+    del planner
+
+    def run(request: TrialRequest) -> dict[str, Any]:
+        if missing:
+            fit(measuring_backend(missing[0], options["profile"]), missing, store=store, machine=machine,
+                max_length=options.get("calibration_max_length"))
+        fits = [store.load(machine, key).fit for key in missing]
+        return {"engine": options["engine"], "requests_ok": len(missing), "required_mb": startup_mb,
+                "estimator_max_under_mb": max((f.max_under_mb for f in fits), default=None),
+                "estimator_mape_percent": max((f.mape_percent for f in fits), default=None)}
 
     return run
 

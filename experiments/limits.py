@@ -23,7 +23,7 @@ import resource
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -246,42 +246,98 @@ def create_memory_cap(limit_mb: float, mechanism: str = "auto") -> MemoryCap:
 
 
 _HOG_CODE = """
-import sys
+import ctypes, mmap, random, sys, threading
 from experiments.limits import Confinement, confine_current_process
 confine_current_process(Confinement.from_json(sys.argv[1]))
-sys.stdin.readline()  # wait until told: the parent checks the confinement first
-held = bytearray(b"\\x01") * (int(sys.argv[2]) * 1024 * 1024)  # every page written: resident
-print("ready", flush=True)
-sys.stdin.read()  # hold until the parent closes stdin or dies
+if sys.platform.startswith("linux"):
+    ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: never outlive the driver
+size_mb, step_lo, step_hi, seed = int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+MB = 1024 * 1024
+region = mmap.mmap(-1, size_mb * MB, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # private: DONTNEED frees
+page = b"\\x01" * MB
+held, target = 0, [0.0, 0.0]  # MB resident now; (mean, swing) asked for
+lock, changed = threading.Lock(), threading.Event()
+def hold(mb):  # make exactly `mb` MB resident: write new pages, or give pages back to the kernel
+    global held
+    mb = max(0, min(size_mb, int(mb)))
+    with lock:
+        for i in range(held, mb):
+            region[i * MB:(i + 1) * MB] = page
+        if mb < held:
+            region.madvise(mmap.MADV_DONTNEED, mb * MB, (held - mb) * MB)
+        held = mb
+def schedule():  # a dynamic app: a new size within mean +- swing/2 every step_lo..step_hi seconds
+    rng = random.Random(seed)
+    while True:
+        changed.wait(rng.uniform(step_lo, step_hi))
+        changed.clear()
+        mean, swing = target
+        if swing > 0:
+            hold(rng.uniform(mean - swing / 2, mean + swing / 2))
+threading.Thread(target=schedule, daemon=True).start()
+for line in sys.stdin:  # "mean swing": resize to the mean now, then move around it
+    target[:] = [float(v) for v in line.split()]
+    hold(target[0])
+    changed.set()
+    print("ready", flush=True)
 """
 
 
 @dataclass
 class BackgroundLoad:
-    """Another "app" on the device holding ``mb`` MB of resident memory in the same cgroup."""
+    """Another "app" on the device holding resident memory in the same cgroup.
+
+    One process serves the whole life of a device and is resized on command (:meth:`set`): starting
+    a multi-GB app per level costs seconds of page faults, a resize only the difference. With a
+    ``swing_mb`` > 0 its memory moves on a seeded schedule within ``mb ± swing_mb / 2`` (a new size
+    every ``step_s``, drawn uniformly), like an app that opens and closes documents: it writes pages to
+    grow and hands pages back to the kernel (``MADV_DONTNEED``) to shrink.
+    """
 
     mb: float
     confinement: Confinement
+    swing_mb: float = 0.0
+    step_s: tuple[float, float] = (0.2, 1.0)
+    seed: int = 0
+    #: the most it may ever hold (its address space): the device's RAM
+    size_mb: float | None = None
     process: subprocess.Popen[str] | None = field(default=None, init=False)
 
     def start(self) -> None:
-        if self.mb <= 0:
+        if self.mb <= 0 and self.swing_mb <= 0:
             return
+        size = self.size_mb or self.mb + self.swing_mb
         self.process = subprocess.Popen(
-            [sys.executable, "-c", _HOG_CODE, self.confinement.to_json(), str(int(self.mb))],
+            [sys.executable, "-c", _HOG_CODE, self.confinement.to_json(), str(int(size)),
+             str(self.step_s[0]), str(self.step_s[1]), str(self.seed)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             start_new_session=True,  # Ctrl-C reaches the driver only; it stops the load itself
         )
-        self.process.stdin.write("go\n")
-        self.process.stdin.flush()
-        line = self.process.stdout.readline()  # "ready", or "" if it died (say OOM-killed: bigger than the cap)
+        self._command()
+
+    def set(self, mb: float, swing_mb: float = 0.0) -> None:
+        """Resize to ``mb`` MB now (and swing around it from now on)."""
+        self.mb, self.swing_mb = mb, swing_mb
+        if self.process is None:
+            self.start()
+        else:
+            self._command()
+
+    def _command(self) -> None:
+        try:
+            self.process.stdin.write(f"{self.mb} {self.swing_mb}\n")
+            self.process.stdin.flush()
+            line = self.process.stdout.readline()  # "ready", or "" if it died (say OOM-killed)
+        except BrokenPipeError:
+            line = ""
         if line.strip() != "ready":
             code = self.process.wait(timeout=5)
             self.process = None
             raise RuntimeError(f"background load of {self.mb:.0f} MB failed to start (exit {code})")
-        logger.info("background load holds %.0f MB (pid %d)", self.mb, self.process.pid)
+        swing = f", swinging {self.swing_mb:.0f} MB" if self.swing_mb else ""
+        logger.info("background load holds %.0f MB%s (pid %d)", self.mb, swing, self.process.pid)
 
     def ensure_running(self) -> None:
         """Restart the load if the kernel killed it instead of the worker (it is a victim of last resort)."""
@@ -314,6 +370,22 @@ class DeviceSpec:
     cpus: tuple[int, ...]
     background_mb: float = 0.0
     mechanism: str = "auto"
+    #: a dynamic background: its memory moves within background_mb ± swing / 2 (0: static)
+    background_swing_mb: float = 0.0
+    background_step_s: tuple[float, float] = (0.2, 1.0)
+    background_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mem_cap_mb is not None and self.background_mb + self.background_swing_mb / 2 >= self.mem_cap_mb:
+            raise ValueError(
+                f"background of {self.background_mb:.0f} MB (+{self.background_swing_mb / 2:.0f} MB swing) does not "
+                f"fit the {self.profile} device's {self.mem_cap_mb:.0f} MB of RAM")
+
+    def with_background(self, mb: float, *, swing_mb: float = 0.0, step_s: tuple[float, float] = (0.2, 1.0),
+                        seed: int = 0) -> DeviceSpec:
+        """The same device with another background app (a memory sweep's level)."""
+        return replace(self, background_mb=mb, background_swing_mb=swing_mb, background_step_s=tuple(step_s),
+                       background_seed=seed)
 
     @classmethod
     def for_profile(
@@ -361,17 +433,30 @@ class Device:
             if self.spec.mem_cap_mb is not None:
                 self.cap = create_memory_cap(self.spec.mem_cap_mb, self.spec.mechanism)
             if self.spec.background_mb > 0:
-                cgroup = self.cap.cgroup if self.cap is not None else None
-                joined = Confinement(
-                    cgroup_procs=str(cgroup / "cgroup.procs") if cgroup is not None else None,
-                    cpus=self.spec.cpus if self.spec.simulated else None,
-                )
-                self.background = BackgroundLoad(self.spec.background_mb, joined)
-                self.background.start()
+                self.set_background(self.spec)
         except BaseException:
             self.close()
             raise
         return self
+
+    def set_background(self, spec: DeviceSpec) -> None:
+        """Move the background app to ``spec``'s level (same device, another background), starting
+        it if there is none yet. Workers started after this see the new level."""
+        if (spec.profile, spec.mem_cap_mb, spec.cpus, spec.mechanism) != (
+                self.spec.profile, self.spec.mem_cap_mb, self.spec.cpus, self.spec.mechanism):
+            raise ValueError(f"{spec} is another device than {self.spec}")
+        self.spec = spec
+        if self.background is None:
+            cgroup = self.cap.cgroup if self.cap is not None else None
+            joined = Confinement(
+                cgroup_procs=str(cgroup / "cgroup.procs") if cgroup is not None else None,
+                cpus=spec.cpus if spec.simulated else None,
+            )
+            self.background = BackgroundLoad(spec.background_mb, joined, spec.background_swing_mb,
+                                             spec.background_step_s, spec.background_seed, size_mb=spec.mem_cap_mb)
+            self.background.start()
+        else:
+            self.background.set(spec.background_mb, spec.background_swing_mb)
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()

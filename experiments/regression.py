@@ -153,15 +153,14 @@ def default_quality(short: bool) -> tuple[float, float, str]:
 def estimator_mape(threads: int) -> tuple[float, str]:
     """The calibration ``python -m adaptive_tts calibrate`` runs (all its texts: with fewer, one noisy
     peak decides the figure), scored on its held-out texts, for the default compute precision."""
-    from adaptive_tts.runtime.estimator import ConfigKey, calibration_texts, fit_constants, probe
+    from adaptive_tts.calibration import calibrate, measuring_backend
+    from adaptive_tts.runtime.estimator import ConfigKey
     from adaptive_tts.voice.engine import resolve_compute
 
-    train, test = calibration_texts()
     key = ConfigKey("torch", "fp32", 256, threads, resolve_compute("auto"))
-    measured = [probe(key, text) for text in train + test]
-    fit = fit_constants(measured[: len(train)], measured[len(train):]).fit
-    return fit.mape_percent, (f"{fit.n_train} training / {fit.n_test} held-out texts; max under-prediction "
-                              f"{fit.max_under_mb:.0f} MB, max over {fit.max_over_mb:.0f} MB")
+    fit = calibrate(measuring_backend(key), [key])[key].fit
+    return fit.mape_percent, (f"{fit.n_train} training / {fit.n_test} held-out measurements; max "
+                              f"under-prediction {fit.max_under_mb:.0f} MB, max over {fit.max_over_mb:.0f} MB")
 
 
 def main(argv: list[str] | None = None) -> int:

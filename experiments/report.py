@@ -665,13 +665,16 @@ def quantization_table(rows: pd.DataFrame, bench: pd.DataFrame | None = None) ->
 
 
 def build_tables(rows: pd.DataFrame, bench: pd.DataFrame | None = None) -> list[Table]:
-    """Every thesis table from ``rows`` (and the optional quantization bench)."""
+    """Every thesis table from ``rows`` (and the optional quantization bench); a memory sweep adds its own."""
+    from experiments.report_memory import memory_tables  # it builds on this module's cells and statistics
+
     return [
         ablation_table(rows),
         memory_stability_table(rows),
         affinity_table(rows),
         cross_platform_table(rows),
         quantization_table(rows, bench),
+        *memory_tables(rows),
     ]
 
 
@@ -866,9 +869,10 @@ def success_rate(rows: pd.DataFrame) -> FigureOut | Skipped:
 
 
 def estimator_vs_measured(rows: pd.DataFrame) -> FigureOut | Skipped:
-    both = rows[(rows["status"] == "ok") & rows["estimated_mb"].notna() & rows["peak_rss_mb"].notna()]
+    both = rows[(rows["status"] == "ok") & rows["estimated_mb"].notna() & rows["peak_rss_mb"].notna()
+                & (rows["concurrency"] == 1)]
     if both.empty:
-        return Skipped("estimator_vs_measured", "no ok trials with both an estimate and a measured peak")
+        return Skipped("estimator_vs_measured", "no ok one-request trials with both an estimate and a measured peak")
     fig = _new_figure()
     ax = fig.add_subplot()
     points = ax.scatter(both["estimated_mb"], both["peak_rss_mb"], c=both["text_length"].astype(float), s=10,
@@ -884,7 +888,8 @@ def estimator_vs_measured(rows: pd.DataFrame) -> FigureOut | Skipped:
     ratio = float(np.median(both["estimated_mb"] / both["peak_rss_mb"]))
     return FigureOut(
         "estimator_vs_measured", fig,
-        "The estimator's prediction (estimated_mb) vs the worker's measured peak RSS per ok trial; dashed: y = x "
+        "The estimator's prediction (estimated_mb) vs the worker's measured peak RSS per ok trial of one request "
+        "(a trial of several reports one request's estimate); dashed: y = x "
         f"(above it the estimator under-predicts). Median predicted / measured = {ratio:.2f}.",
     )
 
@@ -948,6 +953,11 @@ def build_figures(rows: pd.DataFrame, quantization: Table) -> list[tuple[FigureO
             result.name += suffix
             out.append((result, part))
     out.append((quantization_tradeoff(quantization, rows), rows))
+    from experiments.report_memory import outcome_vs_free_memory, sweep_rows
+
+    sweep = sweep_rows(rows)
+    if not sweep.empty:
+        out.append((outcome_vs_free_memory(sweep), sweep))
     return out
 
 

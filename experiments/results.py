@@ -74,6 +74,21 @@ EXTRA_FIELDS = [
     pa.field("host_cpus", pa.int64()),
     pa.field("host_mem_mb", pa.float64()),
     pa.field("compute", pa.string()),  # what the engine multiplied in: fp32 or bf16
+    # memory adaptation (docs/harness.md, "Memory sweeps")
+    pa.field("budget_policy", pa.string()),  # seed | calibrated
+    pa.field("safety_margin_mb", pa.float64()),  # the margin in force at admission (null: budget off)
+    pa.field("background_swing_seen_mb", pa.float64()),  # other processes' swing the runtime observed
+    pa.field("estimator_constants", pa.string()),  # calibrated | seed (null: estimation off)
+    pa.field("calibrated", pa.bool_()),  # every configuration the planner may choose has fitted constants
+    pa.field("estimator_max_under_mb", pa.float64()),  # the fit's worst held-out under-prediction
+    pa.field("estimator_mape_percent", pa.float64()),  # the fit's held-out error
+    pa.field("waited_ms", pa.float64()),  # how long the slowest-admitted request waited for memory
+    pa.field("degraded", pa.string()),  # the plan's degradations (";"-separated), null if none
+    pa.field("background_kind", pa.string()),  # static | dynamic (memory sweeps)
+    pa.field("background_swing_mb", pa.float64()),  # a dynamic background's configured swing
+    pa.field("free_mb", pa.float64()),  # device RAM less the background's mean
+    pa.field("floor_mb", pa.float64()),  # the measured floor of the run (experiments/floor.py)
+    pa.field("free_above_floor_mb", pa.float64()),  # the level: free_mb - floor_mb
 ]
 SCHEMA = pa.schema(list(CORE_SCHEMA) + EXTRA_FIELDS)
 STATUSES = ("ok", "oom", "refused", "error", "timeout")

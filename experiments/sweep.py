@@ -25,10 +25,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from experiments.floor import load_or_measure_floor
 from experiments.limits import Device, DeviceSpec, format_cpus, host_cpus
 from experiments.results import RowStore
 from experiments.trial import Supervisor, TrialRequest
-from experiments.workload import Workload, plan
+from experiments.workload import MemoryLevels, PlannedTrial, Workload, cut_text, plan
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,24 @@ class EngineChoice:
 
 
 @dataclass(frozen=True)
+class MemoryPolicy:
+    """How the runtime decides about memory: the budget's safety margin (``seed`` table or
+    ``calibrated`` from measurements) and where the estimator's constants come from (``calibrated``
+    on this device before the trials, or the ``seed`` table, explicitly uncalibrated)."""
+
+    budget_policy: str = "calibrated"
+    estimator_constants: str = "calibrated"
+
+    def __post_init__(self) -> None:
+        from adaptive_tts.runtime.budget import BUDGET_POLICIES
+
+        if self.budget_policy not in BUDGET_POLICIES:
+            raise ValueError(f"unknown budget.policy {self.budget_policy!r}; valid: {', '.join(BUDGET_POLICIES)}")
+        if self.estimator_constants not in ("calibrated", "seed"):
+            raise ValueError(f"unknown estimator.constants {self.estimator_constants!r}; valid: calibrated, seed")
+
+
+@dataclass(frozen=True)
 class TrialSettings:
     body: str = "experiments.bodies:tts"
     options: dict[str, Any] = field(default_factory=dict)
@@ -75,10 +94,14 @@ class SweepSpec:
     device: DeviceSpec
     workload: Workload
     trial: TrialSettings = field(default_factory=TrialSettings)
+    memory: MemoryPolicy = field(default_factory=MemoryPolicy)
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> SweepSpec:
         hw, wl = cfg.hardware, cfg.workload
+        levels = wl.get("memory")
+        concurrency = wl.concurrency
+        concurrency = tuple(concurrency) if not isinstance(concurrency, int) else concurrency
         return cls(
             run_id=cfg.run_id or default_run_id(),
             results_dir=Path(cfg.results_dir),
@@ -95,10 +118,18 @@ class SweepSpec:
                 name=wl.name,
                 lengths=tuple(wl.lengths),
                 iterations=wl.iterations,
-                concurrency=wl.concurrency,
+                concurrency=concurrency,
                 background_mb=wl.background_mb,
+                memory=None if levels is None else MemoryLevels(
+                    free_above_floor_mb=tuple(levels.free_above_floor_mb),
+                    kinds=tuple(levels.kinds),
+                    swing_mb=levels.swing_mb,
+                    step_s=tuple(levels.step_s),
+                    seed=levels.seed,
+                ),
             ),
             trial=TrialSettings(**OmegaConf.to_container(cfg.trial, resolve=True)),
+            memory=MemoryPolicy(budget_policy=cfg.budget.policy, estimator_constants=cfg.estimator.constants),
         )
 
     @property
@@ -131,8 +162,22 @@ class SweepSpec:
             "num_threads": self.engine.num_threads,
             "chunk_length": self.engine.chunk_length,
             "compute": self.engine.compute,
+            "budget_policy": self.memory.budget_policy,
+            "estimator_constants": self.memory.estimator_constants,
+            "calibration_path": str(self.calibration_path),
             **self.trial.options,
         }
+
+    @property
+    def calibration_path(self) -> Path:
+        """The harness's calibration file: beside the runs, keyed inside by device and configuration,
+        so every run on this device reuses it and a fresh clone measures its own."""
+        return self.results_dir / "calibration.json"
+
+    @property
+    def calibrates(self) -> bool:
+        """Whether this condition fits the estimator on the device before its trials."""
+        return self.ablation.estimation and self.memory.estimator_constants == "calibrated" and self.trial.body == "experiments.bodies:tts"
 
 
 @cache
@@ -194,14 +239,63 @@ class SweepResult:
     statuses: Counter[str]
 
 
+def _calibrate(spec: SweepSpec, device: DeviceSpec, settings: TrialSettings) -> dict[str, Any]:
+    """Fit the estimator on ``device`` (no background) for every configuration the condition's planner
+    may choose, unless the calibration file has them all; a worker of its own does it."""
+    quiet = device.with_background(0.0)
+    options = {**spec.body_options(), "calibration_max_length": max(spec.workload.lengths)}
+    with Device(quiet) as live, Supervisor(
+        live, "experiments.bodies:calibrate", options,
+        log_dir=spec.run_dir / "workers" / "calibration",
+        timeout_s=settings.timeout_s * 10, startup_timeout_s=settings.startup_timeout_s,
+    ) as supervisor:
+        outcome = supervisor.run(TrialRequest(0, "", 1))
+    if outcome["status"] != "ok":
+        raise RuntimeError(f"calibrating the estimator on {device.profile} failed: {outcome.get('error')}")
+    logger.info("estimator calibration: %d configuration(s) fitted now (file %s)", outcome["requests_ok"],
+                spec.calibration_path)
+    return outcome
+
+
+def _level_device(spec: SweepSpec, trial: PlannedTrial, floor_mb: float | None) -> DeviceSpec:
+    """The device of one memory level: its background app holds the cap less the level's free MB."""
+    levels = spec.workload.memory
+    if levels is None:
+        return spec.device
+    free = floor_mb + trial.free_above_floor_mb
+    swing = levels.swing_mb if trial.background_kind == "dynamic" else 0.0
+    # A level is the least memory left free: a dynamic app peaks at the static app's size.
+    return spec.device.with_background(spec.device.mem_cap_mb - free - swing / 2, swing_mb=swing,
+                                       step_s=levels.step_s, seed=levels.seed)
+
+
+def _check_memory_sweep(spec: SweepSpec) -> None:
+    """A memory sweep means something only under a cap the kernel enforces on resident memory."""
+    dev = spec.device
+    if not dev.simulated or dev.mem_cap_mb is None:
+        raise ValueError(f"workload {spec.workload.name!r} sweeps memory levels: it needs a simulated device "
+                         "(hardware=m1_air, say, or +experiment=memory_sweep)")
+    if dev.mechanism == "rlimit":
+        raise ValueError("mem_cap_mechanism=rlimit caps address space, not resident memory: a memory sweep "
+                         "needs cgroup_v2 or cgroup_v1")
+    host_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    if dev.mem_cap_mb > host_mb:
+        raise ValueError(f"a {dev.mem_cap_mb:.0f} MB cap cannot bind on this {host_mb:.0f} MB host")
+
+
 def run_sweep(spec: SweepSpec, *, resolved_config: str | None = None, progress: bool = True) -> SweepResult:
-    """Run every trial of ``spec`` not yet in its run folder; each finished trial is on disk at once."""
+    """Run every trial of ``spec`` not yet in its run folder; each finished trial is on disk at once.
+
+    A memory sweep first measures (or reads back) the device's floor; a condition with calibrated
+    estimation first fits the estimator on the device. Trials then run level by level, each level on
+    a device of its own (cap, background app, worker).
+    """
     store = RowStore(spec.run_dir)
     if resolved_config is not None:
         config_path = spec.run_dir / "configs" / f"{spec.condition_name}.yaml"
         config_path.parent.mkdir(parents=True, exist_ok=True)
         config_path.write_text(resolved_config)
-    keyed = [(f"{spec.condition_name}/L{t.text_length}/i{t.iteration}", t) for t in plan(spec.workload)]
+    keyed = [(f"{spec.condition_name}/{t.key}", t) for t in plan(spec.workload)]
     trials = [(trial_id(key), key, t) for key, t in keyed]
     done = store.done()
     todo = [trial for trial in trials if trial[0] not in done]
@@ -211,13 +305,21 @@ def run_sweep(spec: SweepSpec, *, resolved_config: str | None = None, progress: 
         return SweepResult(spec.run_dir, len(trials), len(trials), 0, statuses)
 
     dev = spec.device
+    settings = spec.trial
+    floor_mb = None
+    if spec.workload.memory is not None:
+        _check_memory_sweep(spec)
+        longest = cut_text(max(spec.workload.lengths), 0)
+        floor_mb = load_or_measure_floor(spec.run_dir, dev, spec.body_options(), longest,
+                                         timeout_s=settings.startup_timeout_s).floor_mb
+    if spec.calibrates:
+        _calibrate(spec, dev, settings)
     base = {
         "run_id": spec.run_id,
         **environment(dev.profile),
         "simulated": dev.simulated,
         "mem_cap_mb": dev.mem_cap_mb,
         "cpus": format_cpus(dev.cpus),
-        "background_mb": dev.background_mb,
         "ablation": spec.ablation.name,
         "budget_on": spec.ablation.budget,
         "affinity_on": spec.ablation.affinity,
@@ -226,39 +328,52 @@ def run_sweep(spec: SweepSpec, *, resolved_config: str | None = None, progress: 
         "quantization": spec.engine.quantization,
         "num_threads": spec.engine.num_threads,
         "chunk_length": spec.engine.chunk_length,
-        "concurrency": spec.workload.concurrency,
         "workload": spec.workload.name,
+        "budget_policy": spec.memory.budget_policy,
+        "estimator_constants": spec.memory.estimator_constants if spec.ablation.estimation else None,
+        "floor_mb": floor_mb,
     }
-    settings = spec.trial
+    levels: dict[DeviceSpec, list[tuple[int, str, PlannedTrial]]] = {}
+    for trial in todo:
+        levels.setdefault(_level_device(spec, trial[2], floor_mb), []).append(trial)
     with (
         Device(dev) as device,
-        Supervisor(
-            device,
-            settings.body,
-            spec.body_options(),
-            log_dir=spec.run_dir / "workers" / spec.condition_name,
-            timeout_s=settings.timeout_s,
-            startup_timeout_s=settings.startup_timeout_s,
-            max_trials_per_worker=settings.max_trials_per_worker,
-        ) as supervisor,
         tqdm(total=len(trials), initial=len(trials) - len(todo), desc=spec.ablation.name, disable=not progress) as bar,
     ):
-        for tid, key, planned in todo:
-            started_at = datetime.now(timezone.utc)
-            outcome = supervisor.run(TrialRequest(tid, planned.text, spec.workload.concurrency))
-            store.write(
-                {
-                    **base,
-                    **{column: value for column, value in outcome.items() if value is not None},
-                    "trial_id": tid,
-                    "trial_key": key,
-                    "started_at": started_at,
-                    "text_length": planned.text_length,
-                    "iteration": planned.iteration,
-                    "text": planned.text,
-                }
-            )
-            statuses[outcome["status"]] += 1
-            bar.set_postfix(statuses, refresh=False)
-            bar.update()
+        for level, level_trials in levels.items():
+            device.set_background(level)  # one background app, resized: a fresh one per level costs seconds
+            with Supervisor(
+                device,
+                settings.body,
+                spec.body_options(),
+                log_dir=spec.run_dir / "workers" / spec.condition_name,
+                timeout_s=settings.timeout_s,
+                startup_timeout_s=settings.startup_timeout_s,
+                max_trials_per_worker=settings.max_trials_per_worker,
+            ) as supervisor:  # a fresh worker per level: its memory watch must not see the level change
+                for tid, key, planned in level_trials:
+                    started_at = datetime.now(timezone.utc)
+                    outcome = supervisor.run(TrialRequest(tid, planned.text, planned.concurrency))
+                    store.write(
+                        {
+                            **base,
+                            "background_mb": level.background_mb,
+                            "background_swing_mb": level.background_swing_mb,
+                            "background_kind": planned.background_kind if spec.workload.memory else None,
+                            "free_mb": (level.mem_cap_mb - level.background_mb - level.background_swing_mb / 2
+                                        if level.mem_cap_mb else None),
+                            "free_above_floor_mb": planned.free_above_floor_mb,
+                            "concurrency": planned.concurrency,
+                            **{column: value for column, value in outcome.items() if value is not None},
+                            "trial_id": tid,
+                            "trial_key": key,
+                            "started_at": started_at,
+                            "text_length": planned.text_length,
+                            "iteration": planned.iteration,
+                            "text": planned.text,
+                        }
+                    )
+                    statuses[outcome["status"]] += 1
+                    bar.set_postfix(statuses, refresh=False)
+                    bar.update()
     return SweepResult(spec.run_dir, len(trials), len(trials) - len(todo), len(todo), statuses)

@@ -32,6 +32,7 @@ from multiprocessing.connection import Connection, Pipe
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from adaptive_tts.runtime.process import PeakMeter
 from experiments.limits import Confinement, Device, confine_current_process
 
 logger = logging.getLogger(__name__)
@@ -69,64 +70,6 @@ def resolve_body(path: str) -> BodyFactory:
     if not module or not name:
         raise ValueError(f"trial body must be 'module:factory', got {path!r}")
     return getattr(importlib.import_module(module), name)
-
-
-# --------------------------------------------------------------------------------------------------
-# Peak memory, measured inside the worker
-# --------------------------------------------------------------------------------------------------
-
-
-class PeakMeter:
-    """Peak RSS of the worker during one trial.
-
-    On Linux the kernel keeps the high-water mark (VmHWM) and ``echo 5 > /proc/self/clear_refs`` resets
-    it to the current RSS, so the peak is exact and free. Elsewhere (macOS) a thread samples the RSS
-    every 5 ms, which can miss a spike shorter than that; the row says which (``peak_mem_mechanism``).
-    """
-
-    SAMPLE_S = 0.005
-
-    def __init__(self) -> None:
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-            self._read_hwm()
-            self.mechanism = "vmhwm_clear_refs"
-        except (OSError, ValueError):
-            self.mechanism = "rss_sampling_5ms"
-        self._peak = 0
-        self._stop = threading.Event()
-        self._sampler: threading.Thread | None = None
-
-    @staticmethod
-    def _read_hwm() -> int:
-        match = re.search(r"^VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
-        if match is None:
-            raise ValueError("no VmHWM in /proc/self/status")
-        return int(match.group(1)) * 1024
-
-    def start(self) -> None:
-        if self.mechanism == "vmhwm_clear_refs":
-            Path("/proc/self/clear_refs").write_text("5")
-            return
-        import psutil
-
-        process = psutil.Process()
-        self._peak = process.memory_info().rss
-        self._stop.clear()
-
-        def sample() -> None:
-            while not self._stop.wait(self.SAMPLE_S):
-                self._peak = max(self._peak, process.memory_info().rss)
-
-        self._sampler = threading.Thread(target=sample, daemon=True)
-        self._sampler.start()
-
-    def stop_mb(self) -> float:
-        if self.mechanism == "vmhwm_clear_refs":
-            return self._read_hwm() / MIB
-        self._stop.set()
-        self._sampler.join()
-        return self._peak / MIB
 
 
 # --------------------------------------------------------------------------------------------------

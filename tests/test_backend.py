@@ -47,7 +47,8 @@ def make(tmp_path, memory: Memory | None = None, calibrate: dict[int, float] | N
         for chunk, base in calibrate.items():
             key = ConfigKey("torch", "fp32", chunk, backend.config.num_threads, backend.config.compute)
             store.save(machine_key(backend.info), key, EstimatorConstants(current_rss_mb() + base, 0.0, None, True))
-        backend.estimator.constants = backend.estimator._load(backend.estimator.key)
+        backend.estimator.reload()
+        backend._calibrated_margin()
     return backend
 
 
@@ -192,3 +193,53 @@ def test_optimize_for_hardware_sheds_threads_when_cpu_is_maxed(tmp_path):
 
     assert torch.get_num_threads() == 1
     torch.set_num_threads(2)
+
+
+def test_weights_never_change_under_a_streaming_job(tmp_path):
+    """A precision switch asked for while a job streams waits for it: the job's audio equals a run
+    entirely at fp32, and the next job runs at the new precision (its audio equals an INT8 run)."""
+    from adaptive_tts.voice.engine import SynthesisOptions
+
+    text = "The first sentence streams. The weights must hold still. Only then may they change."
+    opts = SynthesisOptions(seed=7)
+    backend = make(tmp_path, budget=False, cache=False, chunk_length=64)
+    fp32 = backend.synthesize(text, opts).audio
+    chunks = []
+    stream = backend.stream(text, opts)
+    chunks.append(next(stream))
+    assert backend.set_precision("int8") is False  # deferred: a job is running
+    assert backend.config.quantization == "fp32" and backend.ledger.switch_pending
+    chunks.extend(stream)
+    assert np.array_equal(np.concatenate(chunks), fp32)
+    assert backend.config.quantization == "int8" and not backend.ledger.switch_pending
+    reference = make(tmp_path, budget=False, cache=False, chunk_length=64, quantization="int8")
+    assert np.array_equal(backend.synthesize(text, opts).audio, reference.synthesize(text, opts).audio)
+    assert backend.set_precision("int4") is True  # idle: applied at once
+
+
+def test_calibrated_policy_keeps_the_fits_error_and_plans_from_increments(tmp_path):
+    """Calibrated constants (rest + per-request increment) and the calibrated policy: the margin is the
+    fit's worst held-out under-prediction (no background moves here), and a request whose increment
+    fits is admitted where the seed's 1.5 GB margin would refuse it."""
+    from adaptive_tts.runtime.estimator import FitQuality
+
+    memory = Memory(available_mb=400)
+    backend = make(tmp_path, memory, budget_policy="calibrated", wait_timeout_s=0)
+    fit = FitQuality(6, 5, 2.0, 25.0, 10.0)
+    for key in backend.candidate_keys():
+        backend.estimator.store.save(machine_key(backend.info), key,
+                                     EstimatorConstants(500.0, 1.0, None, True, fit, per_request_mb=60.0))
+    backend.estimator.reload()
+    backend._calibrated_margin()
+    watch = backend.memory_budget_manager.watch
+    watch.stop()  # the fake machine's readings stand still while this process allocates: not a swing
+    watch.reset()
+    assert backend.calibrated
+    assert backend.memory_budget_manager.safety_margin_mb == pytest.approx(25.0)
+    result = backend.synthesize(TEXT)
+    assert result.degraded == () and result.safety_margin_mb < 40
+    memory.available_mb = 80  # below every configuration's increment + margin: refused with the numbers
+    with pytest.raises(SynthesisRefused) as refused:
+        backend.synthesize("Another text that does not fit.")
+    assert refused.value.available_mb == pytest.approx(80)
+    assert refused.value.required_mb > 60

@@ -212,3 +212,61 @@ def test_cache_limit_follows_memory_pressure() -> None:
     machine.available_mb = 1000
     budget.adjust_cache_limit()
     assert seen == [1236, 0, 500, 1536]
+
+
+# ---- policies -------------------------------------------------------------------------------------
+
+
+def test_seed_policy_keeps_the_documents_margin() -> None:
+    budget = MemoryBudgetManager(PROFILES["m1_air"], system_memory=MachineMemory(8192, 1000), cgroup_memory=no_cgroup)
+    assert budget.policy == "seed" and budget.safety_margin_mb == 1536
+    assert not budget.check(100).allowed
+
+
+def test_calibrated_policy_keeps_the_estimators_error_plus_the_swing_it_saw() -> None:
+    machine = MachineMemory(8192, 1000)
+    budget = MemoryBudgetManager(PROFILES["m1_air"], system_memory=machine, cgroup_memory=no_cgroup)
+    budget.watch.stop()  # sampled by hand below, so the numbers are the test's
+    budget.watch = type(budget.watch)(budget.reading, own_rss=lambda: 300.0)
+    budget.set_policy("calibrated")
+    budget.watch.stop()
+    budget.set_estimator_error(None)  # no calibration: the seed's margin stays
+    assert budget.safety_margin_mb == 1536
+    budget.set_estimator_error(35.0)
+    for available in (1000, 880, 1000, 940):  # another app grows by 120 MB, then shrinks
+        machine.available_mb = available
+        budget.watch.sample()
+    assert budget.watch.swing_mb() == pytest.approx(120)
+    assert budget.safety_margin_mb == pytest.approx(155)
+    assert budget.check(700).allowed  # 940 - 700 - 155 >= 0, where the seed's margin refused 100 MB
+    terms = budget.margin_terms()
+    assert terms == {"policy": "calibrated", "safety_margin_mb": 155.0, "estimator_error_mb": 35.0,
+                     "background_swing_mb": 120.0}
+
+
+def test_the_watch_forgets_what_left_its_window() -> None:
+    machine = MachineMemory(8192, 1000)
+    watch = MemoryBudgetManager(PROFILES["m1_air"], system_memory=machine, cgroup_memory=no_cgroup).watch
+    watch.window_s = 0.05
+    machine.available_mb = 500
+    watch.sample()
+    time.sleep(0.1)
+    machine.available_mb = 1000
+    watch.sample()
+    watch.sample()
+    assert watch.swing_mb() == 0.0
+
+
+def test_the_live_watch_samples_a_real_machine() -> None:
+    budget = MemoryBudgetManager(PROFILES["m1_air"], policy="calibrated")
+    time.sleep(0.3)
+    budget.close()
+    assert len(budget.watch._samples) >= 3
+    assert 0 <= budget.watch.swing_mb() < psutil.virtual_memory().total / MIB
+
+
+def test_unknown_policy_is_an_error() -> None:
+    with pytest.raises(ValueError, match="'generous'"):
+        MemoryBudgetManager(PROFILES["m1_air"], policy="generous")
+    with pytest.raises(ValueError, match=">= 0"):
+        MemoryBudgetManager(PROFILES["m1_air"]).set_estimator_error(-1)

@@ -14,7 +14,6 @@ from adaptive_tts.runtime.estimator import (
     ProbeResult,
     calibration_texts,
     fit_constants,
-    probe,
 )
 from adaptive_tts.runtime.hardware import PROFILES
 
@@ -93,22 +92,42 @@ def test_calibration_texts_are_disjoint_and_span_lengths():
     assert all(len(t) <= 1000 for t in train + test)
 
 
-def test_probe_measures_a_real_process():
-    """One real calibration probe: a fresh process synthesizes and reports the kernel's peak RSS."""
-    result = probe(KEY, "A short calibration sentence.")
-    assert result.text_tokens > 20
-    assert 200 < result.peak_rss_mb < 4000
+def test_fit_on_increments_adds_requests_side_by_side():
+    """With rest readings the fit is per request: peak = rest + concurrency * (a + b * tokens / 100)."""
+    def measured(tokens: int, concurrency: int, rest: float = 400.0) -> ProbeResult:
+        return ProbeResult(tokens // 2, tokens, rest + concurrency * (60 + 0.5 * tokens / 100), rest, concurrency)
+
+    train = [measured(100, 1), measured(600, 1), measured(2000, 1, rest=420.0), measured(600, 4)]
+    c = fit_constants(train, [measured(1000, 1), measured(1000, 4, rest=380.0)])
+    assert c.per_request_mb == pytest.approx(60.0) and c.per_100_tokens_mb == pytest.approx(0.5)
+    assert c.base_model_mb == pytest.approx(400.0)  # the median rest
+    assert c.fit.max_under_mb == pytest.approx(0.0, abs=1e-9)
+    skewed = fit_constants(train, [ProbeResult(500, 1000, 400 + 4 * 65 + 20, 400.0, 4)])
+    assert skewed.fit.max_under_mb == pytest.approx(20.0)
 
 
-def test_probe_reports_its_own_peak_not_its_parents():
-    """Linux carries ru_maxrss across execve; the probe must not report a large parent's size."""
-    import numpy as np
+def test_increment_is_calibrated_or_the_seed_peak_less_what_the_process_holds(tmp_path):
+    est = estimator(tmp_path, tokens=200, constants=EstimatorConstants(400.0, 1.0, None, True, None, per_request_mb=50.0))
+    assert est.increment_mb(200) == pytest.approx(52.0)
+    assert est.predict_mb(200) == pytest.approx(452.0)
+    seed = estimator(tmp_path / "seed", tokens=200)
+    from adaptive_tts.runtime.process import current_rss_mb
 
-    from adaptive_tts.runtime.estimator import current_rss_mb
+    d = PROFILES["m1_air"].estimates
+    expected = d.base_model_mb + 2 * d.per_100_tokens_mb + d.cache_overhead_mb - current_rss_mb()
+    assert seed.increment_mb(200) == pytest.approx(expected, abs=20)
 
-    ballast = np.ones(1500 * 1024 * 1024 // 8)  # 1.5 GB, touched
-    parent = current_rss_mb()
-    result = probe(KEY, "A short calibration sentence.")
-    del ballast
-    assert parent > 1500
-    assert result.peak_rss_mb < parent - 500
+
+def test_measure_reads_a_real_request():
+    """One in-process calibration measurement: the request's peak above the process's rest."""
+    from adaptive_tts.calibration import measure, measuring_backend
+
+    backend = measuring_backend(KEY)
+    backend.synthesize("Warm up.")
+    result = measure(backend, "A short calibration sentence.")
+    assert result.text_tokens > 20 and result.concurrency == 1
+    assert 150 < result.rest_mb <= result.peak_rss_mb < result.rest_mb + 1000
+    side_by_side = measure(backend, "A short calibration sentence.", concurrency=3)
+    assert side_by_side.concurrency == 3 and side_by_side.peak_rss_mb >= side_by_side.rest_mb
+    with pytest.raises(ValueError, match="concurrency"):
+        measure(backend, "x", concurrency=0)

@@ -50,22 +50,16 @@ def test_every_hardware_config_selects_a_library_profile(hardware: str) -> None:
     assert 1 <= len(spec.cpus) <= len(host_cpus()) and set(spec.cpus) <= set(host_cpus())
 
 
-@pytest.mark.parametrize("workload", ["smoke", "default", "thesis", "pressure"])
+@pytest.mark.parametrize("workload", ["smoke", "default", "thesis", "memory_sweep", "memory_sweep_short"])
 def test_workloads(workload: str) -> None:
     wl = SweepSpec.from_config(config(f"workload={workload}")).workload
-    assert set(wl.lengths) <= {100, 300, 500, 800, 1000}
+    assert set(wl.lengths) <= {60, 100, 200, 300, 500, 800, 1000}
     if workload == "thesis":
         assert wl.lengths == (100, 300, 500, 800, 1000) and wl.iterations == 50
     if workload == "smoke":
         assert wl.iterations <= 2
-    if workload == "pressure":
-        assert wl.concurrency > 1 and wl.background_mb > 0
-
-
-def test_pressure_experiment_simulates_the_8gb_device() -> None:
-    spec = SweepSpec.from_config(config("+experiment=pressure", "ablation=baseline"))
-    assert spec.workload.name == "pressure" and spec.device.profile == "m1_air"
-    assert spec.device.mem_cap_mb == 8 * 1024 and spec.device.background_mb == spec.workload.background_mb
+    if workload.startswith("memory_sweep"):
+        assert max(wl.concurrencies) > 1 and wl.memory is not None and wl.background_mb == 0
 
 
 def test_engines() -> None:
@@ -73,9 +67,9 @@ def test_engines() -> None:
 
 
 def test_plus_and_plain_spellings_choose_the_same_option() -> None:
-    args = ["-m", "+ablation=baseline,budget", "+workload=smoke", "hardware=auto", "+experiment=pressure", "+trial.options={a: 1}"]
+    args = ["-m", "+ablation=baseline,budget", "+workload=smoke", "hardware=auto", "+experiment=memory_sweep", "+trial.options={a: 1}"]
     assert accept_plus_for_default_groups(args) == [
-        "-m", "ablation=baseline,budget", "workload=smoke", "hardware=auto", "+experiment=pressure", "+trial.options={a: 1}",
+        "-m", "ablation=baseline,budget", "workload=smoke", "hardware=auto", "+experiment=memory_sweep", "+trial.options={a: 1}",
     ]
     assert config(*accept_plus_for_default_groups(["+ablation=affinity"])).ablation.name == "affinity"
 
@@ -92,3 +86,40 @@ def test_slurm_launcher_config_composes_where_the_plugin_is_installed() -> None:
         cfg = compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.launcher.cpus_per_task >= 1
+
+
+def test_memory_sweep_is_a_curve_on_the_8gb_device() -> None:
+    spec = SweepSpec.from_config(config("+experiment=memory_sweep", "ablation=estimation"))
+    assert spec.device.simulated and spec.device.mem_cap_mb == 8 * 1024
+    levels = spec.workload.memory
+    assert len(levels.free_above_floor_mb) >= 6 and min(levels.free_above_floor_mb) < 0 < max(levels.free_above_floor_mb)
+    assert set(levels.kinds) == {"static", "dynamic"} and levels.swing_mb > 0
+    assert set(spec.workload.concurrencies) == {1, 4, 8} and len(spec.workload.lengths) == 2
+    assert spec.memory.budget_policy == "calibrated" and spec.memory.estimator_constants == "calibrated"
+    assert spec.calibrates and spec.engine.quantization is None  # the runtime may choose the precision
+    short = SweepSpec.from_config(config("+experiment=memory_sweep", "workload=memory_sweep_short"))
+    assert short.workload.memory == levels and short.workload.iterations == 1
+
+
+def test_bad_memory_settings_name_the_value() -> None:
+    with pytest.raises(ValueError, match="'generous'"):
+        SweepSpec.from_config(config("budget.policy=generous"))
+    with pytest.raises(ValueError, match="'guessed'"):
+        SweepSpec.from_config(config("estimator.constants=guessed"))
+    with pytest.raises(ValueError, match="9000 MB"):
+        SweepSpec.from_config(config("hardware=m1_air", "workload.background_mb=9000"))
+    with pytest.raises(ValueError, match="'sometimes'"):
+        SweepSpec.from_config(config("+experiment=memory_sweep", "workload.memory.kinds=[sometimes]"))
+
+
+def test_a_memory_sweep_needs_a_cap_the_kernel_enforces(tmp_path: Path) -> None:
+    from experiments.sweep import run_sweep
+
+    rlimit = SweepSpec.from_config(config("+experiment=memory_sweep", "hardware.mem_cap_mechanism=rlimit",
+                                          f"results_dir={tmp_path}"))
+    with pytest.raises(ValueError, match="rlimit"):
+        run_sweep(rlimit, progress=False)
+    native = SweepSpec.from_config(config("workload=memory_sweep", f"results_dir={tmp_path}"))
+    with pytest.raises(ValueError, match="simulated device"):
+        run_sweep(native, progress=False)
+    assert not list(tmp_path.rglob("*.parquet"))  # nothing ran, nothing was written

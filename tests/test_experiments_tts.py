@@ -47,13 +47,28 @@ def cgroup_cap_available() -> bool:
 
 @pytest.mark.skipif(
     not cgroup_cap_available() or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") < 10 * 2**30,
-    reason="the pressure workload is tuned for a cgroup-capped 8 GB device on a host with more than 8 GB",
+    reason="the memory sweep needs a cgroup-capped 8 GB device on a host with more than 8 GB",
 )
-def test_pressure_makes_the_baseline_run_out_of_memory(tmp_path: Path) -> None:
-    done = sweep(tmp_path, "+experiment=pressure", "+ablation=baseline,budget", "workload.iterations=1")
+def test_memory_sweep_turns_the_baselines_ooms_into_refusals(tmp_path: Path) -> None:
+    """Two levels of the short memory sweep under real kernel caps: below the measured floor the
+    baseline is OOM-killed and the whole runtime refuses with the numbers; with ample memory both
+    serve eight requests at once. The floor is measured once per run, the estimator calibrated on
+    the device before the trials, and rows say so."""
+    done = sweep(tmp_path, "+experiment=memory_sweep", "workload=memory_sweep_short", "+ablation=baseline,estimation",
+                 "workload.memory.free_above_floor_mb=[-100,1200]", "workload.memory.kinds=[static]",
+                 "workload.concurrency=[1,8]")
     rows = read_rows(tmp_path / "runs")
-    baseline, budget = (rows[rows["ablation"] == a] for a in ("baseline", "budget"))
-    assert (baseline["status"] == "oom").sum() >= 2, baseline[["text_length", "status", "error"]]
-    assert (budget["status"] == "oom").sum() == 0
-    assert (budget["status"] == "refused").any() and budget["error"].str.contains("MB").all()
-    assert f"background {rows['background_mb'].iloc[0]:g} MB" in done.stdout  # the summary prints the pressure
+    run = next((tmp_path / "runs").glob("*/floor.json"))
+    assert (tmp_path / "runs" / "calibration.json").exists() and run.exists()
+    low, ample = rows[rows["free_above_floor_mb"] < 0], rows[rows["free_above_floor_mb"] > 0]
+    baseline, runtime = (low[low["ablation"] == a] for a in ("baseline", "estimation"))
+    assert set(baseline["status"]) == {"oom"}, baseline[["concurrency", "status", "error"]]
+    assert set(runtime["status"]) == {"refused"}, runtime[["concurrency", "status", "error"]]
+    assert runtime["error"].str.contains("MB available").all() and runtime["available_mb"].notna().all()
+    assert set(ample["status"]) == {"ok"}, ample[["ablation", "concurrency", "status", "error"]]
+    whole = rows[rows["ablation"] == "estimation"]
+    assert (whole["budget_policy"] == "calibrated").all() and (whole["estimator_constants"] == "calibrated").all()
+    assert whole["estimator_max_under_mb"].notna().all() and (whole["calibrated"] == True).all()  # noqa: E712
+    assert (rows["floor_mb"] == rows["floor_mb"].iloc[0]).all() and 100 < rows["floor_mb"].iloc[0] < 2048
+    assert (rows["free_mb"] - rows["floor_mb"] - rows["free_above_floor_mb"]).abs().max() < 1e-6
+    assert "memory_sweep_short" in done.stdout

@@ -60,3 +60,33 @@ def test_workload_rejects_nonsense() -> None:
         Workload("bad", (100,), iterations=0)
     with pytest.raises(ValueError):
         cut_text(2, 0)
+
+
+def test_memory_levels_are_outer_loops_with_their_own_keys() -> None:
+    from experiments.workload import MemoryLevels
+
+    levels = MemoryLevels(free_above_floor_mb=(-100, 300), kinds=("static", "dynamic"), swing_mb=200)
+    trials = plan(Workload("m", (100, 400), iterations=2, concurrency=(1, 4), memory=levels))
+    assert len(trials) == 2 * 2 * 2 * 2 * 2
+    assert [(t.background_kind, t.free_above_floor_mb) for t in trials[:: len(trials) // 4]] == [
+        ("static", -100), ("static", 300), ("dynamic", -100), ("dynamic", 300)]
+    keys = [t.key for t in trials]
+    assert len(set(keys)) == len(keys)
+    assert keys[0] == "L100/i0/f-100/static" and keys[1] == "L100/i0/c4/f-100/static"
+    plain = plan(Workload("p", (100,), iterations=1))
+    assert plain[0].key == "L100/i0"  # workloads without levels keep their historical keys
+
+
+def test_memory_levels_reject_nonsense() -> None:
+    from experiments.workload import MemoryLevels
+
+    with pytest.raises(ValueError, match="at least one level"):
+        MemoryLevels(free_above_floor_mb=())
+    with pytest.raises(ValueError, match="'weekly'"):
+        MemoryLevels(free_above_floor_mb=(0,), kinds=("weekly",))
+    with pytest.raises(ValueError, match="swing_mb > 0"):
+        MemoryLevels(free_above_floor_mb=(0,), kinds=("dynamic",))
+    with pytest.raises(ValueError, match="not both"):
+        Workload("w", (100,), 1, background_mb=100, memory=MemoryLevels(free_above_floor_mb=(0,)))
+    with pytest.raises(ValueError, match="concurrency"):
+        Workload("w", (100,), 1, concurrency=(1, 0))

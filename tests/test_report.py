@@ -350,3 +350,63 @@ def test_a_two_machine_thesis_dataset_renders_within_a_minute(real_rows: pd.Data
     with capsys.disabled():
         print(f"\nreport of 2000 rows from 2 profiles rendered in {seconds:.1f} s")
     assert seconds < 60
+
+
+def _swept(real_rows: pd.DataFrame, tmp_path: Path) -> pd.DataFrame:
+    """A memory sweep's rows with chosen outcomes per level, built from real ok rows."""
+    templates = _records(real_rows[real_rows["status"] == "ok"])
+    plan = {  # (ablation, policy, level): statuses of four trials (concurrency 1, 1, 4, 4)
+        ("baseline", "calibrated", -100.0): ("oom", "oom", "oom", "oom"),
+        ("baseline", "calibrated", 500.0): ("ok", "ok", "oom", "ok"),
+        ("estimation", "calibrated", -100.0): ("refused", "refused", "refused", "refused"),
+        ("estimation", "calibrated", 500.0): ("ok", "ok", "ok", "ok"),
+        ("estimation", "seed", 500.0): ("refused", "refused", "refused", "refused"),
+    }
+    store = RowStore(tmp_path / "swept")
+    trial = 0
+    for (ablation, policy, level), statuses in plan.items():
+        for i, status in enumerate(statuses):
+            row = dict(templates[trial % len(templates)])
+            trial += 1
+            concurrency = 1 if i < 2 else 4
+            row |= {"trial_id": trial, "trial_key": f"{ablation}-{policy}/{level}/{i}", "ablation": ablation,
+                    "budget_policy": policy, "status": status, "concurrency": concurrency, "text_length": 100,
+                    "floor_mb": 250.0, "free_above_floor_mb": level, "free_mb": 250.0 + level, "mem_cap_mb": 8192.0,
+                    "background_kind": "static", "waited_ms": 500.0 * (i % 2) if status == "ok" else None,
+                    "latency_ms": (row["latency_ms"] + 500.0 * (i % 2)) if status == "ok" else None,
+                    "estimated_mb": row["peak_rss_mb"] * (1.1 if ablation == "estimation" else 1.0)
+                    if status == "ok" and ablation == "estimation" else None,
+                    "estimator_constants": "calibrated" if ablation == "estimation" else None,
+                    "safety_margin_mb": 120.0 if ablation == "estimation" else None,
+                    "estimator_max_under_mb": 40.0 if ablation == "estimation" else None}
+            if status != "ok":
+                row |= {"error": f"{status} in test", "first_audio_ms": None, "audio_s": None, "rtf": None}
+            store.write(row)
+    return report.load_rows(tmp_path / "swept")
+
+
+def test_memory_sweep_tables_recompute_from_rows(real_rows: pd.DataFrame, tmp_path: Path) -> None:
+    from experiments.report_memory import memory_tables, outcome_vs_free_memory
+
+    rows = _swept(real_rows, tmp_path)
+    levels, seed, waiting, estimator = memory_tables(rows)
+    data = levels.data.set_index(["budget_policy", "ablation", "free_above_floor_mb"])
+    assert data.loc[("calibrated", "baseline", 500.0), "oom"] == pytest.approx(0.25)
+    assert (data.loc[("calibrated", "baseline", 500.0), ["oom_lo", "oom_hi"]].tolist()
+            == pytest.approx(wilson_by_roots(1, 4)))
+    assert data.loc[("calibrated", "estimation", -100.0), "refused"] == 1.0
+    assert list(levels.data["ablation"][:2]) == ["baseline", "baseline"]  # cumulative order
+    # Would have fit: baseline cells where every trial was ok — level 500, concurrency 1 (two trials).
+    seed_row = seed.data.set_index(["budget_policy", "ablation"]).loc[("seed", "estimation")]
+    assert (seed_row["n_fit"], seed_row["refused_fit_n"], seed_row["refused_fit"]) == (2, 2, 1.0)
+    calibrated = seed.data.set_index(["budget_policy", "ablation"]).loc[("calibrated", "estimation")]
+    assert calibrated["refused_fit"] == 0.0
+    wait = waiting.data.set_index(["budget_policy", "ablation", "concurrency"]).loc[("calibrated", "estimation", 1)]
+    assert (wait["n_waited"], wait["n_at_once"], wait["wait_p50_ms"]) == (1, 1, 500.0)
+    ratio = estimator.data.set_index("budget_policy").loc["calibrated", "ratio"]
+    assert ratio == pytest.approx(1.1)
+    figure = outcome_vs_free_memory(rows)
+    assert "floor 250 MB" in figure.caption and "n per panel" in figure.caption
+    assert len(figure.figure.axes) == 3  # baseline, estimation (calibrated), estimation (seed)
+    assert report.to_markdown(levels).count("\n") > len(levels.data)
+    assert memory_tables(real_rows) == []  # no sweep, no sweep tables

@@ -3,20 +3,40 @@
 Why "available" is the minimum of two readings: psutil sees the machine, but a process in a container
 or a simulated device is killed at its cgroup's cap long before the machine runs out. Both are re-read
 on every call because the answer changes as other processes (and our own cache) allocate.
+
+Two policies set the safety margin kept free (``BUDGET_POLICIES``):
+
+- ``seed``: the feature document's table as written (1.5 GB on an 8 GB M1 Air). It was sized for a
+  model of gigabytes; this voice's whole process peaks at well under 1 GB, so the seed's margin alone
+  refuses most requests that would fit.
+- ``calibrated``: the margin is what measurements say can go wrong between admission and the
+  request's peak: the estimator's worst held-out under-prediction (:meth:`MemoryBudgetManager.set_estimator_error`)
+  plus how far other processes' memory has swung while we watched (:class:`MemoryWatch`). On a quiet
+  device that is tens of MB; beside an app whose memory rises and falls, it grows to that app's swing.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
 import psutil
 
 from adaptive_tts.runtime.hardware import MIB, CgroupMemory, HardwareInfo, HardwareProfile, read_cgroup_memory
+from adaptive_tts.runtime.process import anon_rss_mb
 
 logger = logging.getLogger(__name__)
+
+BUDGET_POLICIES = ("seed", "calibrated")
+#: How long the memory watch remembers other processes' usage: long enough to have seen a background
+#: app's cycle, short enough that an app that quit stops costing margin.
+WATCH_WINDOW_S = 60.0
+#: How often the watch samples (a reading is two small file reads; ~0.1 % of one core).
+WATCH_INTERVAL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -59,6 +79,13 @@ class MemoryReading:
         return "system"
 
     @property
+    def bound_mb(self) -> float:
+        """The total that ``available_mb`` is measured against (the cap, or the machine's RAM)."""
+        if self.limited_by == "system" or self.cgroup.limit_mb is None:
+            return self.system.total_mb
+        return self.cgroup.limit_mb
+
+    @property
     def used_percent(self) -> float:
         """The fuller of machine and cgroup: 95 % of a container's cap is critical on an idle host."""
         percent = self.system.percent
@@ -82,6 +109,73 @@ class BudgetDecision:
 _NO_CGROUP = CgroupMemory(None, None, None, None)
 
 
+class MemoryWatch:
+    """Samples how much memory *other* processes hold, to see how far it swings.
+
+    "Others" is the bound's used memory less this process's anonymous RSS: what a background app (and
+    the page cache the kernel will not reclaim) holds. Its range over the last :data:`WATCH_WINDOW_S` seconds is
+    what the calibrated policy keeps free on top of the estimator's error: memory read at admission is
+    not memory a second later when another app grows. A daemon thread samples every
+    :data:`WATCH_INTERVAL_S`; :meth:`swing_mb` is 0 until two samples exist.
+    """
+
+    def __init__(self, read: Callable[[], MemoryReading], own_rss: Callable[[], float] = anon_rss_mb,
+                 *, window_s: float = WATCH_WINDOW_S, interval_s: float = WATCH_INTERVAL_S) -> None:
+        self._read = read
+        self._own_rss = own_rss
+        self.window_s = window_s
+        self.interval_s = interval_s
+        self._samples: deque[tuple[float, float]] = deque()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sample(self) -> float:
+        """Take one sample now; returns other processes' MB."""
+        reading = self._read()
+        others = reading.bound_mb - reading.available_mb - self._own_rss()
+        now = time.monotonic()
+        with self._lock:
+            self._samples.append((now, others))
+            while self._samples and self._samples[0][0] < now - self.window_s:
+                self._samples.popleft()
+        return others
+
+    def swing_mb(self) -> float:
+        """Max minus min of other processes' memory over the window."""
+        with self._lock:
+            if len(self._samples) < 2:
+                return 0.0
+            values = [mb for _, mb in self._samples]
+        return max(values) - min(values)
+
+    def reset(self) -> None:
+        """Forget what was seen (a device whose other apps are known to have changed)."""
+        with self._lock:
+            self._samples.clear()
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self.sample()
+
+        def run() -> None:
+            while not self._stop.wait(self.interval_s):
+                try:
+                    self.sample()
+                except OSError as exc:  # a cgroup file vanished mid-read: skip the sample
+                    logger.debug("memory watch sample failed: %s", exc)
+
+        self._thread = threading.Thread(target=run, name="memory-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+
 class MemoryBudgetManager:
     """Enforces a profile's memory budget against live readings.
 
@@ -98,6 +192,7 @@ class MemoryBudgetManager:
         info: HardwareInfo | None = None,
         system_memory: Callable[[], SystemMemory] = read_system_memory,
         cgroup_memory: Callable[[], CgroupMemory] | None = None,
+        policy: str = "seed",
     ) -> None:
         self.profile = profile
         self.info = info
@@ -113,10 +208,45 @@ class MemoryBudgetManager:
         self._cache_limit_mb = self._cache_ceiling_mb
         self._cache_listeners: list[Callable[[float], None]] = []
         self._lock = threading.Lock()
+        self._estimator_error_mb: float | None = None
+        self.watch = MemoryWatch(self.reading)
+        self.set_policy(policy)
+
+    def set_policy(self, policy: str) -> None:
+        """Switch between the seed's margin and the measured one (the watch runs only for the latter)."""
+        if policy not in BUDGET_POLICIES:
+            raise ValueError(f"unknown budget policy {policy!r}; valid: {', '.join(BUDGET_POLICIES)}")
+        self.policy = policy
+        if policy == "calibrated":
+            self.watch.start()
 
     @property
     def safety_margin_mb(self) -> float:
-        return self.profile.memory_budget.safety_margin_mb
+        """The memory kept free: the seed's constant, or the calibrated policy's measured one. With no
+        calibration to measure the estimator's error by, the calibrated policy keeps the seed's."""
+        if self.policy == "seed" or self._estimator_error_mb is None:
+            return self.profile.memory_budget.safety_margin_mb
+        return self._estimator_error_mb + self.watch.swing_mb()
+
+    def set_estimator_error(self, under_mb: float | None) -> None:
+        """The calibrated policy's first term: the estimator's worst held-out under-prediction (MB);
+        0 when nothing is predicted (estimation off); ``None`` when uncalibrated (then the calibrated
+        policy falls back to the seed's margin, and logs it)."""
+        if under_mb is None and self.policy == "calibrated":
+            logger.warning("calibrated budget policy without a calibration: keeping the seed's %.0f MB "
+                           "safety margin", self.profile.memory_budget.safety_margin_mb)
+        if under_mb is not None and under_mb < 0:
+            raise ValueError(f"an under-prediction is >= 0 MB, got {under_mb}")
+        self._estimator_error_mb = under_mb
+
+    def margin_terms(self) -> dict[str, float | str | None]:
+        """What the margin is made of, for status payloads and rows."""
+        return {"policy": self.policy, "safety_margin_mb": round(self.safety_margin_mb, 1),
+                "estimator_error_mb": self._estimator_error_mb if self.policy == "calibrated" else None,
+                "background_swing_mb": round(self.watch.swing_mb(), 1) if self.policy == "calibrated" else None}
+
+    def close(self) -> None:
+        self.watch.stop()
 
     def reading(self) -> MemoryReading:
         """Read the machine and the cgroup now."""
@@ -202,7 +332,9 @@ class MemoryBudgetManager:
 
 
 __all__ = [
+    "BUDGET_POLICIES",
     "BudgetDecision",
+    "MemoryWatch",
     "MemoryBudgetManager",
     "MemoryReading",
     "SystemMemory",

@@ -1,12 +1,19 @@
 """MemoryEstimator: how much memory will synthesizing this text take, before we start?
 
-The seed's formula, ``M = base + (tokens / 100) * per_100 + cache_overhead``, with ``base`` and
-``per_100`` **fitted from measurements** on this machine for each configuration (engine, quantization,
-chunk length, threads) by ``python -m adaptive_tts calibrate``: each calibration text is synthesized in a
-fresh process and the kernel's peak RSS (``VmHWM``) of that process is recorded, so the fit describes the
-real process and not a model of it. ``cache_overhead`` is the audio cache's current size, which is known
-exactly. Until a configuration is calibrated the estimator falls back to the profile's conservative
-defaults (the seed's table) and says so in every estimate.
+The seed's formula, ``M = base + (tokens / 100) * per_100 + cache_overhead``, with its constants
+**fitted from measurements** on this machine for each configuration (engine, quantization, chunk
+length, threads, compute). A calibration (``adaptive_tts.calibration``; ``python -m adaptive_tts
+calibrate``, or the experiment harness before its trials) records, per text, the process's resident
+memory at rest with the model loaded (``rest``) and the kernel's peak RSS (``VmHWM``, reset just before
+the request) while it synthesizes, so the fit describes the real process and not a model of it:
+
+    peak = rest + concurrency * (per_request + tokens / 100 * per_100)
+
+``base`` is the median rest. What admission needs is the *increment* a request adds
+(``per_request + tokens / 100 * per_100``): requests running side by side add theirs. ``cache_overhead``
+is the audio cache's current size, known exactly. Until a configuration is calibrated the estimator
+falls back to the profile's conservative defaults (the seed's table, an absolute peak) and says so in
+every estimate.
 """
 
 from __future__ import annotations
@@ -16,7 +23,6 @@ import logging
 import os
 import platform
 import statistics
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -25,12 +31,15 @@ from pathlib import Path
 
 import psutil
 
-from .budget import MemoryBudgetManager
+from .budget import BudgetDecision, MemoryBudgetManager
 from .hardware import HardwareInfo, HardwareProfile
+from .process import current_rss_mb, peak_rss_mb
 
 logger = logging.getLogger(__name__)
 
 MB = 1024 * 1024
+#: The calibration file's entry for what starting the runtime costs (beside the configurations').
+STARTUP_KEY = "startup_anon_peak_mb"
 #: Where calibrations are stored unless ``ADAPTIVE_TTS_CALIBRATION`` or an explicit path says otherwise.
 DEFAULT_CALIBRATION_PATH = Path.home() / ".cache" / "adaptive-tts" / "calibration.json"
 
@@ -59,7 +68,7 @@ class FitQuality:
     n_train: int
     n_test: int
     mape_percent: float
-    max_under_mb: float  # largest under-prediction on held-out texts (0 if none)
+    max_under_mb: float  # largest under-prediction over all calibration measurements (0 if none)
     max_over_mb: float
 
 
@@ -70,6 +79,9 @@ class EstimatorConstants:
     cache_overhead_mb: float | None  # None: the cache's live size is used (calibrated)
     calibrated: bool
     fit: FitQuality | None = None
+    #: the fixed part of one request's increment over rest; None: the formula is an absolute peak
+    #: (the seed's table), and a request's increment is that peak less what the process holds now
+    per_request_mb: float | None = None
 
 
 def machine_key(info: HardwareInfo | None = None) -> str:
@@ -104,41 +116,70 @@ class CalibrationStore:
         if entry is None:
             return None
         fit = FitQuality(**entry["fit"]) if entry.get("fit") else None
-        return EstimatorConstants(entry["base_model_mb"], entry["per_100_tokens_mb"], None, True, fit)
+        return EstimatorConstants(entry["base_model_mb"], entry["per_100_tokens_mb"], None, True, fit,
+                                  entry.get("per_request_mb"))
 
     def save(self, machine: str, key: ConfigKey, constants: EstimatorConstants) -> None:
         data = self._read()
         data.setdefault(machine, {})[str(key)] = {
             "base_model_mb": constants.base_model_mb,
             "per_100_tokens_mb": constants.per_100_tokens_mb,
+            "per_request_mb": constants.per_request_mb,
             "fit": asdict(constants.fit) if constants.fit else None,
         }
+        self._write(data)
+
+    def _write(self, data: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
         os.replace(tmp, self.path)
 
+    def load_startup(self, machine: str) -> float | None:
+        """The anonymous memory (MB) starting the runtime took at its peak on ``machine``, if measured."""
+        return self._read().get(machine, {}).get(STARTUP_KEY)
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set so far, as the kernel counts it.
+    def save_startup(self, machine: str, anon_peak_mb: float) -> None:
+        """Record a start-up's anonymous-memory peak (the largest seen is kept)."""
+        data = self._read()
+        entry = data.setdefault(machine, {})
+        entry[STARTUP_KEY] = max(anon_peak_mb, entry.get(STARTUP_KEY) or 0.0)
+        self._write(data)
 
-    Linux: ``VmHWM``, which belongs to this process image. ``ru_maxrss`` is only the fallback (macOS):
-    Linux carries it across ``execve``, so a probe started by a large parent would report the parent's
-    size instead of its own.
-    """
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    import resource
-
-    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / MB
+    def worst_under_mb(self, machine: str) -> float | None:
+        """The largest under-prediction of any configuration fitted on ``machine``."""
+        fits = [entry["fit"]["max_under_mb"] for name, entry in self._read().get(machine, {}).items()
+                if name != STARTUP_KEY and entry.get("fit")]
+        return max(fits) if fits else None
 
 
-def current_rss_mb() -> float:
-    return psutil.Process().memory_info().rss / MB
+def room_to_start(store: CalibrationStore, budget: MemoryBudgetManager, machine: str,
+                  anon_now_mb: float) -> BudgetDecision | None:
+    """May the runtime be started here at all? Checked *before* torch is imported (importing it alone
+    takes ~130 MB): a start where the measured start-up peak does not fit is an OOM kill, not a slow
+    request. ``None`` when start-up was never measured on ``machine``. The calibrated policy's margin
+    uses the worst under-prediction of any configuration fitted here."""
+    startup = store.load_startup(machine)
+    if startup is None:
+        return None
+    budget.set_estimator_error(store.worst_under_mb(machine))
+    return budget.check(max(0.0, startup - anon_now_mb))
+
+
+class SeedTable(CalibrationStore):
+    """No calibration, on purpose: every configuration uses the profile's seed table."""
+
+    def __init__(self) -> None:
+        super().__init__(os.devnull)
+
+    def load(self, machine: str, key: ConfigKey) -> EstimatorConstants | None:
+        return None
+
+    def load_startup(self, machine: str) -> float | None:
+        return None
+
+    def save(self, machine: str, key: ConfigKey, constants: EstimatorConstants) -> None:
+        raise TypeError("the seed table is not a calibration file")
 
 
 class MemoryEstimator:
@@ -174,26 +215,44 @@ class MemoryEstimator:
         d = self.profile.estimates
         return EstimatorConstants(d.base_model_mb, d.per_100_tokens_mb, d.cache_overhead_mb, False)
 
+    def reload(self) -> None:
+        """Re-read every configuration's constants from the store (after a calibration saved new ones)."""
+        self._others.clear()
+        self.constants = self._load(self.key)
+
     def set_config(self, key: ConfigKey) -> None:
         """The runtime changed configuration (chunk length, precision): use that configuration's fit."""
         if key != self.key:
             self.key = key
             self.constants = self._load(key)
 
-    def predict_mb(self, text_tokens: int, key: ConfigKey | None = None) -> float:
-        """Peak process memory (MB) for a text of ``text_tokens`` phoneme ids under ``key``."""
+    def constants_for(self, key: ConfigKey | None = None) -> EstimatorConstants:
+        """The constants of ``key`` (default: the current configuration), read from the store once."""
         if key is None or key == self.key:
-            key, c = self.key, self.constants
+            c = self.constants
         else:
             if key not in self._others:
                 self._others[key] = self._load(key)
             c = self._others[key]
         if not c.calibrated and not self._warned:
             logger.warning("memory estimator uncalibrated for %s on this machine: using the profile's "
-                           "conservative defaults (run `python -m adaptive_tts calibrate`)", key)
+                           "conservative defaults (run `python -m adaptive_tts calibrate`)", key or self.key)
             self._warned = True
+        return c
+
+    def predict_mb(self, text_tokens: int, key: ConfigKey | None = None) -> float:
+        """Peak process memory (MB) for a text of ``text_tokens`` phoneme ids under ``key``, alone."""
+        c = self.constants_for(key)
         cache = c.cache_overhead_mb if c.cache_overhead_mb is not None else self.cache_bytes() / MB
-        return c.base_model_mb + text_tokens / 100.0 * c.per_100_tokens_mb + cache
+        return c.base_model_mb + (c.per_request_mb or 0.0) + text_tokens / 100.0 * c.per_100_tokens_mb + cache
+
+    def increment_mb(self, text_tokens: int, key: ConfigKey | None = None) -> float:
+        """What one request adds to the process while it runs: the calibrated increment, or (seed
+        table) the predicted absolute peak less what the process holds now."""
+        c = self.constants_for(key)
+        if c.per_request_mb is None:
+            return self.required_mb(self.predict_mb(text_tokens, key))
+        return c.per_request_mb + text_tokens / 100.0 * c.per_100_tokens_mb
 
     def required_mb(self, estimated_mb: float) -> float:
         """What the process must still allocate: the estimate less what it already holds."""
@@ -203,7 +262,7 @@ class MemoryEstimator:
         """The seed's ``/estimate-memory`` payload for ``text``."""
         tokens = self.token_counter(text)
         estimated = self.predict_mb(tokens)
-        required = self.required_mb(estimated)
+        required = self.increment_mb(tokens)
         decision = self.budget_manager.check(required)
         recommendation = "OK" if decision.allowed else (
             f"Text may be too long for this hardware: needs {required:.0f} MB more plus a "
@@ -250,52 +309,54 @@ def calibration_texts() -> tuple[list[str], list[str]]:
 
 @dataclass(frozen=True)
 class ProbeResult:
+    """One calibration measurement: ``concurrency`` requests of one text side by side."""
+
     text_length: int
     text_tokens: int
     peak_rss_mb: float
+    #: the process's RSS just before the request(s); None: a whole-process peak (no increment known)
+    rest_mb: float | None = None
+    concurrency: int = 1
 
 
-def probe(key: ConfigKey, text: str, timeout_s: float = 600) -> ProbeResult:
-    """Synthesize ``text`` under ``key`` in a fresh process; return its tokens and kernel peak RSS."""
-    request = json.dumps({"key": asdict(key), "text": text})
-    done = subprocess.run([sys.executable, "-m", "adaptive_tts.runtime.estimator"], input=request,
-                          capture_output=True, text=True, timeout=timeout_s)
-    if done.returncode != 0:
-        raise RuntimeError(f"calibration probe failed ({done.returncode}): {done.stderr.strip()[-400:]}")
-    return ProbeResult(**json.loads(done.stdout.strip().splitlines()[-1]))
-
-
-def fit_constants(results: Sequence[ProbeResult], held_out: Sequence[ProbeResult]) -> EstimatorConstants:
-    """Least-squares line through (tokens / 100, peak MB), slope clipped at 0, scored on held-out texts."""
-    xs = [r.text_tokens / 100.0 for r in results]
-    ys = [r.peak_rss_mb for r in results]
+def _line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
+    """Least-squares intercept and slope, the slope clipped at 0 (memory never falls with length)."""
     mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
     var_x = sum((x - mean_x) ** 2 for x in xs)
     slope = max(0.0, sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / var_x) if var_x else 0.0
-    base = mean_y - slope * mean_x
-    errors = [(base + slope * r.text_tokens / 100.0) - r.peak_rss_mb for r in held_out]
+    return mean_y - slope * mean_x, slope
+
+
+def fit_constants(results: Sequence[ProbeResult], held_out: Sequence[ProbeResult]) -> EstimatorConstants:
+    """Fit the formula on ``results`` and score it on ``held_out``.
+
+    With rest readings: a line through (tokens / 100, increment per request), base = median rest, and a
+    held-out prediction of ``rest + concurrency * increment``. Without: a line through (tokens / 100,
+    whole-process peak). MAPE is scored on the held-out texts; ``max_under_mb`` is the largest
+    under-prediction over all measurements (the calibrated budget policy keeps it free).
+    """
+    xs = [r.text_tokens / 100.0 for r in results]
+    incremental = all(r.rest_mb is not None for r in [*results, *held_out])
+    if incremental:
+        intercept, slope = _line(xs, [(r.peak_rss_mb - r.rest_mb) / r.concurrency for r in results])
+        base = statistics.median(r.rest_mb for r in results)
+        per_request: float | None = intercept
+
+        def predict(r: ProbeResult) -> float:
+            return r.rest_mb + r.concurrency * (intercept + slope * r.text_tokens / 100.0)
+    else:
+        base, slope = _line(xs, [r.peak_rss_mb for r in results])
+        per_request = None
+
+        def predict(r: ProbeResult) -> float:
+            return base + slope * r.text_tokens / 100.0
+    errors = [predict(r) - r.peak_rss_mb for r in held_out]
+    # The worst under-prediction is taken over every measurement, training ones too: with a handful of
+    # held-out texts the held-out worst alone can be 0, and it is what the calibrated policy keeps free.
+    worst = min(errors + [predict(r) - r.peak_rss_mb for r in results])
     fit = FitQuality(
         n_train=len(results), n_test=len(held_out),
         mape_percent=100.0 * statistics.fmean(abs(e) / r.peak_rss_mb for e, r in zip(errors, held_out)),
-        max_under_mb=max(0.0, -min(errors)), max_over_mb=max(0.0, max(errors)),
+        max_under_mb=max(0.0, -worst), max_over_mb=max(0.0, max(errors)),
     )
-    return EstimatorConstants(base, slope, None, True, fit)
-
-
-def _probe_main() -> None:
-    """Child side of :func:`probe`: build the runtime as the backend would, synthesize, report VmHWM."""
-    from adaptive_tts.backend import BackendOptions, SmartAdaptiveBackend
-
-    request = json.loads(sys.stdin.read())
-    key = ConfigKey(**request["key"])
-    backend = SmartAdaptiveBackend(options=BackendOptions(
-        budget=False, affinity=False, estimation=False, cache=False, engine=key.engine,
-        quantization=key.quantization, chunk_length=key.chunk_length, num_threads=key.num_threads,
-        compute=key.compute))
-    result = backend.synthesize(request["text"])
-    peak = peak_rss_mb()
-    print(json.dumps({"text_length": len(request["text"]), "text_tokens": result.text_tokens, "peak_rss_mb": peak}))
-
-
-if __name__ == "__main__":
-    _probe_main()
+    return EstimatorConstants(base, slope, None, True, fit, per_request)

@@ -1,0 +1,122 @@
+"""Calibrating the memory estimator: measure real requests, fit the seed's formula per configuration.
+
+A measurement (:func:`measure`) hands freed heap back to the OS, reads the process's resident memory
+at rest, resets the kernel's high-water mark and runs ``concurrency`` requests side by side; the
+peak less the rest is what those requests added. :func:`calibrate` does this for every configuration
+the planner may choose, on training and held-out texts (disjoint paragraphs), and fits
+:func:`~adaptive_tts.runtime.estimator.fit_constants`. Held-out texts also run at a concurrency the
+training set does not have in that proportion, so the fit's worst under-prediction — the term the
+calibrated budget policy keeps free — covers requests running side by side.
+
+It sits above the backend (it drives one), so the estimator itself never imports the backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+
+from .backend import BackendOptions, SmartAdaptiveBackend
+from .runtime.estimator import CalibrationStore, ConfigKey, EstimatorConstants, ProbeResult, calibration_texts, fit_constants
+from .runtime.planner import PRECISIONS
+from .runtime.process import PeakMeter, current_rss_mb
+from .voice.engine import release_free_memory
+
+logger = logging.getLogger(__name__)
+
+#: Concurrency of the texts that also run side by side (every other text of each set).
+SIDE_BY_SIDE = 4
+
+
+def measure(backend: SmartAdaptiveBackend, text: str, concurrency: int = 1, meter: PeakMeter | None = None) -> ProbeResult:
+    """Run ``concurrency`` simultaneous requests of ``text``; their peak and the rest before them."""
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    meter = meter or PeakMeter()
+    release_free_memory()
+    rest = current_rss_mb()
+    tokens: list[int] = []
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        try:
+            tokens.append(backend.synthesize(text).text_tokens)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, in the caller's thread
+            errors.append(exc)
+
+    meter.start()
+    threads = [threading.Thread(target=one) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    peak = meter.stop_mb()
+    if errors:
+        raise errors[0]
+    return ProbeResult(len(text), tokens[0], peak, rest, concurrency)
+
+
+def configure(backend: SmartAdaptiveBackend, key: ConfigKey) -> None:
+    """Run ``backend`` in configuration ``key`` (precision can only go down; see ``set_precision``)."""
+    if key.engine != backend.options.engine or key.num_threads != backend.config.num_threads:
+        raise ValueError(f"{key} is not a configuration of this backend ({backend.options.engine}, "
+                         f"{backend.config.num_threads} threads)")
+    if key.quantization != backend.config.quantization:
+        backend.set_precision(key.quantization)
+    if key.chunk_length is not None:
+        backend.config.chunk_length = key.chunk_length
+
+
+def _workload(texts: Sequence[str]) -> list[tuple[str, int]]:
+    return [(text, 1) for text in texts] + [(text, SIDE_BY_SIDE) for text in texts[::2]]
+
+
+def calibrate(
+    backend: SmartAdaptiveBackend,
+    keys: Sequence[ConfigKey],
+    *,
+    store: CalibrationStore | None = None,
+    machine: str | None = None,
+    progress: Callable[[ConfigKey, int, int], None] | None = None,
+    max_length: int | None = None,
+) -> dict[ConfigKey, EstimatorConstants]:
+    """Fit constants for each of ``keys`` by measuring requests in this process; save them to
+    ``store`` under ``machine`` if given. Keys are run from the highest precision down, since
+    lowering the weights cannot be undone in place. ``progress(key, done, total)`` is called after
+    each measurement. ``max_length`` keeps the texts a workload will send (at least the two shortest
+    of each set): a sweep of short texts need not wait for 1000-character calibrations."""
+    texts = [[t for i, t in enumerate(group) if max_length is None or len(t) <= max_length or i < 2]
+             for group in calibration_texts()]
+    train, held_out = _workload(texts[0]), _workload(texts[1])
+    ordered = sorted(keys, key=lambda k: (PRECISIONS.index(k.quantization), -(k.chunk_length or 0)))
+    total = len(ordered) * (len(train) + len(held_out))
+    done = 0
+    fitted: dict[ConfigKey, EstimatorConstants] = {}
+    meter = PeakMeter()
+    for key in ordered:
+        configure(backend, key)
+        backend.synthesize("Warm up.")  # the configuration's kernels compiled before measuring
+        measured = []
+        for text, concurrency in train + held_out:
+            measured.append(measure(backend, text, concurrency, meter))
+            done += 1
+            if progress is not None:
+                progress(key, done, total)
+        constants = fit_constants(measured[: len(train)], measured[len(train):])
+        logger.info("calibrated %s: rest %.0f MB, %.1f MB per request + %.2f MB per 100 ids, held-out MAPE "
+                    "%.1f %%, worst under-prediction %.0f MB", key, constants.base_model_mb,
+                    constants.per_request_mb, constants.per_100_tokens_mb, constants.fit.mape_percent,
+                    constants.fit.max_under_mb)
+        fitted[key] = constants
+        if store is not None and machine is not None:
+            store.save(machine, key, constants)
+    return fitted
+
+
+def measuring_backend(key: ConfigKey, profile: str = "auto") -> SmartAdaptiveBackend:
+    """A backend for measuring ``key``: no admission, no cache, no pinning, the key's settings."""
+    return SmartAdaptiveBackend(profile, BackendOptions(
+        budget=False, affinity=False, estimation=False, cache=False, engine=key.engine,
+        quantization=key.quantization, chunk_length=key.chunk_length, num_threads=key.num_threads,
+        compute=key.compute))

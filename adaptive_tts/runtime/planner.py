@@ -1,0 +1,149 @@
+"""The admission planner: how (and whether) one request runs, as a pure function of the state now.
+
+``plan_request(state) -> Plan | Wait | Refusal``. Nothing here reads the machine or touches a model:
+the backend takes one snapshot (free memory, what running jobs reserved, the estimator's predictions
+for every configuration it may choose) and acts on the answer, so every decision can be replayed and
+tested from numbers alone.
+
+Memory model. A request of configuration *c* needs ``increment_mb[c]`` above what the process holds
+now (the estimator's calibrated per-request cost). Running jobs keep their whole reservation until they
+end, even the part they have already allocated, so the sum can only over-count: the planner is
+conservative by construction. A plan fits when
+
+    increment + sum(running reservations) + margin <= available
+
+The degradation order, cheapest and most reversible first (each step is taken only if the estimator
+predicts it saves memory):
+
+1. the preferred configuration now;
+2. a smaller decoder chunk now (decoder windows are the largest per-request buffers; a smaller chunk
+   costs a few percent of speed, measured in ``docs/architecture.md``);
+3. wait for running jobs to end (costs latency only; "fewer concurrent jobs");
+4. lower weight precision (costs quality for every later request, and can only be applied when no job
+   is using the weights, so it waits for the running jobs to drain first);
+5. refuse, only when even the most frugal configuration cannot fit with nothing else of ours running
+   (while jobs run, the request waits: the memory they hold comes back when they end).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Weight precisions from highest to lowest: the planner only ever moves right (in place, the higher
+#: precision's weights are freed).
+PRECISIONS = ("fp32", "int8", "int4")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One configuration the planner may choose, with the estimator's prediction for this request."""
+
+    chunk_length: int | None
+    precision: str
+    increment_mb: float  # memory the request needs above what the process holds now
+    estimated_mb: float  # the process's predicted peak while it runs alone
+
+
+@dataclass(frozen=True)
+class PlannerState:
+    """Everything a decision depends on, read once.
+
+    ``candidates`` come in preference order: the configuration the runtime wants first, then smaller
+    chunks at the same precision, then lower precisions (each with its chunks).
+    """
+
+    candidates: tuple[Candidate, ...]
+    available_mb: float
+    margin_mb: float
+    precision_now: str
+    running_mb: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.candidates:
+            raise ValueError("the planner needs at least one candidate configuration")
+        if self.precision_now not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision_now!r}")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Run now with this configuration, reserving ``reserved_mb`` until the job ends."""
+
+    chunk_length: int | None
+    precision: str
+    estimated_mb: float | None
+    reserved_mb: float
+    degraded: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Not now: a plan fits once running jobs end (``switch_to``: and the weights are lowered to it)."""
+
+    reason: str
+    switch_to: str | None = None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Even the most frugal configuration cannot fit with nothing else of ours running."""
+
+    reason: str
+    required_mb: float
+    available_mb: float
+    safety_margin_mb: float
+
+
+def _describe(preferred: Candidate, chosen: Candidate) -> tuple[str, ...]:
+    steps = []
+    if chosen.precision != preferred.precision:
+        steps.append(f"quantization {chosen.precision}")
+    if chosen.chunk_length != preferred.chunk_length:
+        steps.append(f"chunk_length {chosen.chunk_length}")
+    return tuple(steps)
+
+
+def plan_request(state: PlannerState) -> Plan | Wait | Refusal:
+    """The decision for one request; see the module docstring for the order it tries."""
+    preferred = state.candidates[0]
+    reserved = sum(state.running_mb)
+    now = [c for c in state.candidates if c.precision == state.precision_now]
+    lower = [c for c in state.candidates if PRECISIONS.index(c.precision) > PRECISIONS.index(state.precision_now)]
+
+    def fits(candidate: Candidate, others_mb: float) -> bool:
+        return candidate.increment_mb + others_mb + state.margin_mb <= state.available_mb
+
+    # 1-2: the preferred configuration, else the largest chunk that saves memory and fits now.
+    tried = float("inf")
+    for candidate in now:
+        if candidate.increment_mb >= tried:
+            continue  # a degradation the estimator says saves nothing is not taken
+        if fits(candidate, reserved):
+            return Plan(candidate.chunk_length, candidate.precision, candidate.estimated_mb,
+                        candidate.increment_mb, _describe(preferred, candidate))
+        tried = candidate.increment_mb
+    # 3-4: with jobs running, nothing is refused: what they hold (reserved, or freed into the heap
+    # and not yet returned) comes back when they end, and the decision is taken again then. A lower
+    # precision that would fit with their reservations back is named, to be applied once they end.
+    if state.running_mb:
+        for candidate in lower:
+            if candidate.increment_mb < tried and not any(fits(c, -reserved) for c in now) and fits(candidate, -reserved):
+                return Wait(f"lowering weights to {candidate.precision} once {len(state.running_mb)} running "
+                            f"job(s) end", switch_to=candidate.precision)
+        return Wait(f"waiting for {len(state.running_mb)} running job(s) holding {reserved:.0f} MB")
+    for candidate in lower:
+        if candidate.increment_mb < tried and fits(candidate, 0.0):
+            return Plan(candidate.chunk_length, candidate.precision, candidate.estimated_mb,
+                        candidate.increment_mb, _describe(preferred, candidate))
+    # 5: nothing fits even alone.
+    frugal = min(state.candidates, key=lambda c: c.increment_mb)
+    available = state.available_mb
+    return Refusal(
+        f"{frugal.increment_mb:.0f} MB required (most frugal plan: {frugal.precision}, chunk "
+        f"{frugal.chunk_length}) + {state.margin_mb:.0f} MB safety margin exceeds {available:.0f} MB available "
+        f"by {frugal.increment_mb + state.margin_mb - available:.0f} MB",
+        frugal.increment_mb, available, state.margin_mb,
+    )
+
+
+__all__ = ["PRECISIONS", "Candidate", "Plan", "PlannerState", "Refusal", "Wait", "plan_request"]
