@@ -93,7 +93,7 @@ def probe(engine_name: str, text: str, runs: int, threads: int, chunk_length: in
             pass
         results.append({"latency_s": stats.latency_s, "first_audio_s": stats.first_audio_s,
                         "audio_s": stats.samples / engine.sample_rate})
-    from adaptive_tts.runtime.estimator import peak_rss_mb
+    from adaptive_tts.runtime.process import peak_rss_mb
 
     return {"runs": results, "peak_rss_mb": peak_rss_mb(), "peak_mechanism": mechanism}
 

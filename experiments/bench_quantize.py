@@ -114,7 +114,7 @@ def probe(strategy: dict, threads: int, chunk_length: int | None) -> dict:
     """Child side: load, quantize as told, synthesize the texts once; the kernel's memory counters."""
     import torch
 
-    from adaptive_tts.runtime.estimator import current_rss_mb, peak_rss_mb
+    from adaptive_tts.runtime.process import current_rss_mb, peak_rss_mb
     from adaptive_tts.runtime.quantize import QuantizationStrategy, quantize_
     from adaptive_tts.voice.engine import Engine
     from adaptive_tts.voice.weights import load_vits

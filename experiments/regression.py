@@ -82,7 +82,7 @@ def rtf_vs_reference(short: bool, threads: int) -> tuple[float, str]:
 _PEAK_PROBE = """
 import json, sys
 from pathlib import Path
-from adaptive_tts.runtime.estimator import peak_rss_mb
+from adaptive_tts.runtime.process import peak_rss_mb
 from adaptive_tts.voice.engine import load_engine
 req = json.loads(sys.stdin.read())
 engine = load_engine(req["engine"], req["threads"])

@@ -20,12 +20,9 @@ import faulthandler
 import importlib
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
-import threading
-import time
 import traceback
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, Pipe

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from experiments.results import SCHEMA, RowStore, read_rows, summarize
+from experiments.results import RowStore, read_rows, summarize
 
 ARCHITECTURE = Path(__file__).resolve().parent.parent / "docs" / "architecture.md"
 DOC_TYPES = {

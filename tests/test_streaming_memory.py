@@ -22,7 +22,7 @@ from texts import LONG_UNPUNCTUATED
 PROBE = """
 import sys
 from pathlib import Path
-from adaptive_tts.runtime.estimator import peak_rss_mb
+from adaptive_tts.runtime.process import peak_rss_mb
 from adaptive_tts.voice.engine import Engine
 short, long = sys.stdin.read().split("\\n", 1)
 engine = Engine(num_threads=2)

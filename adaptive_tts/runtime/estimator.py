@@ -23,7 +23,6 @@ import logging
 import os
 import platform
 import statistics
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -33,7 +32,7 @@ import psutil
 
 from .budget import BudgetDecision, MemoryBudgetManager
 from .hardware import HardwareInfo, HardwareProfile
-from .process import current_rss_mb, peak_rss_mb
+from .process import current_rss_mb
 
 logger = logging.getLogger(__name__)
 
