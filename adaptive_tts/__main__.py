@@ -166,7 +166,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .backend import BackendOptions
-    from .runtime.hardware import PROFILES
+    from .runtime.hardware import PROFILES, HardwareProfile, detect_hardware, select_profile, with_cache_limit
     from .server import create_app
 
     # The model loads inside the server's start-up, where a bad name would end in uvicorn's traceback.
@@ -174,8 +174,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError(f"unknown hardware profile {args.profile!r}; valid: auto, {', '.join(PROFILES)}")
     options = BackendOptions(engine=args.engine, quantization=args.quantization or "fp32",
                              chunk_length=args.chunk_length, num_threads=args.threads, compute=args.compute)
-    app = create_app(profile=args.profile or "auto", options=options, max_jobs=args.max_jobs,
-                     retry_after_s=args.retry_after)
+    profile: str | HardwareProfile = args.profile or "auto"
+    if args.cache_limit is not None:
+        profile = with_cache_limit(select_profile(detect_hardware(), profile), args.cache_limit)
+    app = create_app(profile=profile, options=options, max_jobs=args.max_jobs, retry_after_s=args.retry_after)
     print(f"loading the voice, then serving on http://{args.host}:{args.port} (API docs at /docs)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
     return 0
@@ -244,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-jobs", type=_positive_int, default=16,
                      help="synthesis requests held at once, running or waiting for memory; more get 503 (default 16)")
     srv.add_argument("--retry-after", type=_positive_int, default=5, help="Retry-After seconds of a 503 (default 5)")
+    srv.add_argument("--cache-limit", type=_non_negative_float, default=None, metavar="MB",
+                     help="most the audio cache may hold, in MB (default: the profile's max cache; the budget "
+                          "manager lowers it further as memory tightens)")
     srv.set_defaults(func=cmd_serve)
     return parser
 

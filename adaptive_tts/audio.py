@@ -1,4 +1,5 @@
-"""Audio encoding shared by the CLI and the HTTP service: float32 waveform → 16-bit PCM / WAV."""
+"""Audio encoding shared by the CLI, the HTTP service and the audio cache: float32 waveform ↔ 16-bit
+PCM, and WAV."""
 
 from __future__ import annotations
 
@@ -13,9 +14,31 @@ import numpy as np
 STREAMING_DATA_SIZE = 0xFFFFFFFF - 36
 
 
+#: The PCM16 sample type everything here writes: signed 16-bit little-endian.
+PCM16 = np.dtype("<i2")
+#: Full scale: float 1.0 is this sample value (Piper's convention; -32768 is never written).
+_FULL_SCALE = np.float32(32767.0)
+
+
+def pcm16(samples: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Float samples in [-1, 1] → signed 16-bit PCM samples (clipped, truncated as Piper does), into
+    ``out`` (a :data:`PCM16` array of the same length) when given."""
+    scaled = np.clip(samples, -1.0, 1.0) * _FULL_SCALE
+    if out is None:
+        return scaled.astype(PCM16)
+    np.copyto(out, scaled, casting="unsafe")
+    return out
+
+
 def to_pcm16(samples: np.ndarray) -> bytes:
-    """Float samples in [-1, 1] → little-endian signed 16-bit PCM (clipped, as Piper does)."""
-    return (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+    """Float samples in [-1, 1] → little-endian signed 16-bit PCM bytes."""
+    return pcm16(samples).tobytes()
+
+
+def from_pcm16(samples: np.ndarray) -> np.ndarray:
+    """16-bit PCM samples → float32 in [-1, 1]; :func:`pcm16` of the result gives ``samples`` back
+    exactly (tested over every value), so audio kept as PCM16 goes out as the same bytes."""
+    return samples.astype(np.float32) / _FULL_SCALE
 
 
 def wav_header(sample_rate: int, data_bytes: int = STREAMING_DATA_SIZE) -> bytes:

@@ -26,11 +26,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .audio import from_pcm16, pcm16
 from .runtime.admission import AdmissionLedger
 from .runtime.affinity import CPUAffinityManager
 from .runtime.budget import BUDGET_POLICIES, MemoryBudgetManager
 from .runtime.cache import AudioCache
-from .runtime.estimator import CalibrationStore, ConfigKey, MemoryEstimator, machine_key
+from .runtime.estimator import CalibrationStore, ConfigKey, MemoryEstimator, current_rss_mb, machine_key
 from .runtime.hardware import HardwareInfo, HardwareProfile, detect_hardware, hardware_payload, select_profile
 from .runtime.monitor import SystemMonitor
 from .runtime.planner import PRECISIONS, Candidate, Plan, PlannerState, Refusal, Wait, plan_request
@@ -41,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 #: Seconds of idleness after which freed memory is handed back to the OS (see ``_schedule_idle_trim``).
 IDLE_TRIM_DELAY_S = 0.5
+#: A cache hit is sent in pieces of this many samples (~3 s, a decoder chunk's worth): converting a
+#: whole entry back to float32 at once would allocate twice its size for every hit being sent.
+HIT_CHUNK_SAMPLES = 65536
 
 #: The smallest decoder chunk the planner degrades to: below ~64 frames (0.7 s) the margins on each
 #: side of a chunk cost more compute than the chunk itself.
@@ -332,13 +336,21 @@ class SmartAdaptiveBackend:
         return self.estimator.estimate(text)
 
     def clear_cache(self) -> dict:
+        """Empty the audio cache and hand free memory back to the OS; ``freed_mb`` is what the cache
+        held, ``freed_rss_mb`` the process's RSS before less after (measured: syntheses running at the
+        same time move it too, either way)."""
+        before = current_rss_mb()
         freed = self.cache.clear() if self.cache is not None else 0
         gc.collect()
-        return {"status": "cleared", "freed_mb": round(freed / 1024 / 1024, 3)}
+        release_free_memory()
+        return {"status": "cleared", "freed_mb": round(freed / 2**20, 3),
+                "freed_rss_mb": round(before - current_rss_mb(), 1)}
 
     def optimize_for_hardware(self) -> dict:
-        """Clear caches, re-read resources, and adjust the configuration if the machine calls for it."""
-        self.clear_cache()
+        """Clear caches and return free memory to the OS (its ``freed_rss_mb`` is measured as in
+        :meth:`clear_cache`), then re-read resources — which then see that memory free — and adjust the
+        configuration if the machine calls for it."""
+        freed_rss_mb = self.clear_cache()["freed_rss_mb"]
         previous = self.config.to_dict()
         status = self.monitor.status()
         budget = self.memory_budget_manager
@@ -357,7 +369,8 @@ class SmartAdaptiveBackend:
             new["num_threads"] = max(1, previous["num_threads"] // 2)
             reasons.append("CPU maxed or thermal throttling likely: fewer threads")
         if new == previous:
-            return {"status": "optimal", "message": "No adjustments needed", "config": previous}
+            return {"status": "optimal", "message": "No adjustments needed", "config": previous,
+                    "freed_rss_mb": freed_rss_mb}
         self.config.chunk_length = new["chunk_length"]
         self.config.cache_limit = new["cache_limit"]
         if new["num_threads"] != previous["num_threads"]:
@@ -366,7 +379,7 @@ class SmartAdaptiveBackend:
         self.estimator.set_config(self._config_key())
         logger.info("re-optimized: %s", "; ".join(reasons) or "cache limit follows memory")
         return {"status": "adjusted", "previous_config": previous, "new_config": self.config.to_dict(),
-                "reasons": reasons}
+                "reasons": reasons, "freed_rss_mb": freed_rss_mb}
 
     # -- admission ----------------------------------------------------------------------------------
 
@@ -477,7 +490,8 @@ class SmartAdaptiveBackend:
                 stats.latency_s = stats.first_audio_s
                 if result is not None:
                     result.update(cached=True, plan=None, tokens=None)
-                yield hit
+                for start in range(0, len(hit), HIT_CHUNK_SAMPLES):
+                    yield from_pcm16(hit[start : start + HIT_CHUNK_SAMPLES])
                 return
         sentences = self.engine.frontend.sentences(text)
         tokens = sum(len(s.ids) for s in sentences)
@@ -493,13 +507,13 @@ class SmartAdaptiveBackend:
             resolved = self.engine.resolve(opts, chunk_length=plan.chunk_length, first_chunk_length=first)
             for chunk in self.engine.stream_sentences(sentences, resolved, stats):
                 if key is not None:
-                    chunks.append(chunk)
+                    chunks.append(pcm16(chunk))  # what the cache keeps: half a float32 copy
                 yield chunk
         finally:
             if self.ledger.release(job):
                 self._schedule_idle_trim()
         if key is not None and chunks:
-            self.cache.put(key, np.concatenate(chunks))
+            self.cache.put(key, chunks)
 
     def _schedule_idle_trim(self) -> None:
         """Hand freed memory back to the OS once the service has been idle for

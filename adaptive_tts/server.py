@@ -40,7 +40,7 @@ from starlette.types import Receive, Scope, Send
 
 from .audio import to_pcm16, wav_header
 from .backend import BackendOptions, SmartAdaptiveBackend, SynthesisRefused, TextTooLong
-from .runtime.hardware import EstimateDefaults, HardwareInfo, MemoryBudget, QuantizationConfig
+from .runtime.hardware import EstimateDefaults, HardwareInfo, HardwareProfile, MemoryBudget, QuantizationConfig
 from .voice.engine import SynthesisOptions
 from .voice.frontend import TextError, validate_text
 
@@ -180,11 +180,17 @@ class OptimizeResponse(_Payload):
     previous_config: RuntimeConfigModel | None = None
     new_config: RuntimeConfigModel | None = None
     reasons: list[str] | None = None
+    freed_rss_mb: float = Field(description="the process's RSS before less after: the cache emptied and free "
+                                              "memory returned to the OS (measured; syntheses running at the "
+                                              "same time move it too)")
 
 
 class CacheClearResponse(_Payload):
     status: Literal["cleared"]
-    freed_mb: float
+    freed_mb: float = Field(description="what the audio cache held")
+    freed_rss_mb: float = Field(description="the process's RSS before less after: the cache emptied and free "
+                                              "memory returned to the OS (measured; syntheses running at the "
+                                              "same time move it too)")
 
 
 class HealthResponse(BaseModel):
@@ -521,14 +527,15 @@ _SPEECH_AUDIO = {"content": {"audio/wav": _BINARY, "audio/pcm": _BINARY},
 def create_app(
     backend: SmartAdaptiveBackend | None = None,
     *,
-    profile: str = "auto",
+    profile: str | HardwareProfile = "auto",
     options: BackendOptions | None = None,
     max_jobs: int = 16,
     retry_after_s: int = 5,
     warmup: bool = True,
 ) -> FastAPI:
-    """The service as an ASGI app. Without ``backend`` one is built at start-up from ``profile`` and
-    ``options`` (``quantization`` defaults to fp32) and closed at shutdown; a given one is used as is.
+    """The service as an ASGI app. Without ``backend`` one is built at start-up from ``profile`` (a name
+    or a profile) and ``options`` (``quantization`` defaults to fp32) and closed at shutdown; a given
+    one is used as is.
 
     ``max_jobs`` bounds the synthesis requests held at once (running or waiting for memory);
     ``retry_after_s`` is the ``Retry-After`` of a 503. ``warmup`` runs one short synthesis at start-up,
@@ -603,11 +610,10 @@ def _add_routes(app: FastAPI) -> None:
         if speech.stream:
             return await _streamed(service, speech.input, options, "input", media, wav=wav)
         job, first, info = await service.start(speech.input, options, "input")
-        chunks = [first, *await service.drain(job)]
-        pcm = b"".join(to_pcm16(c) for c in chunks)
-        sample_rate = service.backend.sample_rate
-        body = (wav_header(sample_rate, len(pcm)) + pcm) if wav else pcm
-        return Response(body, media_type=media, headers=_audio_headers(service, info))
+        pcm = [to_pcm16(c) for c in (first, *await service.drain(job))]
+        if wav:  # the body is joined once: a header prepended to the joined PCM copied it again
+            pcm.insert(0, wav_header(service.backend.sample_rate, sum(map(len, pcm))))
+        return Response(b"".join(pcm), media_type=media, headers=_audio_headers(service, info))
 
     @app.get("/hardware", response_model=HardwareResponse, summary="Detected hardware and the configuration chosen")
     def hardware(service: Service) -> dict:
@@ -634,11 +640,13 @@ def _add_routes(app: FastAPI) -> None:
         return {**service.backend.system_status(), "queue": service.queue()}
 
     @app.post("/optimize-for-hardware", response_model=OptimizeResponse, response_model_exclude_none=True,
-              summary="Clear caches, re-read resources, adjust the configuration if needed")
+              summary="Clear caches, return free memory to the OS, re-read resources, adjust the "
+                      "configuration if needed")
     def optimize_for_hardware(service: Service) -> dict:
         return service.backend.optimize_for_hardware()
 
-    @app.post("/cache/clear", response_model=CacheClearResponse, summary="Empty the audio cache")
+    @app.post("/cache/clear", response_model=CacheClearResponse,
+              summary="Empty the audio cache and return free memory to the OS")
     def clear_cache(service: Service) -> dict:
         return service.backend.clear_cache()
 

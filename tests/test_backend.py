@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+from adaptive_tts.audio import to_pcm16
 from adaptive_tts.backend import BackendOptions, SmartAdaptiveBackend, SynthesisRefused, TextTooLong
 from adaptive_tts.runtime.budget import MemoryBudgetManager, SystemMemory
 from adaptive_tts.runtime.estimator import CalibrationStore, ConfigKey, EstimatorConstants, current_rss_mb, machine_key
@@ -70,14 +71,18 @@ def test_synthesize_reports_timings_and_plan(tmp_path):
     assert result.estimated_mb is not None and result.text_tokens > 40
 
 
-def test_cache_hit_returns_the_same_audio(tmp_path):
+def test_cache_hit_returns_the_same_16_bit_audio(tmp_path):
+    """The cache keeps PCM16, what every output format carries: a hit is the miss's audio to the last
+    bit of a 16-bit sample, so a client gets the same bytes either way."""
     backend = make(tmp_path)
     first = backend.synthesize(TEXT)
     second = backend.synthesize(TEXT)
     assert second.cached and not first.cached
-    assert np.array_equal(first.audio, second.audio)
+    assert second.audio.dtype == np.float32 and len(second.audio) == len(first.audio)
+    assert to_pcm16(first.audio) == to_pcm16(second.audio)
     assert backend.system_status()["cache"]["hits"] == 1
-    assert backend.clear_cache()["freed_mb"] > 0
+    cleared = backend.clear_cache()
+    assert cleared["freed_mb"] > 0 and isinstance(cleared["freed_rss_mb"], float)
     assert not backend.synthesize(TEXT).cached
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from adaptive_tts.runtime.budget import MemoryBudgetManager
 from adaptive_tts.runtime.hardware import (
     MIB,
     PROFILES,
@@ -23,6 +24,7 @@ from adaptive_tts.runtime.hardware import (
     parse_sysctl,
     read_cgroup_memory,
     select_profile,
+    with_cache_limit,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -267,3 +269,13 @@ def test_parse_cpulist(text: str, cpus: list[int]) -> None:
 def test_parse_sysctl_formats() -> None:
     assert parse_sysctl("hw.ncpu: 8\nkern.version = Darwin 23\nnoise line\n") == {
         "hw.ncpu": "8", "kern.version": "Darwin 23"}
+
+
+def test_a_cache_limit_lowers_the_profile_cache_and_never_raises_it():
+    air = PROFILES["m1_air"]
+    small = with_cache_limit(air, 32)
+    assert small.selected_configuration.cache_limit == 32 and small.memory_budget == air.memory_budget
+    assert MemoryBudgetManager(small).cache_ceiling_mb == 32
+    assert with_cache_limit(air, 10**6).selected_configuration.cache_limit == air.memory_budget.max_cache_mb
+    with pytest.raises(ValueError, match="cache limit"):
+        with_cache_limit(air, -1)

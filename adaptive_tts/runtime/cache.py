@@ -1,19 +1,31 @@
-"""AudioCache: an LRU of synthesized audio bounded in megabytes.
+"""AudioCache: an LRU of synthesized audio bounded in megabytes of what it really costs.
 
 Repeated prompts (UI phrases, notifications) are common in on-device TTS, and a cache hit costs nothing;
 but cached audio is memory the synthesis of the next request may need, so the bound is in MB and the
 memory budget manager moves it at run time (:meth:`set_limit_mb`).
+
+Entries are 16-bit PCM — what every output format carries — in anonymous memory mappings of their own,
+outside malloc's heaps. Why: float32 entries cost twice the memory for nothing a client receives, and
+entries allocated by ``malloc`` landed in the heap arenas of whichever worker thread synthesized them,
+among that thread's freed decoder buffers. There a dropped entry stayed resident until the next
+``malloc_trim`` (a ``/cache/clear`` of 339 MB left RSS unchanged), and the heap could not shrink past
+entries still live. A mapping of its own costs its pages, which is what an entry is charged, and an
+entry evicted or cleared is unmapped: the OS gets its pages back at once.
 """
 
 from __future__ import annotations
 
 import logging
+import mmap
+import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from ..audio import PCM16
 
 logger = logging.getLogger(__name__)
 
@@ -33,14 +45,22 @@ class CacheStats:
                 "hits": self.hits, "misses": self.misses}
 
 
+def entry_cost(key: Hashable, samples: int) -> int:
+    """Bytes an entry of ``samples`` PCM16 samples under ``key`` holds: its mapping's whole pages, plus
+    the key (the text, and the settings beside it)."""
+    pages = -(-max(1, samples * PCM16.itemsize) // mmap.PAGESIZE) * mmap.PAGESIZE
+    parts = key if isinstance(key, tuple) else (key,)
+    return pages + sys.getsizeof(key) + sum(sys.getsizeof(part) for part in parts)
+
+
 class AudioCache:
-    """Thread-safe LRU of float32 waveforms keyed by text and voice settings."""
+    """Thread-safe LRU of 16-bit PCM audio keyed by text and voice settings."""
 
     def __init__(self, limit_mb: float) -> None:
         if limit_mb < 0:
             raise ValueError(f"cache limit must be >= 0 MB, got {limit_mb}")
         self._limit_bytes = int(limit_mb * MB)
-        self._items: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self._items: OrderedDict[Hashable, tuple[np.ndarray, int]] = OrderedDict()
         self._bytes = 0
         self._hits = 0
         self._misses = 0
@@ -52,27 +72,44 @@ class AudioCache:
         return (text, *sorted(settings.items()))
 
     def get(self, key: Hashable) -> np.ndarray | None:
+        """The PCM16 samples stored under ``key`` (read-only), or None."""
         with self._lock:
-            audio = self._items.get(key)
-            if audio is None:
+            entry = self._items.get(key)
+            if entry is None:
                 self._misses += 1
                 return None
             self._items.move_to_end(key)
             self._hits += 1
-            return audio
+            return entry[0]
 
-    def put(self, key: Hashable, audio: np.ndarray) -> bool:
-        """Store ``audio`` (read-only copy semantics: callers must not mutate it); False if too large."""
-        size = audio.nbytes
+    def put(self, key: Hashable, pieces: Sequence[np.ndarray]) -> bool:
+        """Store the PCM16 samples ``pieces`` (one array, or the chunks of one utterance in order) as one
+        entry; False if it is larger than the limit, or the OS has no mapping to give."""
+        arrays = [pieces] if isinstance(pieces, np.ndarray) else list(pieces)
+        if any(a.dtype != PCM16 for a in arrays):
+            raise TypeError(f"the audio cache stores {PCM16} PCM samples, got {[str(a.dtype) for a in arrays]}")
+        samples = sum(len(a) for a in arrays)
+        cost = entry_cost(key, samples)
+        if cost > self._limit_bytes:  # a read without the lock: the limit only decides whether to try
+            return False
+        try:
+            # private: a shared anonymous mapping would be counted as shared memory, not the process's own
+            buffer = mmap.mmap(-1, max(1, samples * PCM16.itemsize), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        except OSError as exc:  # out of address space or mappings (vm.max_map_count): just do not cache
+            logger.warning("audio cache: no mapping for a %d-sample entry (%s); not cached", samples, exc)
+            return False
+        audio = np.frombuffer(buffer, PCM16, count=samples)
+        if arrays:
+            np.concatenate(arrays, out=audio)
+        audio.setflags(write=False)
         with self._lock:
-            if size > self._limit_bytes:
+            if cost > self._limit_bytes:
                 return False
             old = self._items.pop(key, None)
             if old is not None:
-                self._bytes -= old.nbytes
-            audio.setflags(write=False)
-            self._items[key] = audio
-            self._bytes += size
+                self._bytes -= old[1]
+            self._items[key] = (audio, cost)
+            self._bytes += cost
             self._evict()
             return True
 
@@ -85,7 +122,8 @@ class AudioCache:
             logger.info("audio cache limit now %.0f MB: evicted %d entries", limit_mb, evicted)
 
     def clear(self) -> int:
-        """Drop everything; returns the number of bytes freed."""
+        """Drop everything; returns the number of bytes freed. An entry's mapping is unmapped as soon as
+        no response is still sending it."""
         with self._lock:
             freed = self._bytes
             self._items.clear()
@@ -94,6 +132,7 @@ class AudioCache:
 
     @property
     def bytes(self) -> int:
+        """What the entries cost: whole pages of PCM16 samples plus their keys."""
         return self._bytes
 
     def stats(self) -> CacheStats:
@@ -103,7 +142,7 @@ class AudioCache:
     def _evict(self) -> int:
         evicted = 0
         while self._bytes > self._limit_bytes and self._items:
-            _, audio = self._items.popitem(last=False)
-            self._bytes -= audio.nbytes
+            _, (_, cost) = self._items.popitem(last=False)
+            self._bytes -= cost
             evicted += 1
         return evicted

@@ -684,6 +684,16 @@ def _with_threads(profile: HardwareProfile, num_threads: int) -> HardwareProfile
     return replace(profile, selected_configuration=config)
 
 
+def with_cache_limit(profile: HardwareProfile, cache_limit_mb: float) -> HardwareProfile:
+    """``profile`` with its audio cache limited to ``cache_limit_mb`` (never above its max cache): a
+    service that wants less of its memory spent on repeated prompts, or a soak that fills the cache."""
+    if cache_limit_mb < 0:
+        raise ValueError(f"cache limit must be >= 0 MB, got {cache_limit_mb}")
+    selected = replace(profile.selected_configuration,
+                       cache_limit=min(cache_limit_mb, profile.memory_budget.max_cache_mb))
+    return replace(profile, selected_configuration=selected)
+
+
 def select_profile(info: HardwareInfo, name: str | None = None) -> HardwareProfile:
     """The profile for ``info``: ``name`` forces one of PROFILES ("auto"/None matches the machine).
 
