@@ -401,7 +401,7 @@ class SmartAdaptiveBackend:
         """One snapshot of everything the planner decides on (caller holds the ledger)."""
         candidates = tuple(
             Candidate(key.chunk_length, key.quantization, self.estimator.increment_mb(tokens, key),
-                      self.estimator.predict_mb(tokens, key))
+                      self.estimator.peak_from_now_mb(tokens, key))
             for key in self.candidate_keys()
         )
         budget = self.memory_budget_manager

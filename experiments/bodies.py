@@ -59,7 +59,7 @@ def tts(options: dict[str, Any]) -> TrialBody:
     """
     refused = _room_to_start(options)
     if refused is not None:  # the runtime declines to start: every trial says why, nothing is loaded
-        return _refused_at_start(refused, options)
+        return _refused_at_start(refused)
     from adaptive_tts.backend import SynthesisRefused, TextTooLong
 
     backend = _backend(options)
@@ -133,9 +133,9 @@ def tts(options: dict[str, Any]) -> TrialBody:
     return run
 
 
-def _room_to_start(options: dict[str, Any]) -> Any:
-    """With budget and calibrated estimation on: the budget manager's refusal to start the runtime
-    where its measured start-up does not fit (None: it fits, or nothing says). Imports no torch."""
+def _room_to_start(options: dict[str, Any]) -> dict[str, Any] | None:
+    """With budget and calibrated estimation on: the row of a refusal to start the runtime where its
+    measured start-up does not fit (None: it fits, or nothing says). Imports no torch."""
     if not (options["budget"] and options["estimation"]) or options.get("estimator_constants") == "seed":
         return None
     from adaptive_tts.runtime.budget import MemoryBudgetManager
@@ -146,18 +146,21 @@ def _room_to_start(options: dict[str, Any]) -> Any:
     info = detect_hardware(probe_gpu=False)
     budget = MemoryBudgetManager(select_profile(info, options["profile"]), info=info,
                                  policy=options.get("budget_policy", "calibrated"))
-    decision = room_to_start(CalibrationStore(options.get("calibration_path")), budget, machine_key(info), anon_rss_mb())
+    store, machine = CalibrationStore(options.get("calibration_path")), machine_key(info)
+    decision = room_to_start(store, budget, machine, anon_rss_mb())
     budget.close()
-    return None if decision is None or decision.allowed else decision
+    if decision is None or decision.allowed:
+        return None
+    return {"status": "refused", "error": f"not enough memory to start the runtime: {decision.reason}",
+            "required_mb": decision.required_mb, "available_mb": decision.available_mb,
+            "safety_margin_mb": decision.safety_margin_mb, "budget_policy": budget.policy, "requests_ok": 0,
+            "calibrated": True, "estimator_max_under_mb": store.worst_under_mb(machine)}
 
 
-def _refused_at_start(decision: Any, options: dict[str, Any]) -> TrialBody:
+def _refused_at_start(refusal: dict[str, Any]) -> TrialBody:
     """The body of a worker whose runtime refused to start: each trial is refused with the numbers."""
     def run(request: TrialRequest) -> dict[str, Any]:
-        return {"status": "refused", "error": f"not enough memory to start the runtime: {decision.reason}",
-                "required_mb": decision.required_mb, "available_mb": decision.available_mb,
-                "safety_margin_mb": decision.safety_margin_mb, "budget_policy": options.get("budget_policy"),
-                "requests_ok": 0}
+        return dict(refusal)
 
     return run
 

@@ -253,6 +253,15 @@ class MemoryEstimator:
             return self.required_mb(self.predict_mb(text_tokens, key))
         return c.per_request_mb + text_tokens / 100.0 * c.per_100_tokens_mb
 
+    def peak_from_now_mb(self, text_tokens: int, key: ConfigKey | None = None) -> float:
+        """The process's peak if this request ran now, alone: what the process holds now plus the
+        calibrated increment (a long-running process holds more than the calibration's median rest:
+        compiled kernels, heap). With the seed's table: its absolute peak."""
+        c = self.constants_for(key)
+        if c.per_request_mb is None:
+            return self.predict_mb(text_tokens, key)
+        return current_rss_mb() + self.increment_mb(text_tokens, key)
+
     def required_mb(self, estimated_mb: float) -> float:
         """What the process must still allocate: the estimate less what it already holds."""
         return max(0.0, estimated_mb - current_rss_mb())
@@ -260,7 +269,7 @@ class MemoryEstimator:
     def estimate(self, text: str) -> dict:
         """The seed's ``/estimate-memory`` payload for ``text``."""
         tokens = self.token_counter(text)
-        estimated = self.predict_mb(tokens)
+        estimated = self.peak_from_now_mb(tokens)
         required = self.increment_mb(tokens)
         decision = self.budget_manager.check(required)
         recommendation = "OK" if decision.allowed else (
