@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -222,8 +223,12 @@ def outcome_vs_free_memory(rows: pd.DataFrame) -> FigureOut | Skipped:
         ax.set_ylim(-5, 105)
         ax.set_title(f"{ablation} ({policy} policy, n={len(part)})", loc="left")
         ax.set_ylabel("%")
-    axes[0].legend(loc="center right", ncols=3)
-    axes[-1].set_xlabel("free memory on the device (MB, log scale); dashed: measured floor")
+    ticks = sorted(set(sweep["free_mb"].round(0)))
+    for ax in axes:
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_xticks(ticks, [f"{t:.0f}" for t in ticks], rotation=90)
+    axes[0].legend(loc="lower center", bbox_to_anchor=(0.5, 1.25), ncols=3, frameon=False)
+    axes[-1].set_xlabel("least free memory (MB, log); dashed: floor")
     kinds = "/".join(sorted(set(sweep["background_kind"].dropna())))
     return FigureOut(
         "outcome_vs_free_memory", fig,
