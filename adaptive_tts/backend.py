@@ -283,8 +283,8 @@ class SmartAdaptiveBackend:
         return [self._config_key(chunk, precision) for precision in precisions for chunk in chunks]
 
     def _calibrated_margin(self) -> None:
-        """Give the calibrated policy its first term: the worst held-out under-prediction over the
-        configurations the planner may choose (none without estimation: nothing is predicted)."""
+        """Give the calibrated policy its first term: the worst under-prediction of the calibration over
+        the configurations the planner may choose (none without estimation: nothing is predicted)."""
         budget = self.memory_budget_manager
         if not self.options.estimation:
             budget.set_estimator_error(0.0)

@@ -42,6 +42,11 @@ def host_cpus() -> list[int]:
     return list(range(os.cpu_count() or 1))
 
 
+def host_memory_mb() -> float:
+    """This host's physical memory: a simulated device's cap cannot bind above it."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / MIB
+
+
 def format_cpus(cpus: list[int] | tuple[int, ...]) -> str:
     """The kernel's cpulist format ("0-3,6"), the ``cpus`` column."""
     ranges: list[str] = []
@@ -409,7 +414,7 @@ class DeviceSpec:
         if cores > len(host):
             logger.warning("profile %s has %d cores; this host lends only %d", profile, cores, len(host))
         mem_cap_mb = PROFILES[profile].memory_budget.total_ram_gb * 1024
-        host_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / MIB
+        host_mb = host_memory_mb()
         if mem_cap_mb > host_mb:
             logger.warning("profile %s has %.0f MB; this host has only %.0f MB, so the cap cannot bind", profile, mem_cap_mb, host_mb)
         return cls(profile, True, mem_cap_mb, tuple(host[:cores]), background_mb, mechanism)

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from experiments.floor import load_or_measure_floor
-from experiments.limits import Device, DeviceSpec, format_cpus, host_cpus
+from experiments.limits import Device, DeviceSpec, format_cpus, host_cpus, host_memory_mb
 from experiments.results import RowStore
 from experiments.trial import Supervisor, TrialRequest
 from experiments.workload import MemoryLevels, PlannedTrial, Workload, cut_text, plan
@@ -278,7 +278,7 @@ def _check_memory_sweep(spec: SweepSpec) -> None:
     if dev.mechanism == "rlimit":
         raise ValueError("mem_cap_mechanism=rlimit caps address space, not resident memory: a memory sweep "
                          "needs cgroup_v2 or cgroup_v1")
-    host_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    host_mb = host_memory_mb()
     if dev.mem_cap_mb > host_mb:
         raise ValueError(f"a {dev.mem_cap_mb:.0f} MB cap cannot bind on this {host_mb:.0f} MB host")
 

@@ -10,7 +10,7 @@ Two policies set the safety margin kept free (``BUDGET_POLICIES``):
   model of gigabytes; this voice's whole process peaks at well under 1 GB, so the seed's margin alone
   refuses most requests that would fit.
 - ``calibrated``: the margin is what measurements say can go wrong between admission and the
-  request's peak: the estimator's worst held-out under-prediction (:meth:`MemoryBudgetManager.set_estimator_error`)
+  request's peak: the worst under-prediction in the estimator's calibration (:meth:`MemoryBudgetManager.set_estimator_error`)
   plus how far other processes' memory has swung while we watched (:class:`MemoryWatch`). On a quiet
   device that is tens of MB; beside an app whose memory rises and falls, it grows to that app's swing.
 """
@@ -229,7 +229,7 @@ class MemoryBudgetManager:
         return self._estimator_error_mb + self.watch.swing_mb()
 
     def set_estimator_error(self, under_mb: float | None) -> None:
-        """The calibrated policy's first term: the estimator's worst held-out under-prediction (MB);
+        """The calibrated policy's first term: the worst under-prediction in the estimator's calibration (MB);
         0 when nothing is predicted (estimation off); ``None`` when uncalibrated (then the calibrated
         policy falls back to the seed's margin, and logs it)."""
         if under_mb is None and self.policy == "calibrated":
