@@ -254,7 +254,7 @@ def test_the_watch_forgets_what_left_its_window() -> None:
     machine.available_mb = 1000
     watch.sample()
     watch.sample()
-    assert watch.swing_mb() == 0.0
+    assert watch.swing_mb() < 1.0  # the 500 MB dip has left; only this process's own RSS jitter remains
 
 
 def test_the_live_watch_samples_a_real_machine() -> None:
