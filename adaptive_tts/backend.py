@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ from .runtime.estimator import CalibrationStore, ConfigKey, MemoryEstimator, cur
 from .runtime.hardware import HardwareInfo, HardwareProfile, detect_hardware, hardware_payload, select_profile
 from .runtime.monitor import SystemMonitor
 from .runtime.planner import PRECISIONS, Candidate, Plan, PlannerState, Refusal, Wait, plan_request
+from .voice.lanes import ComputeLanes
 from .voice.engine import COMPUTE_DTYPES, SynthesisOptions, SynthesisStats, load_engine, release_free_memory
 from .voice.frontend import TextError, validate_text
 
@@ -97,6 +99,9 @@ class BackendOptions:
     #: The safety margin: ``seed`` (the feature document's table) or ``calibrated`` (measured error of
     #: the estimator plus the observed swing of other processes' memory; see runtime/budget.py)
     budget_policy: str = "calibrated"
+    #: Threads the model computes on (:class:`~adaptive_tts.voice.lanes.ComputeLanes`); ``None``: as
+    #: many as the CPUs this process may use hold ``num_threads`` each, at least one.
+    compute_lanes: int | None = None
 
     def __post_init__(self) -> None:
         if self.budget_policy not in BUDGET_POLICIES:
@@ -113,6 +118,8 @@ class BackendOptions:
             raise ValueError(f"chunk_length must be >= 1, got {self.chunk_length}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {self.num_threads}")
+        if self.compute_lanes is not None and self.compute_lanes < 1:
+            raise ValueError(f"compute_lanes must be >= 1, got {self.compute_lanes}")
 
 
 @dataclass
@@ -148,6 +155,14 @@ class SynthesisResult:
     waited_s: float = 0.0
     #: the safety margin in force when it was admitted (None: budget off)
     safety_margin_mb: float | None = None
+
+
+def default_lanes(num_threads: int) -> int:
+    """Compute lanes for ``num_threads`` intra-op threads each: as many as the CPUs this process may
+    run on hold, at least one. More would oversubscribe the cores: on this 2-core VM, 8 syntheses at once
+    with 2 threads each ran 16 threads on 2 cores."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // num_threads)
 
 
 class SmartAdaptiveBackend:
@@ -187,6 +202,7 @@ class SmartAdaptiveBackend:
             if self.options.num_threads is None:
                 self.config.num_threads = applied.num_threads
         self.engine = load_engine(self.options.engine, self.config.num_threads, self.options.compute)
+        self.lanes = ComputeLanes(self.options.compute_lanes or default_lanes(self.config.num_threads))
         self.config.compute = self.engine.compute
         self.sample_rate = self.engine.sample_rate
         self._set_precision(self._initial_precision(budget))
@@ -221,7 +237,10 @@ class SmartAdaptiveBackend:
                 logger.warning("no decoder warm-up: %s", decision.reason)
                 return
             chunk = decision.chunk_length
-        logger.info("decoder kernels compiled in %.2f s", self.engine.warm_up(chunk))
+        started = time.perf_counter()
+        self.lanes.each(lambda: self.engine.warm_up(chunk))
+        logger.info("decoder kernels compiled on %d compute lane(s) in %.2f s", self.lanes.count,
+                    time.perf_counter() - started)
 
     def _initial_precision(self, budget: MemoryBudgetManager) -> str:
         """An explicit precision; else fp32 with the budget off (the voice as shipped); else the
@@ -505,7 +524,7 @@ class SmartAdaptiveBackend:
             if first is None and plan.chunk_length is not None:
                 first = min(FIRST_CHUNK_LENGTH, plan.chunk_length)
             resolved = self.engine.resolve(opts, chunk_length=plan.chunk_length, first_chunk_length=first)
-            for chunk in self.engine.stream_sentences(sentences, resolved, stats):
+            for chunk in self.lanes.iterate(self.engine.stream_sentences(sentences, resolved, stats)):
                 if key is not None:
                     chunks.append(pcm16(chunk))  # what the cache keeps: half a float32 copy
                 yield chunk
@@ -565,3 +584,4 @@ class SmartAdaptiveBackend:
         if self.affinity is not None:
             self.affinity.restore()
         self.memory_budget_manager.close()
+        self.lanes.close()

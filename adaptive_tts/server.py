@@ -553,7 +553,8 @@ def create_app(
         else:
             shared = backend
         if warmup:
-            await asyncio.to_thread(shared.engine.synthesize, "Warm up.")
+            # on every compute lane: each keeps its own compiled kernels (voice/lanes.py)
+            await asyncio.to_thread(shared.lanes.each, lambda: shared.engine.synthesize("Warm up."))
         app.state.service = SynthesisService(shared, max_jobs=max_jobs, retry_after_s=retry_after_s)
         logger.info("serving voice %s on profile %s", app.state.service.voice, shared.profile.name)
         try:

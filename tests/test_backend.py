@@ -248,3 +248,33 @@ def test_calibrated_policy_keeps_the_fits_error_and_plans_from_increments(tmp_pa
         backend.synthesize("Another text that does not fit.")
     assert refused.value.available_mb == pytest.approx(80)
     assert refused.value.required_mb > 60
+
+
+def test_every_caller_threads_synthesis_computes_on_the_backends_lanes(tmp_path):
+    """Six callers at once: every decoder call runs on one of the backend's compute lanes (whose
+    per-thread kernel caches warm-up filled), and each caller gets the audio a lone run gives."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from adaptive_tts.voice.engine import SynthesisOptions
+
+    backend = make(tmp_path, budget=False, cache=False, compute_lanes=2)
+    texts = [f"Caller number {i} asks for its own sentence." for i in range(6)]
+    alone = [backend.synthesize(t, SynthesisOptions(seed=i)).audio for i, t in enumerate(texts)]
+    decode = backend.engine.model.decode
+    threads: set[str] = set()
+
+    def recording_decode(*args, **kwargs):
+        threads.add(threading.current_thread().name)
+        return decode(*args, **kwargs)
+
+    backend.engine.model.decode = recording_decode
+    with ThreadPoolExecutor(6) as callers:
+        together = list(callers.map(lambda i: backend.synthesize(texts[i], SynthesisOptions(seed=i)).audio, range(6)))
+    backend.close()
+    assert threads and all(name.startswith("compute") for name in threads) and len(threads) <= 2
+    assert all(np.array_equal(a, b) for a, b in zip(alone, together))
+
+
+def test_compute_lanes_must_be_positive():
+    with pytest.raises(ValueError, match="compute_lanes must be >= 1, got 0"):
+        BackendOptions(compute_lanes=0)

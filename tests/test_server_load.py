@@ -1,8 +1,12 @@
-"""Load: 300 requests at concurrency 8, a fifth of them bad, against the CLI's server on loopback.
+"""Load against the CLI's server on loopback, at concurrency 8.
 
-Short texts keep one pass to well under a minute on two cores. The pass runs twice: a warm-up (torch's
-one-off set-up, a worker thread and an allocator arena per concurrent job), then — after the audio
-cache is cleared, so that every synthesis runs again — the measured pass.
+* 300 requests, a fifth of them bad, of a dozen short texts. Short texts keep one pass to well under a
+  minute on two cores. The pass runs twice: a warm-up (torch's one-off set-up, a worker thread and an
+  allocator arena per concurrent job), then — after the audio cache is cleared, so that every synthesis
+  runs again — the measured pass.
+* (slow) 948 requests in bursts with idle gaps, of texts of every length, both synthesis endpoints,
+  malformed requests and status reads (``experiments.bench_server.soak``): the service's own memory
+  stays bounded by its warm level plus its cache, and ``/cache/clear`` gives memory back.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ import httpx
 import pytest
 from test_server import BAD_REQUESTS, fill, serve_cli
 
+from experiments.bench_server import SoakResult, print_soak, soak
+
 CONCURRENCY = 8
 REQUESTS = 300
 BAD_SHARE = 0.2
 POOL = [f"Order {n} is ready at the front desk." for n in range(1, 13)]
-
 
 
 def good_requests(count: int) -> list[tuple[str, str, dict]]:
@@ -112,3 +117,54 @@ def test_server_rss_returns_within_10_percent_of_its_warm_level(load_run):
     oneDNN's cache of compiled kernels, which otherwise grows with every new input length (without
     both, RSS grew 8-17 % from one pass to the next)."""
     assert load_run.rss_after_mb <= 1.10 * load_run.rss_warm_mb, (load_run.rss_warm_mb, load_run.rss_after_mb)
+
+
+# ------------------------------------------------------------------------------------------------
+# Soak: traffic that looks like real use, in bursts with idle gaps (slow suite)
+# ------------------------------------------------------------------------------------------------
+
+#: Requests per burst after the 48-request warm-up: 948 in all.
+SOAK_BURSTS = [300, 150, 150, 150, 150]
+#: A cache this small is full within the first burst, so the last bursts show whether anything besides
+#: the cache still grows.
+SOAK_CACHE_LIMIT_MB = 32
+#: Texts of 5 to this many words, and a fifth of the requests status reads and estimates: the run stays
+#: within a few minutes on two cores.
+SOAK_MAX_WORDS = 30
+
+
+@pytest.fixture(scope="module")
+def soak_run(tmp_path_factory) -> tuple[SoakResult, str]:
+    log_path = tmp_path_factory.mktemp("soak") / "server.log"
+    with serve_cli(log_path, "--cache-limit", str(SOAK_CACHE_LIMIT_MB)) as (url, server):
+        result = soak(url, server.pid, SOAK_BURSTS, concurrency=CONCURRENCY, max_words=SOAK_MAX_WORDS,
+                      probe_share=0.2)
+    print()
+    print_soak(result)
+    return result, log_path.read_text()
+
+
+@pytest.mark.slow
+def test_varied_traffic_gets_no_5xx_no_dropped_connection_and_every_reply_as_expected(soak_run):
+    result, log = soak_run
+    assert sum(b.requests for b in result.bursts) >= 900
+    assert [(b.server_errors, b.dropped, b.unexpected) for b in result.bursts] == [(0, 0, 0)] * len(result.bursts)
+    assert "Traceback" not in log and "Exception in ASGI" not in log
+
+
+@pytest.mark.slow
+def test_rss_stays_within_warm_level_plus_cache_and_stops_growing_once_the_cache_is_full(soak_run):
+    """The cache's count is its real cost, and nothing else accumulates: after every burst the idle
+    service holds its warm level, its cache, and at most a tenth of the warm level more; once the cache
+    is at its limit, RSS no longer climbs from burst to burst."""
+    result, _ = soak_run
+    assert [round(b.rss_mb) for b in result.bursts if b.rss_mb > result.bound_mb(b)] == []
+    assert all(b.cache_mb >= 0.8 * SOAK_CACHE_LIMIT_MB for b in result.bursts[-4:])  # full: at its limit
+    assert abs(result.slope_mb()) <= 0.02 * result.warm_rss_mb, [round(b.rss_mb) for b in result.bursts]
+
+
+@pytest.mark.slow
+def test_cache_clear_gives_memory_back_and_idle_rss_returns_to_the_warm_level(soak_run):
+    result, _ = soak_run
+    assert result.cleared_rss_mb <= 1.10 * result.warm_rss_mb
+    assert result.reported_freed_rss_mb is not None and result.reported_freed_rss_mb >= 0.5 * result.freed_cache_mb
