@@ -131,3 +131,15 @@ def test_workers_are_recycled_after_max_trials(tmp_path: Path) -> None:
     with device() as dev, Supervisor(dev, PROBE, {}, tmp_path, max_trials_per_worker=2) as sup:
         served = [run(sup, i)["worker_trials"] for i in range(5)]
     assert served == [0, 1, 0, 1, 0]
+
+
+def test_a_background_app_killed_between_levels_is_started_again_at_the_new_size() -> None:
+    """The kernel may kill the background app rather than a dying worker; the next level's resize
+    starts it again instead of ending the sweep."""
+    with device(cap_mb=300, background_mb=50) as dev:
+        first = dev.background.process
+        first.kill()
+        first.wait()
+        dev.background.set(80)
+        assert dev.background.process is not first and dev.background.process.poll() is None
+        assert dev.background.mb == 80

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -62,20 +63,27 @@ def test_closing_the_consumer_closes_the_steps_on_a_lane() -> None:
     assert len(closed_on) == 1 and closed_on[0].startswith("lane")
 
 
-def test_each_runs_once_on_every_lane() -> None:
+def test_each_runs_once_on_every_lane_one_lane_at_a_time() -> None:
     lanes = ComputeLanes(3, name="lane")
     names: list[str] = []
     lock = threading.Lock()
+    running = [0, 0]  # now, most at once
 
     def record() -> None:
         with lock:
             names.append(threading.current_thread().name)
+            running[0] += 1
+            running[1] = max(running)
+        time.sleep(0.05)  # long enough for another lane to overlap, were they not taking turns
+        with lock:
+            running[0] -= 1
 
     try:
         lanes.each(record)
     finally:
         lanes.close()
     assert len(names) == 3 and len(set(names)) == 3
+    assert running[1] == 1
 
 
 def test_no_lanes_is_an_error() -> None:
