@@ -238,11 +238,7 @@ class SmartAdaptiveBackend:
                 return
             chunk = decision.chunk_length
         started = time.perf_counter()
-        # The heap the weights' loading freed stays resident (``MALLOC_TRIM_THRESHOLD``) and a lane's
-        # own arena cannot reuse it: hand it back first, and the warm-up's leftovers after.
-        release_free_memory()
         self.lanes.each(lambda: self.engine.warm_up(chunk))
-        release_free_memory()
         logger.info("decoder kernels compiled on %d compute lane(s) in %.2f s", self.lanes.count,
                     time.perf_counter() - started)
 
