@@ -325,17 +325,18 @@ class BackgroundLoad:
     def set(self, mb: float, swing_mb: float = 0.0) -> None:
         """Resize to ``mb`` MB now (and swing around it from now on)."""
         self.mb, self.swing_mb = mb, swing_mb
-        self.ensure_running()
-        if self.process is None:
-            self.start()
-            return
-        try:
-            self._command()
-        except RuntimeError as exc:
-            # killed while it grew (the kernel may pick it over a worker still giving its memory back):
-            # one fresh start at the new size; a second failure is the sweep's to report
-            logger.warning("%s; starting it again", exc)
-            self.start()
+        if self.process is not None and self.process.poll() is None:
+            try:
+                self._command()
+                return
+            except RuntimeError as exc:
+                # killed while it grew (the kernel may pick it over a worker still giving its memory
+                # back): one fresh start at the new size; a second failure is the sweep's to report
+                logger.warning("%s; starting it again", exc)
+        elif self.process is not None:
+            logger.warning("background load exited with %s; starting it again", self.process.returncode)
+        self.process = None
+        self.start()
 
     def _command(self) -> None:
         try:

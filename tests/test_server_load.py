@@ -1,8 +1,8 @@
 """Load against the CLI's server on loopback, at concurrency 8.
 
 * 300 requests, a fifth of them bad, of a dozen short texts. Short texts keep one pass to well under a
-  minute on two cores. The pass runs twice: a warm-up (torch's one-off set-up, a worker thread and an
-  allocator arena per concurrent job), then — after the audio cache is cleared, so that every synthesis
+  minute on two cores. The pass runs twice: a warm-up (torch's one-off set-up, the compute lanes'
+  kernels, a worker thread per concurrent job), then — after the audio cache is cleared, so that every synthesis
   runs again — the measured pass.
 * (slow) 948 requests in bursts with idle gaps, of texts of every length, both synthesis endpoints,
   malformed requests and status reads (``experiments.bench_server.soak``): the service's own memory

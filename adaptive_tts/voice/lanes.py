@@ -67,8 +67,8 @@ class ComputeLanes:
 
         The executor reuses idle threads, so the calls first meet at a barrier: that makes ``count``
         calls occupy ``count`` different threads. They then take turns: run at once, two lanes'
-        warm-ups doubled the start-up peak (the memory floor of a 1-thread, 2-lane worker rose from
-        250 to 328 MB, and workers the calibration said would start were OOM-killed starting)."""
+        warm-ups stacked their peaks (the memory sweep's floor, a 1-thread worker with 2 lanes: 328 MB
+        with the warm-ups at once, 296 MB in turns)."""
         barrier = threading.Barrier(self.count)
         turn = threading.Lock()
 
