@@ -123,11 +123,12 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    import functools
     import itertools
 
     from tqdm import tqdm
 
-    from .calibration import calibrate, measuring_backend
+    from .calibration import calibrate, measure_start_up, measuring_backend
     from .runtime.estimator import CalibrationStore, ConfigKey, calibration_texts, machine_key
     from .runtime.hardware import detect_hardware
     from .voice.engine import resolve_compute
@@ -145,7 +146,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         for threads, group in itertools.groupby(sorted(keys, key=lambda k: k.num_threads), key=lambda k: k.num_threads):
             group = list(group)
             first = max(group, key=lambda k: (-["fp32", "int8", "int4"].index(k.quantization), k.chunk_length or 0))
-            backend = measuring_backend(first)
+            backend, startup = measure_start_up(functools.partial(measuring_backend, first, warm_up=False))
+            store.save_start_up(machine, startup)
 
             def tick(key: ConfigKey, done: int, total: int) -> None:
                 bar.total = total

@@ -35,7 +35,7 @@ from .runtime.cache import AudioCache
 from .runtime.estimator import CalibrationStore, ConfigKey, MemoryEstimator, current_rss_mb, machine_key
 from .runtime.hardware import HardwareInfo, HardwareProfile, detect_hardware, hardware_payload, select_profile
 from .runtime.monitor import SystemMonitor
-from .runtime.planner import PRECISIONS, Candidate, Plan, PlannerState, Refusal, Wait, plan_request
+from .runtime.planner import PRECISIONS, Candidate, Plan, PlannerState, Refusal, Wait, plan_request, plan_warm_up
 from .voice.lanes import ComputeLanes
 from .voice.engine import COMPUTE_DTYPES, SynthesisOptions, SynthesisStats, load_engine, release_free_memory
 from .voice.frontend import TextError, validate_text
@@ -232,15 +232,45 @@ class SmartAdaptiveBackend:
             return
         chunk = self._chunk_length()
         if self.options.budget and self.options.estimation:
-            decision = plan_request(self._planner_state(self.engine.frontend.count_tokens("Warm up.")))
-            if not isinstance(decision, Plan):
-                logger.warning("no decoder warm-up: %s", decision.reason)
+            chunk = self._warm_up_chunk()
+            if chunk is None:
                 return
-            chunk = decision.chunk_length
         started = time.perf_counter()
         self.lanes.each(lambda: self.engine.warm_up(chunk))
         logger.info("decoder kernels compiled on %d compute lane(s) in %.2f s", self.lanes.count,
                     time.perf_counter() - started)
+
+    def _warm_up_chunk(self) -> int | None:
+        """The chunk to warm the decoder up to with memory in view (``None``: no warm-up fits).
+
+        With the start-up measured on this machine (:class:`~.runtime.estimator.StartUpCost`), the
+        largest chunk whose warm-up on every lane fits now (:func:`~.runtime.planner.plan_warm_up`)
+        becomes the runtime's chunk: the planner then only degrades from there, and no request compiles
+        windows the warm-up did not. Unmeasured, the warm-up is planned as the short request it was.
+        """
+        chunks = sorted({key.chunk_length for key in self.candidate_keys() if key.chunk_length is not None})
+        cost = self.estimator.store.load_start_up(self.estimator.machine, self.lanes.count)
+        if cost is None or not set(chunks) <= set(cost.warm_up_mb):
+            decision = plan_request(self._planner_state(self.engine.frontend.count_tokens("Warm up.")))
+            if not isinstance(decision, Plan):
+                logger.warning("no decoder warm-up: %s", decision.reason)
+                return None
+            return decision.chunk_length
+        budget = self.memory_budget_manager
+        chosen = plan_warm_up({chunk: cost.increment_mb(chunk) for chunk in chunks}, budget.available_mb(),
+                              budget.safety_margin_mb)
+        if isinstance(chosen, Refusal):
+            logger.warning("no decoder warm-up: %s; chunk %d from now on", chosen.reason, chunks[0])
+            chosen, warm = chunks[0], None
+        else:
+            warm = chosen
+        if chosen != self.config.chunk_length:
+            logger.info("chunk %d, not %d: warming %d-frame windows on %d lane(s) takes %.0f MB, %.0f MB available",
+                        chosen, self.config.chunk_length, self.config.chunk_length, self.lanes.count,
+                        cost.increment_mb(self.config.chunk_length), budget.available_mb())
+            self.config.chunk_length = chosen
+            self.estimator.set_config(self._config_key())
+        return warm
 
     def _initial_precision(self, budget: MemoryBudgetManager) -> str:
         """An explicit precision; else fp32 with the budget off (the voice as shipped); else the

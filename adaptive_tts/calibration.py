@@ -8,19 +8,25 @@ the planner may choose, on training and held-out texts (disjoint paragraphs), an
 training set does not have in that proportion, so the fit's worst under-prediction — the term the
 calibrated budget policy keeps free — covers requests running side by side.
 
+:func:`measure_start_up` records what starting the runtime takes (loading, then warming the decoder
+up to each chunk on every compute lane), which admission checks before a runtime starts and when it
+chooses the chunk to warm up to.
+
 It sits above the backend (it drives one), so the estimator itself never imports the backend.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Sequence
 
 from .backend import BackendOptions, SmartAdaptiveBackend
-from .runtime.estimator import CalibrationStore, ConfigKey, EstimatorConstants, ProbeResult, calibration_texts, fit_constants
+from .runtime.estimator import (CalibrationStore, ConfigKey, EstimatorConstants, ProbeResult, StartUpCost,
+                                calibration_texts, fit_constants)
 from .runtime.planner import PRECISIONS
-from .runtime.process import PeakMeter, current_rss_mb
+from .runtime.process import AnonPeak, PeakMeter, anon_rss_mb, current_rss_mb
 from .voice.engine import release_free_memory
 
 logger = logging.getLogger(__name__)
@@ -55,6 +61,28 @@ def measure(backend: SmartAdaptiveBackend, text: str, concurrency: int = 1, mete
     if errors:
         raise errors[0]
     return ProbeResult(len(text), tokens[0], peak, rest, concurrency)
+
+
+def measure_start_up(start: Callable[[], SmartAdaptiveBackend],
+                     meter: AnonPeak | None = None) -> tuple[SmartAdaptiveBackend, StartUpCost]:
+    """Start a backend with ``start`` (one built with ``warm_up=False``), then warm its decoder up to
+    each chunk it may run, smallest first, on every compute lane, reading the anonymous-memory peak of
+    each step. Smallest first is exact: a warm-up to chunk *c* compiles every window a smaller chunk
+    uses, so each step's peak is what a start warming up to *c* takes. ``meter``: one started earlier,
+    before torch was imported, so that the load's figure includes the import."""
+    meter = meter or AnonPeak()
+    backend = start()
+    load_mb, rest_mb = meter.stop(), anon_rss_mb()
+    chunks = sorted({key.chunk_length for key in backend.candidate_keys() if key.chunk_length is not None})
+    peaks = {}
+    for chunk in chunks:
+        meter = AnonPeak()
+        backend.lanes.each(functools.partial(backend.engine.warm_up, chunk))
+        peaks[chunk] = meter.stop()
+    cost = StartUpCost(backend.lanes.count, load_mb, rest_mb, peaks)
+    logger.info("start-up on %d lane(s): loaded %.0f MB (peak %.0f), warmed up %s", cost.lanes, rest_mb, load_mb,
+                ", ".join(f"to chunk {c}: {mb:.0f} MB" for c, mb in peaks.items()))
+    return backend, cost
 
 
 def configure(backend: SmartAdaptiveBackend, key: ConfigKey) -> None:
@@ -114,9 +142,9 @@ def calibrate(
     return fitted
 
 
-def measuring_backend(key: ConfigKey, profile: str = "auto") -> SmartAdaptiveBackend:
+def measuring_backend(key: ConfigKey, profile: str = "auto", warm_up: bool = True) -> SmartAdaptiveBackend:
     """A backend for measuring ``key``: no admission, no cache, no pinning, the key's settings."""
     return SmartAdaptiveBackend(profile, BackendOptions(
         budget=False, affinity=False, estimation=False, cache=False, engine=key.engine,
         quantization=key.quantization, chunk_length=key.chunk_length, num_threads=key.num_threads,
-        compute=key.compute))
+        compute=key.compute), warm_up=warm_up)

@@ -172,19 +172,20 @@ def calibrate(options: dict[str, Any]) -> TrialBody:
     Runs in its own worker because lowering the weights to measure INT8/INT4 cannot be undone: the
     trials' workers start again from the condition's own precision. Being a fresh process, it also
     measures what starting the condition's runtime takes (anonymous memory at its peak, from before
-    torch is imported), which the trials' workers check before they start.
+    torch is imported, through warming the decoder up to each chunk on every lane), which the trials'
+    workers check before they start and plan their warm-up by.
     """
     from adaptive_tts.runtime.process import AnonPeak
 
-    startup = AnonPeak()  # from before torch is imported to a loaded voice (warm-up is planned later)
-    planner = _backend({**options, "estimator_constants": "calibrated"}, warm_up=False)
-    startup_mb = startup.stop()
-    from adaptive_tts.calibration import calibrate as fit, measuring_backend
+    meter = AnonPeak()  # from before torch is imported
+    from adaptive_tts.calibration import calibrate as fit, measure_start_up, measuring_backend
     from adaptive_tts.runtime.estimator import CalibrationStore
 
+    planner, startup = measure_start_up(
+        lambda: _backend({**options, "estimator_constants": "calibrated"}, warm_up=False), meter)
     store = CalibrationStore(options["calibration_path"])
     machine = planner.estimator.machine
-    store.save_startup(machine, startup_mb)
+    store.save_start_up(machine, startup)
     missing = [key for key in planner.candidate_keys() if store.load(machine, key) is None]
     planner.close()
     del planner
@@ -194,7 +195,7 @@ def calibrate(options: dict[str, Any]) -> TrialBody:
             fit(measuring_backend(missing[0], options["profile"]), missing, store=store, machine=machine,
                 max_length=options.get("calibration_max_length"))
         fits = [store.load(machine, key).fit for key in missing]
-        return {"engine": options["engine"], "requests_ok": len(missing), "required_mb": startup_mb,
+        return {"engine": options["engine"], "requests_ok": len(missing), "required_mb": startup.frugal_peak_mb,
                 "estimator_max_under_mb": max((f.max_under_mb for f in fits), default=None),
                 "estimator_mape_percent": max((f.mape_percent for f in fits), default=None)}
 

@@ -278,3 +278,36 @@ def test_every_caller_threads_synthesis_computes_on_the_backends_lanes(tmp_path)
 def test_compute_lanes_must_be_positive():
     with pytest.raises(ValueError, match="compute_lanes must be >= 1, got 0"):
         BackendOptions(compute_lanes=0)
+
+
+def test_warm_up_chooses_the_largest_chunk_whose_measured_start_up_fits(tmp_path):
+    """With this machine's start-up measured (warming 256-frame windows on both lanes takes 460 MB,
+    128-frame ones 180 MB, 64-frame ones 80 MB) and 300 MB free, a new runtime warms up to chunk 128
+    and runs at most that from then on, where the short warm-up request alone predicted ~nothing."""
+    from adaptive_tts.runtime.estimator import FitQuality, StartUpCost
+
+    calibrating = make(tmp_path, budget=False, compute_lanes=2)
+    store, machine = calibrating.estimator.store, machine_key(calibrating.info)
+    fit = FitQuality(6, 5, 2.0, 10.0, 10.0)
+    for key in calibrating.candidate_keys():
+        store.save(machine, key, EstimatorConstants(500.0, 1.0, None, True, fit, per_request_mb=20.0))
+    rest = 200.0
+    store.save_start_up(machine, StartUpCost(2, rest, rest, {64: rest + 80, 128: rest + 180, 256: rest + 460}))
+    calibrating.close()
+
+    def start(available_mb: float) -> SmartAdaptiveBackend:
+        budget = MemoryBudgetManager(M1, system_memory=Memory(available_mb), cgroup_memory=lambda: _no_cgroup())
+        budget.watch.stop()
+        return SmartAdaptiveBackend("m1_air", BackendOptions(affinity=False, quantization="fp32", compute_lanes=2,
+                                                             budget_policy="calibrated", wait_timeout_s=0),
+                                    calibration=store, budget_manager=budget)
+
+    short = start(300.0)
+    assert short.config.chunk_length == 128 and short.memory_budget_manager.safety_margin_mb < 40
+    assert [key.chunk_length for key in short.candidate_keys()] == [128, 64]  # never a window it did not warm
+    result = short.synthesize(TEXT)
+    assert result.config["chunk_length"] == 128 and result.degraded == ()
+    short.close()
+    ample = start(2000.0)
+    assert ample.config.chunk_length == 256
+    ample.close()

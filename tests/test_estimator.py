@@ -12,8 +12,10 @@ from adaptive_tts.runtime.estimator import (
     FitQuality,
     MemoryEstimator,
     ProbeResult,
+    StartUpCost,
     calibration_texts,
     fit_constants,
+    room_to_start,
 )
 from adaptive_tts.runtime.hardware import PROFILES
 
@@ -134,3 +136,35 @@ def test_measure_reads_a_real_request():
     assert side_by_side.concurrency == 3 and side_by_side.peak_rss_mb >= side_by_side.rest_mb
     with pytest.raises(ValueError, match="concurrency"):
         measure(backend, "x", concurrency=0)
+
+
+def test_start_up_store_keeps_the_largest_figures_per_lane_count(tmp_path):
+    """Start-ups are recorded per lane count; a second measurement keeps each figure's worst (the
+    start that once took more is planned for) and the smallest rest."""
+    store = CalibrationStore(tmp_path / "cal.json")
+    assert store.load_start_up("m") is None
+    store.save_start_up("m", StartUpCost(2, 209.0, 205.0, {64: 287.0, 256: 667.0}))
+    store.save_start_up("m", StartUpCost(2, 215.0, 207.0, {64: 280.0, 128: 420.0, 256: 671.0}))
+    store.save_start_up("m", StartUpCost(1, 209.0, 205.0, {64: 252.0, 256: 439.0}))
+    store.save("m", KEY, EstimatorConstants(500.0, 1.0, None, True, FitQuality(3, 3, 5.0, 12.0, 30.0), 20.0))
+    two = store.load_start_up("m", 2)
+    assert two == StartUpCost(2, 215.0, 205.0, {64: 287.0, 128: 420.0, 256: 671.0})
+    assert store.load_start_up("m") == two  # no lane count given: the most lanes measured
+    assert store.load_start_up("m", 1).warm_up_mb == {64: 252.0, 256: 439.0}
+    assert two.increment_mb(256) == pytest.approx(466.0) and two.frugal_peak_mb == 287.0
+    assert store.worst_under_mb("m") == 12.0  # the start-up entry is not a configuration's fit
+
+
+def test_room_to_start_needs_the_most_frugal_warm_up_not_just_the_load(tmp_path):
+    """Before torch is imported (8 MB anonymous): loading takes 215 MB at its peak, but a start warms the
+    decoder too, and the most frugal warm-up peaks at 287 MB: 250 MB free is not room to start."""
+    store = CalibrationStore(tmp_path / "cal.json")
+    store.save("m", KEY, EstimatorConstants(500.0, 1.0, None, True, FitQuality(3, 3, 5.0, 12.0, 30.0), 20.0))
+    budget = MemoryBudgetManager(PROFILES["m1_air"], system_memory=lambda: SystemMemory(8192, 250),
+                                 cgroup_memory=None, policy="calibrated")
+    budget.watch.stop()
+    assert room_to_start(store, budget, "m", anon_now_mb=8.0) is None  # never measured: nothing says
+    store.save_start_up("m", StartUpCost(2, 215.0, 205.0, {64: 287.0, 256: 667.0}))
+    decision = room_to_start(store, budget, "m", anon_now_mb=8.0)
+    assert not decision.allowed and decision.required_mb == pytest.approx(279.0)
+    budget.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from adaptive_tts.runtime.planner import Candidate, Plan, PlannerState, Refusal, Wait, plan_request
+from adaptive_tts.runtime.planner import Candidate, Plan, PlannerState, Refusal, Wait, plan_request, plan_warm_up
 
 # increments measured-like: int8 chunks 256/128/64, then int4 (weights 7 MB smaller, same activations)
 INT8 = (Candidate(256, "int8", 120.0, 640.0), Candidate(128, "int8", 90.0, 610.0), Candidate(64, "int8", 75.0, 595.0))
@@ -65,3 +65,21 @@ def test_bad_state_is_an_error():
         PlannerState((), 100.0, 0.0, "fp32")
     with pytest.raises(ValueError, match="int2"):
         PlannerState(ALL, 100.0, 0.0, "int2")
+
+
+def test_warm_up_takes_the_largest_chunk_that_fits():
+    """Warming up is planned like a request that never ends: 256-frame windows where they fit, else
+    the largest smaller chunk; the figures are a 2-lane INT8 start measured here (rest 209 MB)."""
+    increments = {64: 78.0, 128: 180.0, 256: 458.0}
+    assert plan_warm_up(increments, available_mb=600.0, margin_mb=50.0) == 256
+    assert plan_warm_up(increments, available_mb=400.0, margin_mb=50.0) == 128
+    assert plan_warm_up(increments, available_mb=128.0, margin_mb=50.0) == 64
+
+
+def test_warm_up_refused_with_the_smallest_chunks_numbers():
+    refusal = plan_warm_up({64: 78.0, 256: 458.0}, available_mb=100.0, margin_mb=50.0)
+    assert isinstance(refusal, Refusal)
+    assert (refusal.required_mb, refusal.available_mb, refusal.safety_margin_mb) == (78.0, 100.0, 50.0)
+    assert "chunk 64 takes 78 MB + 50 MB safety margin" in refusal.reason and "by 28 MB" in refusal.reason
+    with pytest.raises(ValueError, match="at least one chunk"):
+        plan_warm_up({}, available_mb=100.0, margin_mb=0.0)

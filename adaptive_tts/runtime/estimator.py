@@ -38,9 +38,38 @@ logger = logging.getLogger(__name__)
 
 MB = 1024 * 1024
 #: The calibration file's entry for what starting the runtime costs (beside the configurations').
-STARTUP_KEY = "startup_anon_peak_mb"
+STARTUP_KEY = "startup"
 #: Where calibrations are stored unless ``ADAPTIVE_TTS_CALIBRATION`` or an explicit path says otherwise.
 DEFAULT_CALIBRATION_PATH = Path.home() / ".cache" / "adaptive-tts" / "calibration.json"
+
+
+@dataclass(frozen=True)
+class StartUpCost:
+    """What starting the runtime takes on a machine, in anonymous MB at its peak: loading the voice
+    (``load_mb``, from before torch is imported; ``rest_mb`` once loaded), then warming the decoder up
+    to each chunk length on every compute lane (``warm_up_mb``, chunk -> peak).
+
+    Why per chunk and per lane count: the kernels a warm-up compiles stay resident, one set per lane,
+    and their size follows the longest window. Measured on a 2-core VM (INT8, one thread per lane):
+    loaded 209 MB; warmed to chunk 64 on two lanes 287 MB, to chunk 256 on one lane 439 MB, on two
+    lanes 667 MB. A start that warms 256-frame windows where only 64-frame ones fit is an OOM kill.
+    """
+
+    lanes: int
+    load_mb: float
+    rest_mb: float
+    warm_up_mb: dict[int, float]
+
+    def increment_mb(self, chunk_length: int) -> float:
+        """What warming up to ``chunk_length`` adds to a loaded runtime."""
+        return max(0.0, self.warm_up_mb[chunk_length] - self.rest_mb)
+
+    @property
+    def frugal_peak_mb(self) -> float:
+        """The least a start can take: loading, then warming the smallest chunk measured."""
+        if not self.warm_up_mb:
+            return self.load_mb
+        return max(self.load_mb, self.warm_up_mb[min(self.warm_up_mb)])
 
 
 @dataclass(frozen=True)
@@ -134,35 +163,54 @@ class CalibrationStore:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
         os.replace(tmp, self.path)
 
-    def load_startup(self, machine: str) -> float | None:
-        """The anonymous memory (MB) starting the runtime took at its peak on ``machine``, if measured."""
-        return self._read().get(machine, {}).get(STARTUP_KEY)
+    def load_start_up(self, machine: str, lanes: int | None = None) -> StartUpCost | None:
+        """What starting the runtime with ``lanes`` compute lanes took on ``machine`` (``None``: the
+        most lanes measured), if measured."""
+        entries = self._read().get(machine, {}).get(STARTUP_KEY) or {}
+        name = str(lanes) if lanes is not None else max(entries, key=int, default=None)
+        entry = entries.get(name) if name is not None else None
+        if not isinstance(entry, dict):
+            return None
+        return StartUpCost(int(name), entry["load_mb"], entry["rest_mb"],
+                           {int(chunk): mb for chunk, mb in entry["warm_up_mb"].items()})
 
-    def save_startup(self, machine: str, anon_peak_mb: float) -> None:
-        """Record a start-up's anonymous-memory peak (the largest seen is kept)."""
+    def save_start_up(self, machine: str, cost: StartUpCost) -> None:
+        """Record a start-up; per figure the largest seen on ``machine`` is kept, so a start that once
+        took more is planned for."""
         data = self._read()
-        entry = data.setdefault(machine, {})
-        entry[STARTUP_KEY] = max(anon_peak_mb, entry.get(STARTUP_KEY) or 0.0)
+        entries = data.setdefault(machine, {})
+        if not isinstance(entries.get(STARTUP_KEY), dict):
+            entries[STARTUP_KEY] = {}
+        old = self.load_start_up(machine, cost.lanes)
+        warm = dict(old.warm_up_mb) if old else {}
+        for chunk, mb in cost.warm_up_mb.items():
+            warm[chunk] = max(mb, warm.get(chunk, 0.0))
+        entries[STARTUP_KEY][str(cost.lanes)] = {
+            "load_mb": max(cost.load_mb, old.load_mb if old else 0.0),
+            "rest_mb": min(cost.rest_mb, old.rest_mb) if old else cost.rest_mb,
+            "warm_up_mb": {str(c): mb for c, mb in sorted(warm.items())},
+        }
         self._write(data)
 
     def worst_under_mb(self, machine: str) -> float | None:
         """The largest under-prediction of any configuration fitted on ``machine``."""
         fits = [entry["fit"]["max_under_mb"] for name, entry in self._read().get(machine, {}).items()
-                if name != STARTUP_KEY and entry.get("fit")]
+                if name != STARTUP_KEY and isinstance(entry, dict) and entry.get("fit")]
         return max(fits) if fits else None
 
 
 def room_to_start(store: CalibrationStore, budget: MemoryBudgetManager, machine: str,
-                  anon_now_mb: float) -> BudgetDecision | None:
+                  anon_now_mb: float, lanes: int | None = None) -> BudgetDecision | None:
     """May the runtime be started here at all? Checked *before* torch is imported (importing it alone
-    takes ~130 MB): a start where the measured start-up peak does not fit is an OOM kill, not a slow
-    request. ``None`` when start-up was never measured on ``machine``. The calibrated policy's margin
-    uses the worst under-prediction of any configuration fitted here."""
-    startup = store.load_startup(machine)
-    if startup is None:
+    takes ~130 MB): a start where even the most frugal measured start-up (loading, then warming the
+    smallest chunk on every lane) does not fit is an OOM kill, not a slow request. ``None`` when
+    start-up was never measured on ``machine``. The calibrated policy's margin uses the worst
+    under-prediction of any configuration fitted here."""
+    cost = store.load_start_up(machine, lanes)
+    if cost is None:
         return None
     budget.set_estimator_error(store.worst_under_mb(machine))
-    return budget.check(max(0.0, startup - anon_now_mb))
+    return budget.check(max(0.0, cost.frugal_peak_mb - anon_now_mb))
 
 
 class SeedTable(CalibrationStore):
@@ -174,7 +222,7 @@ class SeedTable(CalibrationStore):
     def load(self, machine: str, key: ConfigKey) -> EstimatorConstants | None:
         return None
 
-    def load_startup(self, machine: str) -> float | None:
+    def load_start_up(self, machine: str, lanes: int | None = None) -> StartUpCost | None:
         return None
 
     def save(self, machine: str, key: ConfigKey, constants: EstimatorConstants) -> None:

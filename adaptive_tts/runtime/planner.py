@@ -27,6 +27,7 @@ predicts it saves memory):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 #: Weight precisions from highest to lowest: the planner only ever moves right (in place, the higher
@@ -146,4 +147,26 @@ def plan_request(state: PlannerState) -> Plan | Wait | Refusal:
     )
 
 
-__all__ = ["PRECISIONS", "Candidate", "Plan", "PlannerState", "Refusal", "Wait", "plan_request"]
+def plan_warm_up(increments_mb: Mapping[int, float], available_mb: float, margin_mb: float) -> int | Refusal:
+    """The largest decoder chunk whose warm-up fits now, else a refusal naming the smallest one's cost.
+
+    A warm-up compiles the kernels of every window up to its chunk on every compute lane, and they stay
+    resident: it is planned like a request that never ends. The chunk it picks is the runtime's
+    ceiling from then on, since a longer window would compile kernels that no estimate covers.
+    ``increments_mb`` maps each chunk to what warming up to it adds to the loaded runtime.
+    """
+    if not increments_mb:
+        raise ValueError("the warm-up planner needs at least one chunk length")
+    for chunk in sorted(increments_mb, reverse=True):
+        if increments_mb[chunk] + margin_mb <= available_mb:
+            return chunk
+    smallest = min(increments_mb)
+    need = increments_mb[smallest]
+    return Refusal(
+        f"warming the decoder up to chunk {smallest} takes {need:.0f} MB + {margin_mb:.0f} MB safety margin, "
+        f"more than the {available_mb:.0f} MB available by {need + margin_mb - available_mb:.0f} MB",
+        need, available_mb, margin_mb,
+    )
+
+
+__all__ = ["PRECISIONS", "Candidate", "Plan", "PlannerState", "Refusal", "Wait", "plan_request", "plan_warm_up"]
