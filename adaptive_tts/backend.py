@@ -17,6 +17,7 @@ checked at all and the weights stay as shipped (fp32) unless a precision is aske
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
@@ -226,51 +227,62 @@ class SmartAdaptiveBackend:
     # -- construction helpers -----------------------------------------------------------------------
 
     def _warm_up(self) -> None:
-        """Compile the decoder for the window lengths of the chunk a first request would be planned
-        with: warming 256-frame windows where only 64-frame ones fit would itself run out of memory."""
+        """Compile the decoder for the window lengths of the chunks requests will run at, on every lane:
+        with budget and estimation, only as far as memory allows (:meth:`_warm_up_measured`)."""
         if self.options.engine != "torch":
             return
-        chunk = self._chunk_length()
-        if self.options.budget and self.options.estimation:
-            chunk = self._warm_up_chunk()
-            if chunk is None:
-                return
         started = time.perf_counter()
-        self.lanes.each(lambda: self.engine.warm_up(chunk))
-        logger.info("decoder kernels compiled on %d compute lane(s) in %.2f s", self.lanes.count,
-                    time.perf_counter() - started)
+        if not (self.options.budget and self.options.estimation):
+            self._warm_up_to(self._chunk_length())
+        elif not self._warm_up_measured():
+            decision = plan_request(self._planner_state(self.engine.frontend.count_tokens("Warm up.")))
+            if not isinstance(decision, Plan):
+                logger.warning("no decoder warm-up: %s", decision.reason)
+                return
+            self._warm_up_to(decision.chunk_length)
+        logger.info("decoder kernels compiled up to chunk %d on %d compute lane(s) in %.2f s",
+                    self.config.chunk_length, self.lanes.count, time.perf_counter() - started)
 
-    def _warm_up_chunk(self) -> int | None:
-        """The chunk to warm the decoder up to with memory in view (``None``: no warm-up fits).
+    def _warm_up_to(self, chunk: int | None) -> None:
+        self.lanes.each(functools.partial(self.engine.warm_up, chunk))
 
-        With the start-up measured on this machine (:class:`~.runtime.estimator.StartUpCost`), the
-        largest chunk whose warm-up on every lane fits now (:func:`~.runtime.planner.plan_warm_up`)
-        becomes the runtime's chunk: the planner then only degrades from there, and no request compiles
-        windows the warm-up did not. Unmeasured, the warm-up is planned as the short request it was.
+    def _warm_up_measured(self) -> bool:
+        """Warm up by this machine's measured start-up (:class:`~.runtime.estimator.StartUpCost`);
+        ``False`` when it was not measured for every chunk here.
+
+        The kernels stay resident, so a warm-up is planned like a request that never ends
+        (:func:`~.runtime.planner.plan_warm_up`), one chunk at a time from the smallest, planned again
+        before each step: the margin then includes the swing the memory watch has seen meanwhile (at
+        start it has seen a second or two of other apps). The chunk reached becomes the runtime's
+        chunk: the planner degrades from there, and no request compiles a window warm-up did not.
         """
         chunks = sorted({key.chunk_length for key in self.candidate_keys() if key.chunk_length is not None})
         cost = self.estimator.store.load_start_up(self.estimator.machine, self.lanes.count)
         if cost is None or not set(chunks) <= set(cost.warm_up_mb):
-            decision = plan_request(self._planner_state(self.engine.frontend.count_tokens("Warm up.")))
-            if not isinstance(decision, Plan):
-                logger.warning("no decoder warm-up: %s", decision.reason)
-                return None
-            return decision.chunk_length
+            return False
         budget = self.memory_budget_manager
-        chosen = plan_warm_up({chunk: cost.increment_mb(chunk) for chunk in chunks}, budget.available_mb(),
-                              budget.safety_margin_mb)
-        if isinstance(chosen, Refusal):
-            logger.warning("no decoder warm-up: %s; chunk %d from now on", chosen.reason, chunks[0])
-            chosen, warm = chunks[0], None
-        else:
-            warm = chosen
-        if chosen != self.config.chunk_length:
-            logger.info("chunk %d, not %d: warming %d-frame windows on %d lane(s) takes %.0f MB, %.0f MB available",
-                        chosen, self.config.chunk_length, self.config.chunk_length, self.lanes.count,
-                        cost.increment_mb(self.config.chunk_length), budget.available_mb())
-            self.config.chunk_length = chosen
+        warmed: int | None = None
+        while True:
+            done_mb = cost.increment_mb(warmed) if warmed is not None else 0.0
+            ahead = {chunk: cost.increment_mb(chunk) - done_mb for chunk in chunks if warmed is None or chunk > warmed}
+            if not ahead:
+                break
+            target = plan_warm_up(ahead, budget.available_mb(), budget.safety_margin_mb)
+            if isinstance(target, Refusal):
+                if warmed is None:
+                    logger.warning("no decoder warm-up: %s", target.reason)
+                break
+            warmed = min(ahead)  # one step towards the target, then plan again
+            self._warm_up_to(warmed)
+        ceiling = warmed or chunks[0]
+        if ceiling != self.config.chunk_length:
+            logger.info("chunk %d, not %d: warming %d-frame windows on %d lane(s) takes %.0f MB, %.0f MB "
+                        "available less a %.0f MB margin", ceiling, self.config.chunk_length,
+                        self.config.chunk_length, self.lanes.count, cost.increment_mb(self.config.chunk_length),
+                        budget.available_mb(), budget.safety_margin_mb)
+            self.config.chunk_length = ceiling
             self.estimator.set_config(self._config_key())
-        return warm
+        return True
 
     def _initial_precision(self, budget: MemoryBudgetManager) -> str:
         """An explicit precision; else fp32 with the budget off (the voice as shipped); else the

@@ -280,34 +280,55 @@ def test_compute_lanes_must_be_positive():
         BackendOptions(compute_lanes=0)
 
 
-def test_warm_up_chooses_the_largest_chunk_whose_measured_start_up_fits(tmp_path):
+def test_warm_up_chooses_the_largest_chunk_whose_measured_start_up_fits(tmp_path, monkeypatch):
     """With this machine's start-up measured (warming 256-frame windows on both lanes takes 460 MB,
-    128-frame ones 180 MB, 64-frame ones 80 MB) and 300 MB free, a new runtime warms up to chunk 128
-    and runs at most that from then on, where the short warm-up request alone predicted ~nothing."""
+    128-frame ones 180 MB, 64-frame ones 80 MB) and 300 MB free, a new runtime warms up one chunk at a
+    time while the next step fits (64, then 128; 256 would need 280 MB more with 120 MB left) and runs
+    at most 128 from then on, where the short warm-up request alone predicted ~nothing."""
     from adaptive_tts.runtime.estimator import FitQuality, StartUpCost
+    from adaptive_tts.voice.engine import Engine
 
     calibrating = make(tmp_path, budget=False, compute_lanes=2)
     store, machine = calibrating.estimator.store, machine_key(calibrating.info)
     fit = FitQuality(6, 5, 2.0, 10.0, 10.0)
     for key in calibrating.candidate_keys():
         store.save(machine, key, EstimatorConstants(500.0, 1.0, None, True, fit, per_request_mb=20.0))
-    rest = 200.0
-    store.save_start_up(machine, StartUpCost(2, rest, rest, {64: rest + 80, 128: rest + 180, 256: rest + 460}))
+    rest, increments = 200.0, {64: 80.0, 128: 180.0, 256: 460.0}
+    store.save_start_up(machine, StartUpCost(2, rest, rest, {c: rest + mb for c, mb in increments.items()}))
     calibrating.close()
+    warmed: list[int] = []
+    warm_up = Engine.warm_up
+
+    def recording_warm_up(engine, chunk_length):
+        warmed.append(chunk_length)
+        return warm_up(engine, chunk_length)
+
+    monkeypatch.setattr(Engine, "warm_up", recording_warm_up)
+
+    class Growing(Memory):
+        """The machine's available memory falls by what the warm-ups so far are measured to take."""
+
+        def __call__(self) -> SystemMemory:
+            return SystemMemory(8192.0, self.available_mb - (increments[max(warmed)] if warmed else 0.0))
 
     def start(available_mb: float) -> SmartAdaptiveBackend:
-        budget = MemoryBudgetManager(M1, system_memory=Memory(available_mb), cgroup_memory=lambda: _no_cgroup())
+        warmed.clear()
+        budget = MemoryBudgetManager(M1, system_memory=Growing(available_mb), cgroup_memory=lambda: _no_cgroup())
         budget.watch.stop()
         return SmartAdaptiveBackend("m1_air", BackendOptions(affinity=False, quantization="fp32", compute_lanes=2,
                                                              budget_policy="calibrated", wait_timeout_s=0),
                                     calibration=store, budget_manager=budget)
 
     short = start(300.0)
+    assert warmed == [64, 64, 128, 128]  # each step on both lanes
     assert short.config.chunk_length == 128 and short.memory_budget_manager.safety_margin_mb < 40
     assert [key.chunk_length for key in short.candidate_keys()] == [128, 64]  # never a window it did not warm
     result = short.synthesize(TEXT)
     assert result.config["chunk_length"] == 128 and result.degraded == ()
     short.close()
     ample = start(2000.0)
-    assert ample.config.chunk_length == 256
+    assert ample.config.chunk_length == 256 and warmed == [64, 64, 128, 128, 256, 256]
     ample.close()
+    starved = start(50.0)  # not even the smallest step fits: no warm-up, the most frugal chunk
+    assert starved.config.chunk_length == 64 and warmed == []
+    starved.close()
