@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from adaptive_tts.runtime.estimator import CalibrationStore
 from experiments.limits import create_memory_cap
 from experiments.results import read_rows
 
@@ -60,6 +62,11 @@ def test_memory_sweep_turns_the_baselines_ooms_into_refusals(tmp_path: Path) -> 
     rows = read_rows(tmp_path / "runs")
     run = next((tmp_path / "runs").glob("*/floor.json"))
     assert (tmp_path / "runs" / "calibration.json").exists() and run.exists()
+    (machine,) = json.loads((tmp_path / "runs" / "calibration.json").read_text())
+    start_up = CalibrationStore(tmp_path / "runs" / "calibration.json").load_start_up(machine)
+    assert sorted(start_up.warm_up_mb) == [64, 128, 256]  # every chunk the planner may choose
+    peaks = [start_up.warm_up_mb[chunk] for chunk in (64, 128, 256)]
+    assert start_up.rest_mb < peaks[0] <= peaks[1] <= peaks[2]  # warming longer windows keeps more resident
     low, ample = rows[rows["free_above_floor_mb"] < 0], rows[rows["free_above_floor_mb"] > 0]
     baseline, runtime = (low[low["ablation"] == a] for a in ("baseline", "estimation"))
     assert set(baseline["status"]) == {"oom"}, baseline[["concurrency", "status", "error"]]

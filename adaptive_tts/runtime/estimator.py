@@ -49,10 +49,11 @@ class StartUpCost:
     (``load_mb``, from before torch is imported; ``rest_mb`` once loaded), then warming the decoder up
     to each chunk length on every compute lane (``warm_up_mb``, chunk -> peak).
 
-    Why per chunk and per lane count: the kernels a warm-up compiles stay resident, one set per lane,
-    and their size follows the longest window. Measured on a 2-core VM (INT8, one thread per lane):
-    loaded 209 MB; warmed to chunk 64 on two lanes 287 MB, to chunk 256 on one lane 439 MB, on two
-    lanes 667 MB. A start that warms 256-frame windows where only 64-frame ones fit is an OOM kill.
+    Why per chunk and per lane count: a warm-up decodes the longest window of its chunk on each lane,
+    and its peak follows both. Measured on a 2-core VM (INT8, one thread per lane): loaded 209 MB;
+    warmed to chunk 64 on two lanes 287 MB, to chunk 256 on one lane 439 MB, on two lanes 667 MB. Most
+    of it is freed heap (trimmed, the warmed runtime rests at ~230 MB), but the peak is real: a start
+    that warms 256-frame windows where only 64-frame ones fit is an OOM kill.
     """
 
     lanes: int

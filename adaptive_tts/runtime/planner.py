@@ -150,10 +150,10 @@ def plan_request(state: PlannerState) -> Plan | Wait | Refusal:
 def plan_warm_up(increments_mb: Mapping[int, float], available_mb: float, margin_mb: float) -> int | Refusal:
     """The largest decoder chunk whose warm-up fits now, else a refusal naming the smallest one's cost.
 
-    A warm-up compiles the kernels of every window up to its chunk on every compute lane, and they stay
-    resident: it is planned like a request that never ends. The chunk it picks is the runtime's
-    ceiling from then on, since a longer window would compile kernels that no estimate covers.
-    ``increments_mb`` maps each chunk to what warming up to it adds to the loaded runtime.
+    A warm-up decodes every window length up to its chunk on every compute lane: its peak is planned
+    like a request's. The chunk it picks is the runtime's ceiling from then on, since a longer window
+    would pay its first compile inside a request, where the calibration measured it warm.
+    ``increments_mb`` maps each chunk to what warming up to it adds to the loaded runtime at its peak.
     """
     if not increments_mb:
         raise ValueError("the warm-up planner needs at least one chunk length")
