@@ -9,7 +9,10 @@ measured floor, the background's kind and the budget policy. From them:
   the system without the runtime, ran the same cell to completion);
 * ``waiting_cost`` — what admission by waiting costs: latency of ok trials that waited vs those that
   did not, per concurrency;
-* ``estimator_calibration`` — predicted vs measured peak of single-request ok trials after calibration;
+* ``estimator_calibration`` — predicted vs measured peak of single-request ok trials after calibration,
+  and how many trials the estimator under-predicted by more than the margin they kept;
+* ``memory_repeats`` — with several runs of the same sweep: each ablation's ok share per run, and
+  whether every run's share lies inside every other run's interval;
 * the figure ``outcome_vs_free_memory`` — outcome shares against free memory per ablation, the floor
   marked.
 
@@ -164,28 +167,60 @@ def estimator_table(rows: pd.DataFrame) -> Table:
     for (policy, constants), group in both.groupby(["budget_policy", "estimator_constants"], dropna=False, sort=False):
         ratio = (group["estimated_mb"] / group["peak_rss_mb"]).to_numpy(dtype=float)
         under = (group["peak_rss_mb"] - group["estimated_mb"]).clip(lower=0)
+        margin = group["safety_margin_mb"] if "safety_margin_mb" in group else pd.Series(math.nan, index=group.index)
         records.append({
             "budget_policy": policy, "estimator_constants": constants, "n": len(group),
             **location_stats(ratio, "median", "ratio"),
             "worst_under_mb": float(under.max()),
             "fit_max_under_mb": float(group["estimator_max_under_mb"].max()) if "estimator_max_under_mb" in group else math.nan,
-            "margin_min_mb": float(group["safety_margin_mb"].min()) if "safety_margin_mb" in group else math.nan,
+            "margin_min_mb": float(margin.min()),
+            "under_beyond_margin_n": int((under > margin).sum()),
         })
     data = pd.DataFrame(records, columns=["budget_policy", "estimator_constants", "n", "ratio", "ratio_lo", "ratio_hi",
-                                          "worst_under_mb", "fit_max_under_mb", "margin_min_mb"])
+                                          "worst_under_mb", "fit_max_under_mb", "margin_min_mb", "under_beyond_margin_n"])
     header = ["policy", "constants", "n", "predicted / measured p50 [CI]", "worst under-prediction MB",
-              "fit's held-out worst MB", "smallest margin kept MB"]
+              "fit's held-out worst MB", "smallest margin kept MB", "under by more than its margin"]
     cells = [[str(r.budget_policy), str(r.estimator_constants), str(r.n),
               f"{fmt_num(r.ratio, 3)} [{fmt_num(r.ratio_lo, 3)}, {fmt_num(r.ratio_hi, 3)}]",
-              fmt_num(r.worst_under_mb, 1), fmt_num(r.fit_max_under_mb, 1), fmt_num(r.margin_min_mb, 1)]
+              fmt_num(r.worst_under_mb, 1), fmt_num(r.fit_max_under_mb, 1), fmt_num(r.margin_min_mb, 1),
+              str(r.under_beyond_margin_n)]
              for r in data.itertuples(index=False)]
     return Table(
         "estimator_calibration",
         "The estimator in the sweep: predicted peak (estimated_mb) vs the worker's measured peak RSS, ok trials of one "
         f"request; {provenance(both) if len(both) else 'no trials'}.",
         data, header, cells, [INTERVALS_NOTE, "Under-prediction: measured above predicted. The calibrated policy's "
-                              "margin keeps the fit's held-out worst plus the background swing it observed."],
-        "ll" + "r" * 5,
+                              "margin keeps the fit's held-out worst plus the background swing it observed; the last "
+                              "column counts trials whose under-prediction exceeded the margin that trial kept."],
+        "ll" + "r" * 6,
+    )
+
+
+def repeats_table(rows: pd.DataFrame) -> Table | None:
+    """Each ablation's ok share per run of the same sweep, and whether the runs agree: every run's share
+    inside every other run's Wilson interval. ``None`` with fewer than two runs."""
+    runs = sorted(set(rows["run_id"]))
+    if len(runs) < 2:
+        return None
+    records = []
+    for (policy, ablation), group in rows.groupby(["budget_policy", "ablation"], sort=False):
+        per_run = {run: rate_stats(group[group["run_id"] == run], "ok", "ok") for run in runs}
+        agree = all(other["ok_lo"] <= mine["ok"] <= other["ok_hi"]
+                    for mine in per_run.values() for other in per_run.values())
+        records.append({"budget_policy": policy, "ablation": ablation, "n": len(group), "agree": agree,
+                        **{f"{run}:{k}": v for run, stats in per_run.items() for k, v in stats.items()}})
+    data = _order(pd.DataFrame(records), ["budget_policy", "ablation"])
+    header = ["policy", "ablation", "n", *[f"{run} ok % [CI]" for run in runs], "within each other's CIs"]
+    cells = [[str(r["budget_policy"]), str(r["ablation"]), str(r["n"]),
+              *[fmt_rate(r[f"{run}:ok"], r[f"{run}:ok_lo"], r[f"{run}:ok_hi"]) for run in runs],
+              "yes" if r["agree"] else "no"] for r in data.to_dict("records")]
+    return Table(
+        "memory_repeats",
+        f"The same memory sweep run {len(runs)} times ({', '.join(runs)}): ok share per ablation and run; "
+        f"{provenance(rows)}.",
+        data, header, cells, [INTERVALS_NOTE, "Runs agree when every run's ok share lies inside every other run's "
+                              "95 % interval."],
+        "ll" + "r" * (len(runs) + 2),
     )
 
 
@@ -194,7 +229,9 @@ def memory_tables(rows: pd.DataFrame) -> list[Table]:
     sweep = sweep_rows(rows)
     if sweep.empty:
         return []
-    return [levels_table(sweep), seed_margins_table(sweep), waiting_table(sweep), estimator_table(sweep)]
+    repeats = repeats_table(sweep)
+    return [levels_table(sweep), seed_margins_table(sweep), waiting_table(sweep), estimator_table(sweep),
+            *([repeats] if repeats is not None else [])]
 
 
 def outcome_vs_free_memory(rows: pd.DataFrame) -> FigureOut | Skipped:

@@ -410,3 +410,27 @@ def test_memory_sweep_tables_recompute_from_rows(real_rows: pd.DataFrame, tmp_pa
     assert len(figure.figure.axes) == 3  # baseline, estimation (calibrated), estimation (seed)
     assert report.to_markdown(levels).count("\n") > len(levels.data)
     assert memory_tables(real_rows) == []  # no sweep, no sweep tables
+
+
+def test_repeated_sweeps_are_compared_per_ablation_and_under_predictions_against_their_margin(
+        real_rows: pd.DataFrame, tmp_path: Path) -> None:
+    """Two runs of one sweep: identical baselines agree; an estimation that went from 4/8 ok to 0/8 does
+    not (0.5 lies outside 0/8's interval). One trial under-predicted by 200 MB with a 120 MB margin is
+    counted; the others, over-predicted by 10 %, are not."""
+    from experiments.report_memory import memory_tables
+
+    rows = _swept(real_rows, tmp_path)
+    assert len(memory_tables(rows)) == 4  # a single run: no repeats table
+    first, second = rows.copy(), rows.copy()
+    first["run_id"], second["run_id"] = "r1", "r2"
+    whole = (second["ablation"] == "estimation") & (second["budget_policy"] == "calibrated")
+    second.loc[whole & (second["free_above_floor_mb"] == 500.0), "status"] = "oom"
+    under = first.index[(first["ablation"] == "estimation") & (first["status"] == "ok")
+                        & (first["concurrency"] == 1)][0]
+    first.loc[under, "estimated_mb"] = first.loc[under, "peak_rss_mb"] - 200.0
+    *_, estimator, repeats = memory_tables(pd.concat([first, second], ignore_index=True))
+    agree = repeats.data.set_index(["budget_policy", "ablation"])["agree"]
+    assert agree[("calibrated", "baseline")] and not agree[("calibrated", "estimation")]
+    assert agree[("seed", "estimation")]  # refused every time in both runs
+    assert "r1 ok % [CI]" in repeats.header and "r2 ok % [CI]" in repeats.header
+    assert estimator.data.set_index("budget_policy").loc["calibrated", "under_beyond_margin_n"] == 1
