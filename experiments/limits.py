@@ -352,12 +352,20 @@ class BackgroundLoad:
         swing = f", swinging {self.swing_mb:.0f} MB" if self.swing_mb else ""
         logger.info("background load holds %.0f MB%s (pid %d)", self.mb, swing, self.process.pid)
 
-    def ensure_running(self) -> None:
-        """Restart the load if the kernel killed it instead of the worker (it is a victim of last resort)."""
+    def ensure_running(self) -> bool:
+        """Restart the load if the kernel killed it instead of the worker (it is a victim of last resort:
+        a worker the kernel is still tearing down is skipped, and an app growing meanwhile is next; it
+        cannot be exempted without CAP_SYS_RESOURCE). Returns whether it had to."""
         if self.process is not None and self.process.poll() is not None:
             logger.warning("background load exited with %s; restarting it", self.process.returncode)
             self.process = None
             self.start()
+            return True
+        return False
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
         if self.process is None:

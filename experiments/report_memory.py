@@ -49,10 +49,22 @@ OUTCOMES = (("ok", "tab:green"), ("refused", "tab:orange"), ("oom", "tab:red"))
 
 
 def sweep_rows(rows: pd.DataFrame) -> pd.DataFrame:
-    """The rows of memory sweeps (a level and a floor), or an empty frame."""
+    """The rows of memory sweeps (a level and a floor), or an empty frame. Trials whose background app
+    vanished (``background_restarted``: the kernel killed it rather than a dying worker) did not run at
+    their level; they are left out here and counted in the levels table's notes."""
     if "free_above_floor_mb" not in rows or "floor_mb" not in rows:
         return rows.iloc[0:0]
-    return rows[rows["free_above_floor_mb"].notna() & rows["floor_mb"].notna()]
+    sweep = rows[rows["free_above_floor_mb"].notna() & rows["floor_mb"].notna()]
+    if "background_restarted" in sweep:
+        sweep = sweep[sweep["background_restarted"].fillna(False) != True]  # noqa: E712 - NA-safe
+    return sweep
+
+
+def _disturbed(rows: pd.DataFrame) -> int:
+    """How many sweep trials ran without their background app (left out of every sweep table)."""
+    if "background_restarted" not in rows or "free_above_floor_mb" not in rows:
+        return 0
+    return int((rows["background_restarted"].fillna(False) == True).sum())  # noqa: E712
 
 
 def _order(data: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
@@ -229,8 +241,13 @@ def memory_tables(rows: pd.DataFrame) -> list[Table]:
     sweep = sweep_rows(rows)
     if sweep.empty:
         return []
+    levels = levels_table(sweep)
+    left_out = _disturbed(rows)
+    if left_out:
+        levels.notes.append(f"{left_out} trial(s) left out of every memory table: their background app was killed "
+                            "by the kernel (rather than a dying worker) during the trial or earlier in its worker's life.")
     repeats = repeats_table(sweep)
-    return [levels_table(sweep), seed_margins_table(sweep), waiting_table(sweep), estimator_table(sweep),
+    return [levels, seed_margins_table(sweep), waiting_table(sweep), estimator_table(sweep),
             *([repeats] if repeats is not None else [])]
 
 

@@ -265,12 +265,14 @@ class Supervisor:
     max_trials_per_worker: int | None = None
     worker: Worker | None = field(default=None, init=False)
     _started: int = field(default=0, init=False)
+    _disturbed: bool = field(default=False, init=False)  # the background app restarted in this worker's life
 
     def run(self, request: TrialRequest) -> dict[str, Any]:
         """One trial → its outcome columns (status, error, measurements, peaks). Never raises for a
         failure of the trial itself: that is what the row is for."""
-        if self.device.background is not None:
-            self.device.background.ensure_running()
+        background = self.device.background
+        if background is not None and background.ensure_running():
+            self._disturbed = True  # a running worker saw the app vanish and come back
         cap = self.device.cap
         if cap is not None:
             cap.reset_peak()
@@ -280,6 +282,8 @@ class Supervisor:
             self.worker.kill()
             self.worker = None
         worker_trials = self.worker.trials_served if self.worker is not None else 0
+        if self.worker is None:
+            self._disturbed = False  # a fresh worker sees the background as it is now
         try:
             if self.worker is None:
                 self.worker = self._start_worker()
@@ -291,6 +295,12 @@ class Supervisor:
             self.worker = None
         if self.worker is not None and self.max_trials_per_worker and self.worker.trials_served >= self.max_trials_per_worker:
             self.close_worker()
+        if background is not None and (background.mb > 0 or background.swing_mb > 0):
+            # The app died during this trial, or while this worker served earlier ones (the kernel may
+            # pick it over a dying worker): the trial did not run against the background it is
+            # labelled with, or its runtime's memory watch saw the app vanish. Recorded, never hidden.
+            self._disturbed = self._disturbed or not background.running
+            outcome["background_restarted"] = self._disturbed
         outcome.update(
             worker_trials=worker_trials,
             mem_cap_mechanism=self.device.mem_cap_mechanism,

@@ -143,3 +143,21 @@ def test_a_background_app_killed_between_levels_is_started_again_at_the_new_size
         dev.background.set(80)
         assert dev.background.process is not first and dev.background.process.poll() is None
         assert dev.background.mb == 80
+
+
+def test_trials_a_background_app_vanished_from_are_flagged_until_a_fresh_worker(tmp_path: Path) -> None:
+    """The kernel killed the background app (as it may, rather than a dying worker): the trial it died
+    in and the later trials of the same worker (whose memory watch saw it vanish) say so; a fresh
+    worker, started against the restarted app, does not."""
+    with device(cap_mb=300, background_mb=50) as dev:
+        with Supervisor(dev, PROBE, {"alloc_mb": 10}, tmp_path) as sup:
+            assert run(sup, 0)["background_restarted"] is False
+            dev.background.process.kill()
+            dev.background.process.wait()
+            assert run(sup, 1)["background_restarted"] is True  # restarted before it, seen by the worker
+            assert dev.background.running
+            assert run(sup, 2)["background_restarted"] is True
+            sup.close_worker()
+            assert run(sup, 3)["background_restarted"] is False
+    with device(cap_mb=300) as dev, Supervisor(dev, PROBE, {"alloc_mb": 10}, tmp_path) as sup:
+        assert "background_restarted" not in run(sup, 4)  # no background app: nothing to say
