@@ -16,6 +16,11 @@ from experiments.trial import TrialBody, TrialRequest
 MIB = 1024 * 1024
 #: Synthesized once when a worker loads, so no trial pays for first-call initialisation.
 WARMUP_TEXT = "Warm up."
+#: How long the room-to-start check watches other processes' memory before it decides. Memory read once
+#: is not memory a second later: in the full memory sweep a worker started against a dynamic app at
+#: floor - 100 MB read 346 MB free (enough for its 274 MB start plus margin), the app grew by 150 MB
+#: while torch loaded, and the kernel killed the worker. The app moves every 0.2-1.0 s.
+ROOM_TO_START_WATCH_S = 2.0
 
 
 def _backend(options: dict[str, Any], warm_up: bool = True) -> Any:
@@ -147,6 +152,8 @@ def _room_to_start(options: dict[str, Any]) -> dict[str, Any] | None:
     budget = MemoryBudgetManager(select_profile(info, options["profile"]), info=info,
                                  policy=options.get("budget_policy", "calibrated"))
     store, machine = CalibrationStore(options.get("calibration_path")), machine_key(info)
+    if budget.policy == "calibrated":
+        time.sleep(ROOM_TO_START_WATCH_S)  # the margin then holds the swing its watch saw meanwhile
     decision = room_to_start(store, budget, machine, anon_rss_mb())
     budget.close()
     if decision is None or decision.allowed:
