@@ -264,6 +264,10 @@ def _level_device(spec: SweepSpec, trial: PlannedTrial, floor_mb: float | None) 
         return spec.device
     free = floor_mb + trial.free_above_floor_mb
     swing = levels.swing_mb if trial.background_kind == "dynamic" else 0.0
+    if free + swing / 2 > spec.device.mem_cap_mb:
+        raise ValueError(f"memory level free_above_floor_mb={trial.free_above_floor_mb:g} leaves {free:.0f} MB free "
+                         f"(floor {floor_mb:.0f} MB{f', swing {swing:.0f} MB' if swing else ''}), more than the "
+                         f"device's {spec.device.mem_cap_mb:.0f} MB of RAM")
     # A level is the least memory left free: a dynamic app peaks at the static app's size.
     return spec.device.with_background(spec.device.mem_cap_mb - free - swing / 2, swing_mb=swing,
                                        step_s=levels.step_s, seed=levels.seed)
@@ -281,6 +285,10 @@ def _check_memory_sweep(spec: SweepSpec) -> None:
     host_mb = host_memory_mb()
     if dev.mem_cap_mb > host_mb:
         raise ValueError(f"a {dev.mem_cap_mb:.0f} MB cap cannot bind on this {host_mb:.0f} MB host")
+    for level in spec.workload.memory.free_above_floor_mb:  # the floor is >= 0: caught before measuring it
+        if level >= dev.mem_cap_mb:
+            raise ValueError(f"memory level free_above_floor_mb={level:g} leaves more free than the device's "
+                             f"{dev.mem_cap_mb:.0f} MB of RAM")
 
 
 def run_sweep(spec: SweepSpec, *, resolved_config: str | None = None, progress: bool = True) -> SweepResult:

@@ -122,4 +122,18 @@ def test_a_memory_sweep_needs_a_cap_the_kernel_enforces(tmp_path: Path) -> None:
     native = SweepSpec.from_config(config("workload=memory_sweep", f"results_dir={tmp_path}"))
     with pytest.raises(ValueError, match="simulated device"):
         run_sweep(native, progress=False)
+    roomy = SweepSpec.from_config(config("+experiment=memory_sweep", "workload.memory.free_above_floor_mb=[50,9000]",
+                                         f"results_dir={tmp_path}"))
+    with pytest.raises(ValueError, match="free_above_floor_mb=9000 leaves more free than the device's 8192 MB"):
+        run_sweep(roomy, progress=False)  # before the floor is measured
     assert not list(tmp_path.rglob("*.parquet"))  # nothing ran, nothing was written
+
+
+def test_a_level_above_the_devices_ram_once_the_floor_is_known_names_it() -> None:
+    from experiments.sweep import _level_device
+    from experiments.workload import plan
+
+    spec = SweepSpec.from_config(config("+experiment=memory_sweep", "workload.memory.free_above_floor_mb=[8000]"))
+    trial = next(t for t in plan(spec.workload) if t.background_kind == "dynamic")
+    with pytest.raises(ValueError, match="free_above_floor_mb=8000 leaves 8250 MB free .floor 250 MB, swing 300 MB."):
+        _level_device(spec, trial, floor_mb=250.0)
