@@ -89,6 +89,7 @@ EXTRA_FIELDS = [
     pa.field("free_mb", pa.float64()),  # device RAM less the background's mean
     pa.field("floor_mb", pa.float64()),  # the measured floor of the run (experiments/floor.py)
     pa.field("free_above_floor_mb", pa.float64()),  # the level: free_mb - floor_mb
+    pa.field("background_restarted", pa.bool_()),  # the background app died during the trial or earlier in its worker
 ]
 SCHEMA = pa.schema(list(CORE_SCHEMA) + EXTRA_FIELDS)
 STATUSES = ("ok", "oom", "refused", "error", "timeout")
