@@ -210,17 +210,22 @@ def estimator_table(rows: pd.DataFrame) -> Table:
 
 def repeats_table(rows: pd.DataFrame) -> Table | None:
     """Each ablation's ok share per run of the same sweep, and whether the runs agree: every run's share
-    inside every other run's Wilson interval. ``None`` with fewer than two runs."""
+    inside every other run's Wilson interval. Conditions only one run has are left out; ``None`` when
+    no condition ran twice."""
     runs = sorted(set(rows["run_id"]))
     if len(runs) < 2:
         return None
     records = []
     for (policy, ablation), group in rows.groupby(["budget_policy", "ablation"], sort=False):
         per_run = {run: rate_stats(group[group["run_id"] == run], "ok", "ok") for run in runs}
-        agree = all(other["ok_lo"] <= mine["ok"] <= other["ok_hi"]
-                    for mine in per_run.values() for other in per_run.values())
+        ran = [stats for stats in per_run.values() if not math.isnan(stats["ok"])]
+        if len(ran) < 2:  # a condition only one of the runs has: nothing to compare
+            continue
+        agree = all(other["ok_lo"] <= mine["ok"] <= other["ok_hi"] for mine in ran for other in ran)
         records.append({"budget_policy": policy, "ablation": ablation, "n": len(group), "agree": agree,
                         **{f"{run}:{k}": v for run, stats in per_run.items() for k, v in stats.items()}})
+    if not records:
+        return None
     data = _order(pd.DataFrame(records), ["budget_policy", "ablation"])
     header = ["policy", "ablation", "n", *[f"{run} ok % [CI]" for run in runs], "within each other's CIs"]
     cells = [[str(r["budget_policy"]), str(r["ablation"]), str(r["n"]),

@@ -434,6 +434,9 @@ def test_repeated_sweeps_are_compared_per_ablation_and_under_predictions_against
     assert agree[("seed", "estimation")]  # refused every time in both runs
     assert "r1 ok % [CI]" in repeats.header and "r2 ok % [CI]" in repeats.header
     assert estimator.data.set_index("budget_policy").loc["calibrated", "under_beyond_margin_n"] == 1
+    only_once = pd.concat([first, second[second["ablation"] == "estimation"]], ignore_index=True)
+    *_, partial = memory_tables(only_once)  # the baseline ran in one run only: not compared
+    assert set(partial.data["ablation"]) == {"estimation"}
     first["background_restarted"] = False
     first.loc[first.index[0], "background_restarted"] = True  # ran without its background app
     levels, *_ = memory_tables(first)
