@@ -273,8 +273,9 @@ def outcome_vs_free_memory(rows: pd.DataFrame) -> FigureOut | Skipped:
         for index, (status, colour) in enumerate(OUTCOMES):
             stats = [rate_stats(part[part["free_mb"].round(0) == level], status, "p") for level in levels]
             y = np.array([100 * s["p"] for s in stats])
-            low = np.array([100 * (s["p"] - s["p_lo"]) for s in stats])
-            high = np.array([100 * (s["p_hi"] - s["p"]) for s in stats])
+            # clipped: at a share of 0 or 1 the interval's bound can differ from it by a rounding error
+            low = np.clip([100 * (s["p"] - s["p_lo"]) for s in stats], 0.0, None)
+            high = np.clip([100 * (s["p_hi"] - s["p"]) for s in stats], 0.0, None)
             x = np.array(levels) * (1 + 0.01 * (index - 1))  # dodge on the log axis
             ax.errorbar(x, y, yerr=[low, high], fmt="o-", color=colour, label=status)
         ax.axvline(floor, color="k", linestyle="--", linewidth=0.8)
