@@ -233,13 +233,13 @@ class SmartAdaptiveBackend:
             return
         started = time.perf_counter()
         if not (self.options.budget and self.options.estimation):
-            self._warm_up_to(self._chunk_length())
+            self.warm_up_to(self._chunk_length())
         elif not self._warm_up_measured():
             decision = plan_request(self._planner_state(self.engine.frontend.count_tokens("Warm up.")))
             if not isinstance(decision, Plan):
                 logger.warning("no decoder warm-up: %s", decision.reason)
                 return
-            self._warm_up_to(decision.chunk_length)
+            self.warm_up_to(decision.chunk_length)
         # The warm-up's buffers are freed heap: handed back, a runtime warmed to chunk 256 on two lanes
         # rests at 335 MB RSS instead of 750 (INT8, this VM), and requests are planned from that rest,
         # as the calibration measured them.
@@ -247,8 +247,13 @@ class SmartAdaptiveBackend:
         logger.info("decoder kernels compiled up to chunk %d on %d compute lane(s) in %.2f s",
                     self.config.chunk_length, self.lanes.count, time.perf_counter() - started)
 
-    def _warm_up_to(self, chunk: int | None) -> None:
+    def warm_up_to(self, chunk: int | None) -> None:
+        """Compile the decoder's windows up to ``chunk`` frames on every compute lane, in turn."""
         self.lanes.each(functools.partial(self.engine.warm_up, chunk))
+
+    def warm_up_chunks(self) -> list[int]:
+        """The chunk lengths the planner may choose, smallest first (none for a one-pass engine)."""
+        return sorted({key.chunk_length for key in self.candidate_keys() if key.chunk_length is not None})
 
     def _warm_up_measured(self) -> bool:
         """Warm up by this machine's measured start-up (:class:`~.runtime.estimator.StartUpCost`);
@@ -260,7 +265,7 @@ class SmartAdaptiveBackend:
         The chunk reached becomes the runtime's chunk: the planner degrades from there, and no request
         pays a first compile the calibration did not measure.
         """
-        chunks = sorted({key.chunk_length for key in self.candidate_keys() if key.chunk_length is not None})
+        chunks = self.warm_up_chunks()
         cost = self.estimator.store.load_start_up(self.estimator.machine, self.lanes.count)
         if cost is None or not set(chunks) <= set(cost.warm_up_mb):
             return False
@@ -277,7 +282,7 @@ class SmartAdaptiveBackend:
                     logger.warning("no decoder warm-up: %s", target.reason)
                 break
             warmed = min(ahead)  # one step towards the target, then plan again
-            self._warm_up_to(warmed)
+            self.warm_up_to(warmed)
         ceiling = warmed or chunks[0]
         if ceiling != self.config.chunk_length:
             logger.info("chunk %d, not %d: warming %d-frame windows on %d lane(s) takes %.0f MB, %.0f MB "

@@ -17,7 +17,6 @@ It sits above the backend (it drives one), so the estimator itself never imports
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -73,11 +72,10 @@ def measure_start_up(start: Callable[[], SmartAdaptiveBackend],
     meter = meter or AnonPeak()
     backend = start()
     load_mb, rest_mb = meter.stop(), anon_rss_mb()
-    chunks = sorted({key.chunk_length for key in backend.candidate_keys() if key.chunk_length is not None})
     peaks = {}
-    for chunk in chunks:
+    for chunk in backend.warm_up_chunks():
         meter = AnonPeak()
-        backend.lanes.each(functools.partial(backend.engine.warm_up, chunk))
+        backend.warm_up_to(chunk)
         peaks[chunk] = meter.stop()
     cost = StartUpCost(backend.lanes.count, load_mb, rest_mb, peaks)
     logger.info("start-up on %d lane(s): loaded %.0f MB (peak %.0f), warmed up %s", cost.lanes, rest_mb, load_mb,

@@ -201,13 +201,14 @@ class CalibrationStore:
 
 
 def room_to_start(store: CalibrationStore, budget: MemoryBudgetManager, machine: str,
-                  anon_now_mb: float, lanes: int | None = None) -> BudgetDecision | None:
+                  anon_now_mb: float) -> BudgetDecision | None:
     """May the runtime be started here at all? Checked *before* torch is imported (importing it alone
     takes ~130 MB): a start where even the most frugal measured start-up (loading, then warming the
     smallest chunk on every lane) does not fit is an OOM kill, not a slow request. ``None`` when
-    start-up was never measured on ``machine``. The calibrated policy's margin uses the worst
+    start-up was never measured on ``machine`` (it is read for the most lanes measured: the lane
+    count is only known once torch is). The calibrated policy's margin uses the worst
     under-prediction of any configuration fitted here."""
-    cost = store.load_start_up(machine, lanes)
+    cost = store.load_start_up(machine)
     if cost is None:
         return None
     budget.set_estimator_error(store.worst_under_mb(machine))
