@@ -157,10 +157,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             rows += calibrate(backend, group, store=store, machine=machine, progress=tick).items()
             backend.close()
     print(f"\nsaved to {store.path}")
-    print(f"{'configuration':<28}{'rest MB':>9}{'MB/request':>12}{'MB/100 ids':>12}{'MAPE %':>9}{'max under MB':>14}{'max over MB':>13}")
+    print(f"{'configuration':<28}{'rest MB':>9}{'MB/request':>12}{'MB/100 ids':>12}{'up to ids':>11}"
+          f"{'queued':>8}{'MAPE %':>9}{'max under MB':>14}{'max over MB':>13}")
     for key, c in rows:
-        print(f"{str(key):<28}{c.base_model_mb:>9.1f}{c.per_request_mb:>12.1f}{c.per_100_tokens_mb:>12.2f}"
-              f"{c.fit.mape_percent:>9.2f}{c.fit.max_under_mb:>14.1f}{c.fit.max_over_mb:>13.1f}")
+        knee = "all" if c.knee_tokens is None else f"{c.knee_tokens:.0f}"
+        queued = "-" if c.queued_share is None else f"{c.queued_share:.2f}"
+        print(f"{str(key):<28}{c.base_model_mb:>9.1f}{c.per_request_mb:>12.1f}{c.per_100_tokens_mb:>12.2f}{knee:>11}"
+              f"{queued:>8}{c.fit.mape_percent:>9.2f}{c.fit.max_under_mb:>14.1f}{c.fit.max_over_mb:>13.1f}")
     return 0
 
 

@@ -36,7 +36,8 @@ from .runtime.cache import AudioCache
 from .runtime.estimator import CalibrationStore, ConfigKey, MemoryEstimator, current_rss_mb, machine_key
 from .runtime.hardware import HardwareInfo, HardwareProfile, detect_hardware, hardware_payload, select_profile
 from .runtime.monitor import SystemMonitor
-from .runtime.planner import PRECISIONS, Candidate, Plan, PlannerState, Refusal, Wait, plan_request, plan_warm_up
+from .runtime.planner import (PRECISIONS, Candidate, Plan, PlannerState, Refusal, Reservation, Wait, held_mb,
+                              plan_request, plan_warm_up)
 from .voice.lanes import ComputeLanes
 from .voice.engine import COMPUTE_DTYPES, SynthesisOptions, SynthesisStats, load_engine, release_free_memory
 from .voice.frontend import TextError, validate_text
@@ -471,12 +472,12 @@ class SmartAdaptiveBackend:
         """One snapshot of everything the planner decides on (caller holds the ledger)."""
         candidates = tuple(
             Candidate(key.chunk_length, key.quantization, self.estimator.increment_mb(tokens, key),
-                      self.estimator.peak_from_now_mb(tokens, key))
+                      self.estimator.peak_from_now_mb(tokens, key), self.estimator.queued_mb(tokens, key))
             for key in self.candidate_keys()
         )
         budget = self.memory_budget_manager
         return PlannerState(candidates, budget.available_mb(), budget.safety_margin_mb,
-                            self.config.quantization, self.ledger.running_mb())
+                            self.config.quantization, self.ledger.reservations(), self.lanes.count)
 
     def _admit(self, tokens: int) -> tuple[int, Plan, float]:
         """Decide how (and whether) a request of ``tokens`` phoneme ids runs; blocks while it waits.
@@ -495,9 +496,9 @@ class SmartAdaptiveBackend:
                 if isinstance(decision, Plan):
                     if decision.precision != self.config.quantization:
                         self._switch_precision(decision.precision)  # the planner chose it: no job runs
-                    job = self.ledger.reserve(decision.reserved_mb)
+                    job = self.ledger.reserve(decision.reservation)
                     return job, decision, time.monotonic() - started
-                if not trimmed and not self.ledger.running_mb():
+                if not trimmed and not self.ledger.reservations():
                     trimmed = True  # once per idle moment: jobs that ended left their heap behind
                     release_free_memory()
                     continue
@@ -513,22 +514,23 @@ class SmartAdaptiveBackend:
         """The planner's answer, or the budget manager's alone when estimation is off."""
         chunk = self._chunk_length()
         if not self.options.budget:
-            return Plan(chunk, self.config.quantization, None, 0.0)
+            return Plan(chunk, self.config.quantization, None, Reservation(0.0, 0.0))
         budget = self.memory_budget_manager
         budget.adjust_cache_limit()
         if self.options.estimation:
             return plan_request(self._planner_state(tokens))
         check = budget.check(0.0)
         if check.allowed:
-            return Plan(chunk, self.config.quantization, None, 0.0)
-        if self.ledger.running_mb():
+            return Plan(chunk, self.config.quantization, None, Reservation(0.0, 0.0))
+        if self.ledger.reservations():
             return Wait(f"waiting for running jobs: {check.reason}")
         return Refusal(check.reason, check.required_mb, check.available_mb, check.safety_margin_mb)
 
     def _timed_out(self, wait: Wait) -> Refusal:
         budget = self.memory_budget_manager
         return Refusal(f"still no memory after waiting {self.options.wait_timeout_s:g} s ({wait.reason})",
-                       sum(self.ledger.running_mb()), budget.available_mb(), budget.safety_margin_mb)
+                       held_mb(self.ledger.reservations(), self.lanes.count), budget.available_mb(),
+                       budget.safety_margin_mb)
 
     # -- synthesis ----------------------------------------------------------------------------------
 
@@ -602,7 +604,7 @@ class SmartAdaptiveBackend:
 
     def _trim_if_idle(self) -> None:
         with self.ledger.deciding():
-            if self.ledger.running_mb():
+            if self.ledger.reservations():
                 return  # the job now running schedules the next trim when it ends
             self._idle_trim = None
         release_free_memory()

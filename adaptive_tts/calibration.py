@@ -129,11 +129,14 @@ def calibrate(
             done += 1
             if progress is not None:
                 progress(key, done, total)
-        constants = fit_constants(measured[: len(train)], measured[len(train):])
-        logger.info("calibrated %s: rest %.0f MB, %.1f MB per request + %.2f MB per 100 ids, held-out MAPE "
-                    "%.1f %%, worst under-prediction %.0f MB", key, constants.base_model_mb,
-                    constants.per_request_mb, constants.per_100_tokens_mb, constants.fit.mape_percent,
-                    constants.fit.max_under_mb)
+        constants = fit_constants(measured[: len(train)], measured[len(train):], lanes=backend.lanes.count,
+                                  knee=key.chunk_length is not None)
+        logger.info("calibrated %s: rest %.0f MB, %.1f MB per request + %.2f MB per 100 ids (up to %s ids), "
+                    "%s waiting for a lane, held-out MAPE %.1f %%, worst under-prediction %.0f MB", key,
+                    constants.base_model_mb, constants.per_request_mb, constants.per_100_tokens_mb,
+                    "all" if constants.knee_tokens is None else f"{constants.knee_tokens:.0f}",
+                    "?" if constants.queued_share is None else f"{constants.queued_share:.2f} of that",
+                    constants.fit.mape_percent, constants.fit.max_under_mb)
         fitted[key] = constants
         if store is not None and machine is not None:
             store.save(machine, key, constants)

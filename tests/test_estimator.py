@@ -15,6 +15,7 @@ from adaptive_tts.runtime.estimator import (
     StartUpCost,
     calibration_texts,
     fit_constants,
+    lane_increment_mb,
     room_to_start,
 )
 from adaptive_tts.runtime.hardware import PROFILES
@@ -106,6 +107,42 @@ def test_fit_on_increments_adds_requests_side_by_side():
     assert c.fit.max_under_mb == pytest.approx(0.0, abs=1e-9)
     skewed = fit_constants(train, [ProbeResult(500, 1000, 400 + 4 * 65 + 20, 400.0, 4)])
     assert skewed.fit.max_under_mb == pytest.approx(20.0)
+
+
+def test_a_chunked_decoders_increment_stops_growing_at_a_fitted_knee():
+    """Measured here (INT8, chunk 256, one request, ids -> MB over rest): the increment rises until
+    the text fills a decoder window, then stays; a straight line through all of it over-predicts
+    long texts by hundreds of MB."""
+    curve = [(49, 80.0), (141, 124.0), (229, 206.0), (438, 207.0), (1099, 217.0), (2187, 233.0)]
+    train = [ProbeResult(t // 2, t, 350.0 + mb, 350.0) for t, mb in curve]
+    hinge = fit_constants(train, train, knee=True)
+    line = fit_constants(train, train)
+    assert hinge.knee_tokens == 229 and line.knee_tokens is None
+    assert hinge.fit.max_over_mb < 60.0 < line.fit.max_over_mb
+    est = EstimatorConstants(350.0, hinge.per_100_tokens_mb, None, True, None, hinge.per_request_mb, hinge.knee_tokens)
+    assert lane_increment_mb(est, 5000) == pytest.approx(lane_increment_mb(est, 229))
+
+
+def test_requests_beyond_the_lanes_hold_a_fitted_share_of_their_increment():
+    """Four requests side by side on two lanes: two compute, two wait, holding 10 % of theirs."""
+    def measured(tokens: int, concurrency: int, lanes: int = 2, share: float = 0.1) -> ProbeResult:
+        one = 50 + 2.0 * tokens / 100
+        held = (min(concurrency, lanes) + share * max(0, concurrency - lanes)) * one
+        return ProbeResult(tokens // 2, tokens, 300.0 + held, 300.0, concurrency)
+
+    train = [measured(100, 1), measured(600, 1), measured(2000, 1), measured(600, 4), measured(2000, 4)]
+    c = fit_constants(train, [measured(1000, 1), measured(1000, 8)], lanes=2)
+    assert c.queued_share == pytest.approx(0.1)
+    assert c.fit.max_under_mb == pytest.approx(0.0, abs=1e-6) and c.fit.max_over_mb == pytest.approx(0.0, abs=1e-6)
+    assert fit_constants(train[:3], train[:3], lanes=2).queued_share is None  # never measured beyond the lanes
+
+
+def test_the_knee_and_the_queued_share_survive_the_calibration_file(tmp_path):
+    store = CalibrationStore(tmp_path / "c.json")
+    key = ConfigKey("torch", "int8", 256, 1)
+    store.save("m", key, EstimatorConstants(350.0, 40.0, None, True, None, 30.0, 229.0, 0.05))
+    loaded = store.load("m", key)
+    assert (loaded.knee_tokens, loaded.queued_share, loaded.per_request_mb) == (229.0, 0.05, 30.0)
 
 
 def test_increment_is_calibrated_or_the_seed_peak_less_what_the_process_holds(tmp_path):

@@ -15,13 +15,15 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from .planner import Reservation
+
 
 class AdmissionLedger:
-    """Reservations (MB) of running jobs, with waiting for them to end."""
+    """Reservations of running jobs, with waiting for them to end."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._running: dict[int, float] = {}
+        self._running: dict[int, Reservation] = {}
         self._ids = itertools.count()
         self._pending_switch: Callable[[], None] | None = None
 
@@ -31,7 +33,7 @@ class AdmissionLedger:
         with self._cond:
             yield
 
-    def running_mb(self) -> tuple[float, ...]:
+    def reservations(self) -> tuple[Reservation, ...]:
         """Reservations of the running jobs (call while :meth:`deciding`)."""
         return tuple(self._running.values())
 
@@ -40,10 +42,10 @@ class AdmissionLedger:
         with self._cond:
             return len(self._running)
 
-    def reserve(self, mb: float) -> int:
+    def reserve(self, reservation: Reservation) -> int:
         """Record an admitted job (call while :meth:`deciding`); returns its id for :meth:`release`."""
         job = next(self._ids)
-        self._running[job] = mb
+        self._running[job] = reservation
         return job
 
     def release(self, job: int) -> bool:

@@ -5,15 +5,24 @@ The seed's formula, ``M = base + (tokens / 100) * per_100 + cache_overhead``, wi
 length, threads, compute). A calibration (``adaptive_tts.calibration``; ``python -m adaptive_tts
 calibrate``, or the experiment harness before its trials) records, per text, the process's resident
 memory at rest with the model loaded (``rest``) and the kernel's peak RSS (``VmHWM``, reset just before
-the request) while it synthesizes, so the fit describes the real process and not a model of it:
+the request) while it synthesizes, so the fit describes the real process and not a model of it.
 
-    peak = rest + concurrency * (per_request + tokens / 100 * per_100)
+``base`` is the median rest. What admission needs is the *increment* a request adds over rest, and it
+has two parts, because the model computes on a fixed set of compute lanes (``voice.lanes``), one step
+(a sentence's encoding, a decoder window) per lane at a time:
 
-``base`` is the median rest. What admission needs is the *increment* a request adds
-(``per_request + tokens / 100 * per_100``): requests running side by side add theirs. ``cache_overhead``
-is the audio cache's current size, known exactly. Until a configuration is calibrated the estimator
-falls back to the profile's conservative defaults (the seed's table, an absolute peak) and says so in
-every estimate.
+- a request that computes adds ``per_request + min(tokens, knee) / 100 * per_100``. It grows with the
+  text only until the text fills a decoder window (``knee``); past it the windows are all alike.
+  Measured on a 2-core VM, INT8, chunk 256, one request: +80 MB at 49 ids, +124 at 141, +206 at 229,
+  +207 at 438, +233 at 2187 (a straight line through the first points predicted +568 at 2187).
+- requests beyond the lane count wait for a lane between steps and add only ``queued`` each: four
+  requests side by side on two lanes took +214 MB at 438 ids, not four times +207. What they hold
+  is fitted as a share (``queued_share``) of their increment.
+
+So ``peak = rest + sum of the min(n, lanes) largest increments + queued for each other request``;
+``cache_overhead`` is the audio cache's current size, known exactly. Until a configuration is
+calibrated the estimator falls back to the profile's conservative defaults (the seed's table, an
+absolute peak) and says so in every estimate.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import psutil
 
 from .budget import BudgetDecision, MemoryBudgetManager
 from .hardware import HardwareInfo, HardwareProfile
+from .planner import Reservation, held_mb
 from .process import current_rss_mb
 
 logger = logging.getLogger(__name__)
@@ -111,6 +121,18 @@ class EstimatorConstants:
     #: the fixed part of one request's increment over rest; None: the formula is an absolute peak
     #: (the seed's table), and a request's increment is that peak less what the process holds now
     per_request_mb: float | None = None
+    #: ids past which a request's increment stops growing (a chunked decoder's window is full);
+    #: None: it grows with the whole text (one pass, or a calibration that predates the knee)
+    knee_tokens: float | None = None
+    #: the share of its increment that a request holds while it waits for a compute lane (0-1);
+    #: None: not measured, all of it
+    queued_share: float | None = None
+
+
+def lane_increment_mb(constants: EstimatorConstants, text_tokens: int) -> float:
+    """What a request of ``text_tokens`` ids adds while it computes, from calibrated constants."""
+    tokens = text_tokens if constants.knee_tokens is None else min(text_tokens, constants.knee_tokens)
+    return (constants.per_request_mb or 0.0) + tokens / 100.0 * constants.per_100_tokens_mb
 
 
 def machine_key(info: HardwareInfo | None = None) -> str:
@@ -146,7 +168,7 @@ class CalibrationStore:
             return None
         fit = FitQuality(**entry["fit"]) if entry.get("fit") else None
         return EstimatorConstants(entry["base_model_mb"], entry["per_100_tokens_mb"], None, True, fit,
-                                  entry.get("per_request_mb"))
+                                  entry.get("per_request_mb"), entry.get("knee_tokens"), entry.get("queued_share"))
 
     def save(self, machine: str, key: ConfigKey, constants: EstimatorConstants) -> None:
         data = self._read()
@@ -154,6 +176,8 @@ class CalibrationStore:
             "base_model_mb": constants.base_model_mb,
             "per_100_tokens_mb": constants.per_100_tokens_mb,
             "per_request_mb": constants.per_request_mb,
+            "knee_tokens": constants.knee_tokens,
+            "queued_share": constants.queued_share,
             "fit": asdict(constants.fit) if constants.fit else None,
         }
         self._write(data)
@@ -293,15 +317,23 @@ class MemoryEstimator:
         """Peak process memory (MB) for a text of ``text_tokens`` phoneme ids under ``key``, alone."""
         c = self.constants_for(key)
         cache = c.cache_overhead_mb if c.cache_overhead_mb is not None else self.cache_bytes() / MB
-        return c.base_model_mb + (c.per_request_mb or 0.0) + text_tokens / 100.0 * c.per_100_tokens_mb + cache
+        if c.per_request_mb is None:
+            return c.base_model_mb + text_tokens / 100.0 * c.per_100_tokens_mb + cache
+        return c.base_model_mb + lane_increment_mb(c, text_tokens) + cache
 
     def increment_mb(self, text_tokens: int, key: ConfigKey | None = None) -> float:
-        """What one request adds to the process while it runs: the calibrated increment, or (seed
+        """What one request adds to the process while it computes: the calibrated increment, or (seed
         table) the predicted absolute peak less what the process holds now."""
         c = self.constants_for(key)
         if c.per_request_mb is None:
             return self.required_mb(self.predict_mb(text_tokens, key))
-        return c.per_request_mb + text_tokens / 100.0 * c.per_100_tokens_mb
+        return lane_increment_mb(c, text_tokens)
+
+    def queued_mb(self, text_tokens: int, key: ConfigKey | None = None) -> float:
+        """What one request adds while it waits for a compute lane (as much as :meth:`increment_mb`
+        where that was never measured)."""
+        share = self.constants_for(key).queued_share
+        return self.increment_mb(text_tokens, key) * (1.0 if share is None else share)
 
     def peak_from_now_mb(self, text_tokens: int, key: ConfigKey | None = None) -> float:
         """The process's peak if this request ran now, alone: what the process holds now plus the
@@ -385,26 +417,61 @@ def _line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
     return mean_y - slope * mean_x, slope
 
 
-def fit_constants(results: Sequence[ProbeResult], held_out: Sequence[ProbeResult]) -> EstimatorConstants:
+def _hinge(tokens: Sequence[float], ys: Sequence[float]) -> tuple[float, float, float]:
+    """``y = intercept + slope * min(tokens, knee) / 100`` by least squares, the knee chosen among the
+    measured token counts (on a tie the larger: growth is assumed to go on as far as it was seen)."""
+    best: tuple[float, float, float, float] | None = None
+    for knee in sorted(set(tokens)):
+        xs = [min(t, knee) / 100.0 for t in tokens]
+        intercept, slope = _line(xs, ys)
+        sse = sum((intercept + slope * x - y) ** 2 for x, y in zip(xs, ys))
+        if best is None or sse <= best[0] + 1e-9 * (1.0 + best[0]):
+            best = (sse, intercept, slope, knee)
+    assert best is not None
+    return best[1], best[2], best[3]
+
+
+def fit_constants(results: Sequence[ProbeResult], held_out: Sequence[ProbeResult], *, lanes: int = 1,
+                  knee: bool = False) -> EstimatorConstants:
     """Fit the formula on ``results`` and score it on ``held_out``.
 
-    With rest readings: a line through (tokens / 100, increment per request), base = median rest, and a
-    held-out prediction of ``rest + concurrency * increment``. Without: a line through (tokens / 100,
-    whole-process peak). MAPE is scored on the held-out texts; ``max_under_mb`` is the largest
-    under-prediction over all measurements (the calibrated budget policy keeps it free).
+    With rest readings: the increment of one request alone against its ids, a straight line or, with
+    ``knee`` (a chunked decoder), a line that stops rising at a fitted knee; base = median rest; the
+    requests measured side by side beyond ``lanes`` give what a request waiting for a lane adds
+    (``queued_share`` of its increment). A held-out prediction is
+    ``rest + (min(n, lanes) + queued_share * max(0, n - lanes)) * increment``.
+    Without rest readings: a line through (tokens / 100, whole-process peak). MAPE is scored on the
+    held-out texts; ``max_under_mb`` is the largest under-prediction over all measurements (the
+    calibrated budget policy keeps it free).
     """
-    xs = [r.text_tokens / 100.0 for r in results]
+    if lanes < 1:
+        raise ValueError(f"lanes must be >= 1, got {lanes}")
     incremental = all(r.rest_mb is not None for r in [*results, *held_out])
+    per_request: float | None = None
+    knee_tokens: float | None = None
+    share: float | None = None
     if incremental:
-        intercept, slope = _line(xs, [(r.peak_rss_mb - r.rest_mb) / r.concurrency for r in results])
+        alone = [r for r in results if r.concurrency == 1] or list(results)
+        tokens = [float(r.text_tokens) for r in alone]
+        ys = [(r.peak_rss_mb - r.rest_mb) / r.concurrency for r in alone]
+        if knee:
+            per_request, slope, knee_tokens = _hinge(tokens, ys)
+        else:
+            per_request, slope = _line([t / 100.0 for t in tokens], ys)
         base = statistics.median(r.rest_mb for r in results)
-        per_request: float | None = intercept
+        lane_fit = EstimatorConstants(base, slope, None, True, None, per_request, knee_tokens)
+        shares = [(r.peak_rss_mb - r.rest_mb - lanes * increment) / (r.concurrency - lanes) / increment
+                  for r in results if r.concurrency > lanes
+                  and (increment := lane_increment_mb(lane_fit, r.text_tokens)) > 0]
+        if shares:
+            share = min(1.0, max(0.0, statistics.fmean(shares)))
 
         def predict(r: ProbeResult) -> float:
-            return r.rest_mb + r.concurrency * (intercept + slope * r.text_tokens / 100.0)
+            increment = lane_increment_mb(lane_fit, r.text_tokens)
+            one = Reservation(increment, increment * (1.0 if share is None else share))
+            return r.rest_mb + held_mb([one] * r.concurrency, lanes)
     else:
-        base, slope = _line(xs, [r.peak_rss_mb for r in results])
-        per_request = None
+        base, slope = _line([r.text_tokens / 100.0 for r in results], [r.peak_rss_mb for r in results])
 
         def predict(r: ProbeResult) -> float:
             return base + slope * r.text_tokens / 100.0
@@ -417,4 +484,4 @@ def fit_constants(results: Sequence[ProbeResult], held_out: Sequence[ProbeResult
         mape_percent=100.0 * statistics.fmean(abs(e) / r.peak_rss_mb for e, r in zip(errors, held_out)),
         max_under_mb=max(0.0, -worst), max_over_mb=max(0.0, max(errors)),
     )
-    return EstimatorConstants(base, slope, None, True, fit, per_request)
+    return EstimatorConstants(base, slope, None, True, fit, per_request, knee_tokens, share)

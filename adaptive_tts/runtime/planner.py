@@ -6,11 +6,13 @@ for every configuration it may choose) and acts on the answer, so every decision
 tested from numbers alone.
 
 Memory model. A request of configuration *c* needs ``increment_mb[c]`` above what the process holds
-now (the estimator's calibrated per-request cost). Running jobs keep their whole reservation until they
-end, even the part they have already allocated, so the sum can only over-count: the planner is
-conservative by construction. A plan fits when
+now while it computes, and ``queued_mb[c]`` while it waits for one of the ``lanes`` compute lanes (the
+estimator's calibrated costs): at most ``lanes`` requests compute at once, so together the requests hold
+at worst the ``lanes`` largest increments plus the others' queued costs (:func:`held_mb`). Running jobs
+keep their whole reservation until they end, even the part they have already allocated, so the sum can
+only over-count: the planner is conservative by construction. A plan fits when
 
-    increment + sum(running reservations) + margin <= available
+    held_mb(running reservations + this request) + margin <= available
 
 The degradation order, cheapest and most reversible first (each step is taken only if the estimator
 predicts it saves memory):
@@ -27,7 +29,7 @@ predicts it saves memory):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 #: Weight precisions from highest to lowest: the planner only ever moves right (in place, the higher
@@ -36,13 +38,35 @@ PRECISIONS = ("fp32", "int8", "int4")
 
 
 @dataclass(frozen=True)
+class Reservation:
+    """What one admitted request may hold: ``computing_mb`` while it computes on a lane, ``queued_mb``
+    while it waits for one (at most as much)."""
+
+    computing_mb: float
+    queued_mb: float
+
+
+def held_mb(reservations: Iterable[Reservation], lanes: int) -> float:
+    """The most that ``reservations`` hold together when at most ``lanes`` of them compute at once:
+    the ones with the most to add by computing do, the others wait."""
+    ordered = sorted(reservations, key=lambda r: r.computing_mb - r.queued_mb, reverse=True)
+    return sum(r.computing_mb for r in ordered[:lanes]) + sum(r.queued_mb for r in ordered[lanes:])
+
+
+@dataclass(frozen=True)
 class Candidate:
     """One configuration the planner may choose, with the estimator's prediction for this request."""
 
     chunk_length: int | None
     precision: str
-    increment_mb: float  # memory the request needs above what the process holds now
+    increment_mb: float  # memory the request needs above what the process holds now, computing
     estimated_mb: float  # the process's predicted peak while it runs alone
+    queued_mb: float | None = None  # while it waits for a compute lane; None: as much as computing
+
+    @property
+    def reservation(self) -> Reservation:
+        queued = self.increment_mb if self.queued_mb is None else min(self.queued_mb, self.increment_mb)
+        return Reservation(self.increment_mb, queued)
 
 
 @dataclass(frozen=True)
@@ -57,23 +81,26 @@ class PlannerState:
     available_mb: float
     margin_mb: float
     precision_now: str
-    running_mb: tuple[float, ...] = ()
+    running: tuple[Reservation, ...] = ()
+    lanes: int = 1
 
     def __post_init__(self) -> None:
         if not self.candidates:
             raise ValueError("the planner needs at least one candidate configuration")
+        if self.lanes < 1:
+            raise ValueError(f"the planner needs at least one compute lane, got {self.lanes}")
         if self.precision_now not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision_now!r}")
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Run now with this configuration, reserving ``reserved_mb`` until the job ends."""
+    """Run now with this configuration, holding ``reservation`` until the job ends."""
 
     chunk_length: int | None
     precision: str
     estimated_mb: float | None
-    reserved_mb: float
+    reservation: Reservation
     degraded: tuple[str, ...] = ()
 
 
@@ -107,35 +134,45 @@ def _describe(preferred: Candidate, chosen: Candidate) -> tuple[str, ...]:
 def plan_request(state: PlannerState) -> Plan | Wait | Refusal:
     """The decision for one request; see the module docstring for the order it tries."""
     preferred = state.candidates[0]
-    reserved = sum(state.running_mb)
+    reserved = held_mb(state.running, state.lanes)
     now = [c for c in state.candidates if c.precision == state.precision_now]
     lower = [c for c in state.candidates if PRECISIONS.index(c.precision) > PRECISIONS.index(state.precision_now)]
 
-    def fits(candidate: Candidate, others_mb: float) -> bool:
-        return candidate.increment_mb + others_mb + state.margin_mb <= state.available_mb
+    def needs(candidate: Candidate, beside: tuple[Reservation, ...]) -> float:
+        """What running ``candidate`` beside ``beside`` adds to what they hold."""
+        return held_mb((*beside, candidate.reservation), state.lanes) - held_mb(beside, state.lanes)
+
+    def fits(candidate: Candidate, beside: tuple[Reservation, ...]) -> bool:
+        """Whether ``candidate`` fits beside the running jobs ``beside``; the others' reservations
+        (gone once they end) come back to what is available."""
+        back = reserved - held_mb(beside, state.lanes)
+        return held_mb((*beside, candidate.reservation), state.lanes) + state.margin_mb <= state.available_mb + back
+
+    def plan(candidate: Candidate) -> Plan:
+        return Plan(candidate.chunk_length, candidate.precision, candidate.estimated_mb, candidate.reservation,
+                    _describe(preferred, candidate))
 
     # 1-2: the preferred configuration, else the largest chunk that saves memory and fits now.
     tried = float("inf")
     for candidate in now:
-        if candidate.increment_mb >= tried:
+        if needs(candidate, state.running) >= tried:
             continue  # a degradation the estimator says saves nothing is not taken
-        if fits(candidate, reserved):
-            return Plan(candidate.chunk_length, candidate.precision, candidate.estimated_mb,
-                        candidate.increment_mb, _describe(preferred, candidate))
-        tried = candidate.increment_mb
+        if fits(candidate, state.running):
+            return plan(candidate)
+        tried = needs(candidate, state.running)
+    least_now = min((c.increment_mb for c in now), default=float("inf"))
     # 3-4: with jobs running, nothing is refused: what they hold (reserved, or freed into the heap
     # and not yet returned) comes back when they end, and the decision is taken again then. A lower
     # precision that would fit with their reservations back is named, to be applied once they end.
-    if state.running_mb:
+    if state.running:
         for candidate in lower:
-            if candidate.increment_mb < tried and not any(fits(c, -reserved) for c in now) and fits(candidate, -reserved):
-                return Wait(f"lowering weights to {candidate.precision} once {len(state.running_mb)} running "
+            if candidate.increment_mb < least_now and not any(fits(c, ()) for c in now) and fits(candidate, ()):
+                return Wait(f"lowering weights to {candidate.precision} once {len(state.running)} running "
                             f"job(s) end", switch_to=candidate.precision)
-        return Wait(f"waiting for {len(state.running_mb)} running job(s) holding {reserved:.0f} MB")
+        return Wait(f"waiting for {len(state.running)} running job(s) holding {reserved:.0f} MB")
     for candidate in lower:
-        if candidate.increment_mb < tried and fits(candidate, 0.0):
-            return Plan(candidate.chunk_length, candidate.precision, candidate.estimated_mb,
-                        candidate.increment_mb, _describe(preferred, candidate))
+        if candidate.increment_mb < least_now and fits(candidate, ()):
+            return plan(candidate)
     # 5: nothing fits even alone.
     frugal = min(state.candidates, key=lambda c: c.increment_mb)
     available = state.available_mb
@@ -169,4 +206,5 @@ def plan_warm_up(increments_mb: Mapping[int, float], available_mb: float, margin
     )
 
 
-__all__ = ["PRECISIONS", "Candidate", "Plan", "PlannerState", "Refusal", "Wait", "plan_request", "plan_warm_up"]
+__all__ = ["PRECISIONS", "Candidate", "Plan", "PlannerState", "Refusal", "Reservation", "Wait", "held_mb",
+           "plan_request", "plan_warm_up"]
