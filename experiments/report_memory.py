@@ -86,26 +86,34 @@ def levels_table(rows: pd.DataFrame) -> Table:
         key = dict(zip(LEVEL_KEYS, values))
         ok = group[group["status"] == "ok"]
         waited = ok["waited_ms"].dropna().to_numpy(dtype=float) if "waited_ms" in ok else np.array([])
+        margins = group["safety_margin_mb"].dropna() if "safety_margin_mb" in group else pd.Series(dtype=float)
+        margin = float(margins.median()) if len(margins) else math.nan
         records.append({
             **key, "free_mb": float(group["free_mb"].median()), "n": len(group),
             **rate_stats(group, "ok", "ok"), **rate_stats(group, "refused", "refused"), **rate_stats(group, "oom", "oom"),
             **location_stats(ok["latency_ms"].dropna().to_numpy(dtype=float), "median", "latency_p50"),
             "wait_p50_ms": float(np.median(waited)) if len(waited) else math.nan,
+            "margin_p50_mb": margin,
+            "above_margin": None if math.isnan(margin) else bool(key["free_above_floor_mb"] >= margin),
         })
     data = _order(pd.DataFrame(records), LEVEL_KEYS)
     header = ["policy", "ablation", "background", "free − floor MB", "free MB", "n", "ok % [CI]", "refused % [CI]",
-              "OOM % [CI]", "latency p50 ms [CI]", "wait p50 ms"]
+              "OOM % [CI]", "latency p50 ms [CI]", "wait p50 ms", "margin p50 MB", "≥ floor + margin"]
     cells = [[str(r.budget_policy), str(r.ablation), str(r.background_kind), fmt_num(r.free_above_floor_mb, 0),
               fmt_num(r.free_mb, 0), str(r.n), fmt_rate(r.ok, r.ok_lo, r.ok_hi),
               fmt_rate(r.refused, r.refused_lo, r.refused_hi), fmt_rate(r.oom, r.oom_lo, r.oom_hi),
-              fmt_num(r.latency_p50, 0), fmt_num(r.wait_p50_ms, 0)] for r in data.itertuples(index=False)]
+              fmt_num(r.latency_p50, 0), fmt_num(r.wait_p50_ms, 0), fmt_num(r.margin_p50_mb, 0),
+              "" if r.above_margin is None else ("yes" if r.above_margin else "no")]
+             for r in data.itertuples(index=False)]
     return Table(
         "memory_levels",
         f"Memory sweep: outcome per level of free memory relative to the floor; {_device(rows)}; {provenance(rows)}.",
         data, header, cells,
         [INTERVALS_NOTE, "free MB: the device's RAM less the background app's mean; a dynamic background moves "
-         "± its swing / 2 around it. wait: time the slowest request of an ok trial waited for memory."],
-        "lll" + "r" * 8,
+         "± its swing / 2 around it. wait: time the slowest request of an ok trial waited for memory.",
+         "margin: the safety margin the runtime kept (median over the level's trials); ≥ floor + margin: the "
+         "level leaves at least that much above the floor, where every request should be served."],
+        "lll" + "r" * 10,
     )
 
 

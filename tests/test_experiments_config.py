@@ -53,7 +53,7 @@ def test_every_hardware_config_selects_a_library_profile(hardware: str) -> None:
 @pytest.mark.parametrize("workload", ["smoke", "default", "thesis", "memory_sweep", "memory_sweep_short"])
 def test_workloads(workload: str) -> None:
     wl = SweepSpec.from_config(config(f"workload={workload}")).workload
-    assert set(wl.lengths) <= {60, 100, 200, 300, 500, 800, 1000}
+    assert set(wl.lengths) <= {60, 100, 160, 200, 300, 500, 800, 1000}
     if workload == "thesis":
         assert wl.lengths == (100, 300, 500, 800, 1000) and wl.iterations == 50
     if workload == "smoke":

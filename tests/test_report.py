@@ -395,6 +395,10 @@ def test_memory_sweep_tables_recompute_from_rows(real_rows: pd.DataFrame, tmp_pa
     assert (data.loc[("calibrated", "baseline", 500.0), ["oom_lo", "oom_hi"]].tolist()
             == pytest.approx(wilson_by_roots(1, 4)))
     assert data.loc[("calibrated", "estimation", -100.0), "refused"] == 1.0
+    # The margin kept (120 MB) tells which levels the runtime should serve in full; the baseline keeps none.
+    assert data.loc[("calibrated", "estimation", -100.0), "above_margin"] is False
+    assert data.loc[("calibrated", "estimation", 500.0), ["margin_p50_mb", "above_margin"]].tolist() == [120.0, True]
+    assert data.loc[("calibrated", "baseline", 500.0), "above_margin"] is None
     assert list(levels.data["ablation"][:2]) == ["baseline", "baseline"]  # cumulative order
     # Would have fit: baseline cells where every trial was ok — level 500, concurrency 1 (two trials).
     seed_row = seed.data.set_index(["budget_policy", "ablation"]).loc[("seed", "estimation")]
