@@ -15,11 +15,11 @@ has two parts, because the model computes on a fixed set of compute lanes (``voi
   text only until the text fills a decoder window (``knee``); past it the windows are all alike.
   Measured on a 2-core VM, INT8, chunk 256, one request: +80 MB at 49 ids, +124 at 141, +206 at 229,
   +207 at 438, +233 at 2187 (a straight line through the first points predicted +568 at 2187).
-- requests beyond the lane count wait for a lane between steps and add only ``queued`` each: four
-  requests side by side on two lanes took +214 MB at 438 ids, not four times +207. What they hold
-  is fitted as a share (``queued_share``) of their increment.
+- requests beyond the lane count wait for a lane between steps and hold only a share of theirs
+  (``queued_share``, fitted): four requests side by side on two lanes took +214 MB at 438 ids, not
+  four times +207.
 
-So ``peak = rest + sum of the min(n, lanes) largest increments + queued for each other request``;
+So ``peak = rest + the min(n, lanes) largest increments + queued_share x each other request's``;
 ``cache_overhead`` is the audio cache's current size, known exactly. Until a configuration is
 calibrated the estimator falls back to the profile's conservative defaults (the seed's table, an
 absolute peak) and says so in every estimate.

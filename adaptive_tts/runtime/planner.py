@@ -155,11 +155,12 @@ def plan_request(state: PlannerState) -> Plan | Wait | Refusal:
     # 1-2: the preferred configuration, else the largest chunk that saves memory and fits now.
     tried = float("inf")
     for candidate in now:
-        if needs(candidate, state.running) >= tried:
+        need = needs(candidate, state.running)
+        if need >= tried:
             continue  # a degradation the estimator says saves nothing is not taken
         if fits(candidate, state.running):
             return plan(candidate)
-        tried = needs(candidate, state.running)
+        tried = need
     least_now = min((c.increment_mb for c in now), default=float("inf"))
     # 3-4: with jobs running, nothing is refused: what they hold (reserved, or freed into the heap
     # and not yet returned) comes back when they end, and the decision is taken again then. A lower
