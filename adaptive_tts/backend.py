@@ -99,7 +99,8 @@ class BackendOptions:
     #: How long a request may wait for running jobs to free memory before it is refused.
     wait_timeout_s: float = 30.0
     #: The safety margin: ``seed`` (the feature document's table) or ``calibrated`` (measured error of
-    #: the estimator plus the observed swing of other processes' memory; see runtime/budget.py)
+    #: the estimator plus how far other processes' memory may grow back to its observed peak; see
+    #: runtime/budget.py)
     budget_policy: str = "calibrated"
     #: Threads the model computes on (:class:`~adaptive_tts.voice.lanes.ComputeLanes`); ``None``: as
     #: many as the CPUs this process may use hold ``num_threads`` each, at least one.
@@ -261,8 +262,9 @@ class SmartAdaptiveBackend:
         ``False`` when it was not measured for every chunk here.
 
         The warm-up's peak is planned like a request's (:func:`~.runtime.planner.plan_warm_up`), one
-        chunk at a time from the smallest, planned again before each step: the margin then includes the
-        swing the memory watch has seen meanwhile (at start it has seen a second or two of other apps).
+        chunk at a time from the smallest, planned again before each step, but against the budget's
+        :attr:`~.runtime.budget.MemoryBudgetManager.resident_margin_mb`: warmed windows stay resident, so
+        they keep room for the other apps' whole swing seen meanwhile (at start, a second or two of it).
         The chunk reached becomes the runtime's chunk: the planner degrades from there, and no request
         pays a first compile the calibration did not measure.
         """
@@ -277,7 +279,7 @@ class SmartAdaptiveBackend:
             ahead = {chunk: cost.increment_mb(chunk) - done_mb for chunk in chunks if warmed is None or chunk > warmed}
             if not ahead:
                 break
-            target = plan_warm_up(ahead, budget.available_mb(), budget.safety_margin_mb)
+            target = plan_warm_up(ahead, budget.available_mb(), budget.resident_margin_mb)
             if isinstance(target, Refusal):
                 if warmed is None:
                     logger.warning("no decoder warm-up: %s", target.reason)
@@ -289,7 +291,7 @@ class SmartAdaptiveBackend:
             logger.info("chunk %d, not %d: warming %d-frame windows on %d lane(s) takes %.0f MB, %.0f MB "
                         "available less a %.0f MB margin", ceiling, self.config.chunk_length,
                         self.config.chunk_length, self.lanes.count, cost.increment_mb(self.config.chunk_length),
-                        budget.available_mb(), budget.safety_margin_mb)
+                        budget.available_mb(), budget.resident_margin_mb)
             self.config.chunk_length = ceiling
             self.estimator.set_config(self._config_key())
         return True
@@ -475,8 +477,8 @@ class SmartAdaptiveBackend:
                       self.estimator.peak_from_now_mb(tokens, key), self.estimator.queued_mb(tokens, key))
             for key in self.candidate_keys()
         )
-        budget = self.memory_budget_manager
-        return PlannerState(candidates, budget.available_mb(), budget.safety_margin_mb,
+        room = self.memory_budget_manager.room()
+        return PlannerState(candidates, room.available_mb, room.safety_margin_mb,
                             self.config.quantization, self.ledger.reservations(), self.lanes.count)
 
     def _admit(self, tokens: int) -> tuple[int, Plan, float]:
@@ -521,16 +523,17 @@ class SmartAdaptiveBackend:
             return plan_request(self._planner_state(tokens))
         check = budget.check(0.0)
         if check.allowed:
-            return Plan(chunk, self.config.quantization, None, Reservation(0.0, 0.0))
+            return Plan(chunk, self.config.quantization, None, Reservation(0.0, 0.0),
+                        safety_margin_mb=check.safety_margin_mb)
         if self.ledger.reservations():
             return Wait(f"waiting for running jobs: {check.reason}")
         return Refusal(check.reason, check.required_mb, check.available_mb, check.safety_margin_mb)
 
     def _timed_out(self, wait: Wait) -> Refusal:
-        budget = self.memory_budget_manager
+        room = self.memory_budget_manager.room()
         return Refusal(f"still no memory after waiting {self.options.wait_timeout_s:g} s ({wait.reason})",
-                       held_mb(self.ledger.reservations(), self.lanes.count), budget.available_mb(),
-                       budget.safety_margin_mb)
+                       held_mb(self.ledger.reservations(), self.lanes.count), room.available_mb,
+                       room.safety_margin_mb)
 
     # -- synthesis ----------------------------------------------------------------------------------
 
@@ -570,7 +573,7 @@ class SmartAdaptiveBackend:
         job, plan, waited_s = self._admit(tokens)
         if result is not None:
             result.update(cached=False, plan=plan, tokens=tokens, waited_s=waited_s,
-                          safety_margin_mb=self.memory_budget_manager.safety_margin_mb if self.options.budget else None)
+                          safety_margin_mb=plan.safety_margin_mb)
         chunks: list[np.ndarray] = []
         try:
             first = opts.first_chunk_length

@@ -18,7 +18,7 @@ from typing import Iterator
 import psutil
 import pytest
 
-from adaptive_tts.runtime.budget import MemoryBudgetManager, SystemMemory
+from adaptive_tts.runtime.budget import MemoryBudgetManager, MemoryReading, MemoryRoom, MemoryWatch, SystemMemory
 from adaptive_tts.runtime.hardware import (
     MIB,
     PROFILES,
@@ -223,7 +223,7 @@ def test_seed_policy_keeps_the_documents_margin() -> None:
     assert not budget.check(100).allowed
 
 
-def test_calibrated_policy_keeps_the_estimators_error_plus_the_swing_it_saw() -> None:
+def test_calibrated_policy_keeps_the_estimators_error_plus_how_far_others_may_grow_back() -> None:
     machine = MachineMemory(8192, 1000)
     budget = MemoryBudgetManager(PROFILES["m1_air"], system_memory=machine, cgroup_memory=no_cgroup)
     budget.watch.stop()  # sampled by hand below, so the numbers are the test's
@@ -237,11 +237,29 @@ def test_calibrated_policy_keeps_the_estimators_error_plus_the_swing_it_saw() ->
         machine.available_mb = available
         budget.watch.sample()
     assert budget.watch.swing_mb() == pytest.approx(120)
-    assert budget.safety_margin_mb == pytest.approx(155)
-    assert budget.check(700).allowed  # 940 - 700 - 155 >= 0, where the seed's margin refused 100 MB
+    # now 60 MB below the most seen: it may take those 60 MB back
+    assert budget.safety_margin_mb == pytest.approx(95)
+    assert budget.check(800).allowed  # 940 - 800 - 95 >= 0, where the seed's margin refused 100 MB
+    assert not budget.check(800, resident=True).allowed  # held for life: the whole 120 MB swing, 155 MB
+    assert budget.resident_margin_mb == pytest.approx(155)
     terms = budget.margin_terms()
-    assert terms == {"policy": "calibrated", "safety_margin_mb": 155.0, "estimator_error_mb": 35.0,
-                     "background_swing_mb": 120.0}
+    assert terms == {"policy": "calibrated", "safety_margin_mb": 95.0, "estimator_error_mb": 35.0,
+                     "background_swing_mb": 120.0, "background_headroom_mb": 60.0}
+    machine.available_mb = 880  # the app at its peak: nothing left to take back
+    assert budget.room() == MemoryRoom(880, 35.0, "system")
+    machine.available_mb = 1000  # at its least: the whole swing
+    assert budget.room().safety_margin_mb == pytest.approx(155)
+
+
+def test_a_reading_while_this_process_allocates_is_not_charged_to_others() -> None:
+    machine = MachineMemory(8192, 1000)
+    rss = iter([300.0, 300.5, 300.0, 420.0, 300.0, 300.0])  # the second reading straddles a 120 MB allocation
+    watch = MemoryWatch(lambda: MemoryReading(machine(), no_cgroup()), own_rss=lambda: next(rss))
+    assert watch.sample() == pytest.approx(8192 - 1000 - 300.25)
+    assert watch.sample() is None and watch.skipped == 1
+    assert watch.sample() == pytest.approx(8192 - 1000 - 300)
+    assert watch.swing_mb() == pytest.approx(0.25)
+    assert watch.headroom_mb(None) == pytest.approx(0.25)  # unknown now: as if at the least seen
 
 
 def test_the_watch_forgets_what_left_its_window() -> None:

@@ -21,7 +21,7 @@ def state(available: float, running: tuple[float, ...] = (), margin: float = 20.
 
 def test_the_preferred_configuration_when_it_fits():
     plan = plan_request(state(available=140.0))
-    assert plan == Plan(256, "int8", 640.0, Reservation(120.0, 120.0), ())
+    assert plan == Plan(256, "int8", 640.0, Reservation(120.0, 120.0), (), 20.0)
 
 
 def test_a_smaller_chunk_before_anything_else():
@@ -40,7 +40,7 @@ def test_running_reservations_count_until_their_jobs_end():
 def test_lower_precision_only_when_no_job_runs():
     # Alone, int8's most frugal plan (75 + 20) does not fit 90 MB; int4's (60 + 20) does.
     assert plan_request(state(available=90.0)) == Plan(64, "int4", 580.0, Reservation(60.0, 60.0),
-                                                        ("quantization int4", "chunk_length 64"))
+                                                        ("quantization int4", "chunk_length 64"), 20.0)
     waiting = plan_request(state(available=40.0, running=(50.0,)))  # with the job's 50 MB back: int4 fits
     assert isinstance(waiting, Wait) and waiting.switch_to == "int4"
 
@@ -61,7 +61,7 @@ def test_a_degradation_that_saves_nothing_is_not_taken():
 
 def test_after_a_switch_the_current_precision_is_the_starting_point():
     plan = plan_request(state(available=140.0, now="int4"))
-    assert plan == Plan(256, "int4", 633.0, Reservation(113.0, 113.0), ("quantization int4",))
+    assert plan == Plan(256, "int4", 633.0, Reservation(113.0, 113.0), ("quantization int4",), 20.0)
 
 
 def test_requests_beyond_the_lanes_reserve_what_they_hold_while_waiting():

@@ -37,6 +37,9 @@ BUDGET_POLICIES = ("seed", "calibrated")
 WATCH_WINDOW_S = 60.0
 #: How often the watch samples (a reading is two small file reads; ~0.1 % of one core).
 WATCH_INTERVAL_S = 0.05
+#: How far this process's anonymous RSS may move during one reading before the sample is dropped
+#: (quiet, it moves by well under 1 MB; a decoder chunk's activations are tens of MB).
+WATCH_RSS_TOLERANCE_MB = 2.0
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,15 @@ class MemoryReading:
 
 
 @dataclass(frozen=True)
+class MemoryRoom:
+    """What work starting now may use: available MB, the margin to keep, and which reading bounds it."""
+
+    available_mb: float
+    safety_margin_mb: float
+    limited_by: str
+
+
+@dataclass(frozen=True)
 class BudgetDecision:
     """Whether work needing ``required_mb`` may start, with the numbers that decided it."""
 
@@ -113,10 +125,11 @@ class MemoryWatch:
     """Samples how much memory *other* processes hold, to see how far it swings.
 
     "Others" is the bound's used memory less this process's anonymous RSS: what a background app (and
-    the page cache the kernel will not reclaim) holds. Its range over the last :data:`WATCH_WINDOW_S` seconds is
-    what the calibrated policy keeps free on top of the estimator's error: memory read at admission is
-    not memory a second later when another app grows. A daemon thread samples every
-    :data:`WATCH_INTERVAL_S`; :meth:`swing_mb` is 0 until two samples exist.
+    the page cache the kernel will not reclaim) holds. Memory read at admission is not memory a second
+    later when another app grows, so the calibrated policy keeps free, on top of the estimator's error,
+    how far the others may still grow (:meth:`headroom_mb`: from what they hold now to the most seen
+    over the last :data:`WATCH_WINDOW_S` seconds). A daemon thread samples every
+    :data:`WATCH_INTERVAL_S`; :meth:`swing_mb` and :meth:`headroom_mb` are 0 until two samples exist.
     """
 
     def __init__(self, read: Callable[[], MemoryReading], own_rss: Callable[[], float] = anon_rss_mb,
@@ -126,14 +139,32 @@ class MemoryWatch:
         self.window_s = window_s
         self.interval_s = interval_s
         self._samples: deque[tuple[float, float]] = deque()
+        self.skipped = 0  # samples dropped because this process's RSS moved during the reading
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def sample(self) -> float:
-        """Take one sample now; returns other processes' MB."""
+    def others_now(self) -> tuple[MemoryReading, float | None]:
+        """One reading, and what other processes hold in it (MB; None when it could not be told apart).
+
+        The bound's reading and this process's RSS are two reads, not one: while a synthesis allocates
+        or frees a chunk's activations between them, the difference would charge this process's own
+        change to "others". So RSS is read before and after, and a reading during which it moved more
+        than :data:`WATCH_RSS_TOLERANCE_MB` gives None: the next quiet instant gives the true figure.
+        """
+        before = self._own_rss()
         reading = self._read()
-        others = reading.bound_mb - reading.available_mb - self._own_rss()
+        after = self._own_rss()
+        if abs(after - before) > WATCH_RSS_TOLERANCE_MB:
+            return reading, None
+        return reading, reading.bound_mb - reading.available_mb - (before + after) / 2
+
+    def sample(self) -> float | None:
+        """Take one sample now; returns other processes' MB, or None when it had to be skipped."""
+        _, others = self.others_now()
+        if others is None:
+            self.skipped += 1
+            return None
         now = time.monotonic()
         with self._lock:
             self._samples.append((now, others))
@@ -141,13 +172,26 @@ class MemoryWatch:
                 self._samples.popleft()
         return others
 
-    def swing_mb(self) -> float:
-        """Max minus min of other processes' memory over the window."""
+    def _seen(self) -> list[float]:
         with self._lock:
-            if len(self._samples) < 2:
-                return 0.0
-            values = [mb for _, mb in self._samples]
-        return max(values) - min(values)
+            return [mb for _, mb in self._samples]
+
+    def swing_mb(self) -> float:
+        """Max minus min of other processes' memory over the window (0 until two samples exist)."""
+        values = self._seen()
+        return max(values) - min(values) if len(values) >= 2 else 0.0
+
+    def headroom_mb(self, others_mb: float | None) -> float:
+        """How far other processes may still grow from ``others_mb`` (what they hold now): to the most
+        the window has seen them hold. Memory that grows back to a level already seen is the risk; a
+        background at its peak has nothing left to take. With ``None`` (a reading that could not tell
+        them apart) it is the whole swing, as if they were at their least."""
+        values = self._seen()
+        if len(values) < 2:
+            return 0.0
+        if others_mb is None:
+            return max(values) - min(values)
+        return max(0.0, max(values) - others_mb)
 
     def reset(self) -> None:
         """Forget what was seen (a device whose other apps are known to have changed)."""
@@ -220,10 +264,34 @@ class MemoryBudgetManager:
         if policy == "calibrated":
             self.watch.start()
 
+    def room(self) -> MemoryRoom:
+        """Available memory and the margin to keep for work that starts now, from one reading.
+
+        Under the calibrated policy the margin is the estimator's worst error plus how far other
+        processes may still grow from what this very reading shows them holding (to the most seen in the
+        watch's window). Read apart, available and margin could straddle a step of the background and
+        admit as if it were at once high and low.
+        """
+        if self.policy == "seed" or self._estimator_error_mb is None:
+            reading = self.reading()
+            return MemoryRoom(reading.available_mb, self.profile.memory_budget.safety_margin_mb, reading.limited_by)
+        reading, others = self.watch.others_now()
+        margin = self._estimator_error_mb + self.watch.headroom_mb(others)
+        return MemoryRoom(reading.available_mb, margin, reading.limited_by)
+
     @property
     def safety_margin_mb(self) -> float:
-        """The memory kept free: the seed's constant, or the calibrated policy's measured one. With no
-        calibration to measure the estimator's error by, the calibrated policy keeps the seed's."""
+        """The memory kept free for work that starts now (:meth:`room`): the seed's constant, or the
+        calibrated policy's measured one. With no calibration to measure the estimator's error by, the
+        calibrated policy keeps the seed's."""
+        return self.room().safety_margin_mb
+
+    @property
+    def resident_margin_mb(self) -> float:
+        """The margin for memory held for the process's life (a decoder warm-up): the estimator's error
+        plus the others' whole swing, however low they read now. A start-up has watched the others for a
+        second or two, so their peak may be unseen; a request's memory is back within seconds, a warm-up's
+        never is."""
         if self.policy == "seed" or self._estimator_error_mb is None:
             return self.profile.memory_budget.safety_margin_mb
         return self._estimator_error_mb + self.watch.swing_mb()
@@ -241,9 +309,13 @@ class MemoryBudgetManager:
 
     def margin_terms(self) -> dict[str, float | str | None]:
         """What the margin is made of, for status payloads and rows."""
-        return {"policy": self.policy, "safety_margin_mb": round(self.safety_margin_mb, 1),
+        room = self.room()
+        calibrated = self.policy == "calibrated" and self._estimator_error_mb is not None
+        return {"policy": self.policy, "safety_margin_mb": round(room.safety_margin_mb, 1),
                 "estimator_error_mb": self._estimator_error_mb if self.policy == "calibrated" else None,
-                "background_swing_mb": round(self.watch.swing_mb(), 1) if self.policy == "calibrated" else None}
+                "background_swing_mb": round(self.watch.swing_mb(), 1) if self.policy == "calibrated" else None,
+                "background_headroom_mb": (round(room.safety_margin_mb - self._estimator_error_mb, 1)
+                                           if calibrated else None)}
 
     def close(self) -> None:
         self.watch.stop()
@@ -256,16 +328,18 @@ class MemoryBudgetManager:
         """MB this process can still allocate: min(system available, cgroup limit - cgroup usage)."""
         return self.reading().available_mb
 
-    def check(self, required_mb: float) -> BudgetDecision:
-        """May work needing ``required_mb`` start and still leave the safety margin free? Does not log:
-        the caller decides whether a refusal is an event (synthesis) or a state (status polling)."""
+    def check(self, required_mb: float, *, resident: bool = False) -> BudgetDecision:
+        """May work needing ``required_mb`` start and still leave the safety margin free? With
+        ``resident``, the memory is held for the process's life (a start-up) and the margin is
+        :attr:`resident_margin_mb`. Does not log: the caller decides whether a refusal is an event
+        (synthesis) or a state (status polling)."""
         if required_mb < 0:
             raise ValueError(f"required_mb must be >= 0, got {required_mb}")
-        reading = self.reading()
-        available = reading.available_mb
-        margin = self.safety_margin_mb
+        room = self.room()
+        if resident:
+            room = MemoryRoom(room.available_mb, self.resident_margin_mb, room.limited_by)
+        available, margin, source = room.available_mb, room.safety_margin_mb, room.limited_by
         headroom = available - required_mb - margin
-        source = reading.limited_by
         if headroom >= 0:
             reason = (
                 f"{required_mb:.0f} MB required fits: {available:.0f} MB available ({source}) keeps the "

@@ -102,6 +102,7 @@ class Plan:
     estimated_mb: float | None
     reservation: Reservation
     degraded: tuple[str, ...] = ()
+    safety_margin_mb: float | None = None  # the margin the decision kept (None: no budget decided)
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ def plan_request(state: PlannerState) -> Plan | Wait | Refusal:
 
     def plan(candidate: Candidate) -> Plan:
         return Plan(candidate.chunk_length, candidate.precision, candidate.estimated_mb, candidate.reservation,
-                    _describe(preferred, candidate))
+                    _describe(preferred, candidate), state.margin_mb)
 
     # 1-2: the preferred configuration, else the largest chunk that saves memory and fits now.
     tried = float("inf")
