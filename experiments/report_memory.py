@@ -109,8 +109,8 @@ def levels_table(rows: pd.DataFrame) -> Table:
         "memory_levels",
         f"Memory sweep: outcome per level of free memory relative to the floor; {_device(rows)}; {provenance(rows)}.",
         data, header, cells,
-        [INTERVALS_NOTE, "free MB: the device's RAM less the background app's mean; a dynamic background moves "
-         "± its swing / 2 around it. wait: time the slowest request of an ok trial waited for memory.",
+        [INTERVALS_NOTE, "free MB: the device's RAM less the background app's peak; a dynamic background moves "
+         "up to its swing below that peak. wait: time the slowest request of an ok trial waited for memory.",
          "margin: the safety margin the runtime kept (median over the level's trials); ≥ floor + margin: the "
          "level leaves at least that much above the floor, where every request should be served."],
         "lll" + "r" * 10,
@@ -210,7 +210,8 @@ def estimator_table(rows: pd.DataFrame) -> Table:
         "The estimator in the sweep: predicted peak (estimated_mb) vs the worker's measured peak RSS, ok trials of one "
         f"request; {provenance(both) if len(both) else 'no trials'}.",
         data, header, cells, [INTERVALS_NOTE, "Under-prediction: measured above predicted. The calibrated policy's "
-                              "margin keeps the fit's held-out worst plus the background swing it observed; the last "
+                              "margin keeps the fit's held-out worst plus how far the background may grow back to the most "
+                              "the runtime saw it hold; the last "
                               "column counts trials whose under-prediction exceeded the margin that trial kept."],
         "ll" + "r" * 6,
     )

@@ -231,13 +231,15 @@ def room_to_start(store: CalibrationStore, budget: MemoryBudgetManager, machine:
     smallest chunk on every lane) does not fit is an OOM kill, not a slow request. ``None`` when
     start-up was never measured on ``machine`` (it is read for the most lanes measured: the lane
     count is only known once torch is). The calibrated policy's margin uses the worst
-    under-prediction of any configuration fitted here, and the other apps' whole swing: what a runtime
-    loads stays resident."""
+    under-prediction of any configuration fitted here, and how far the other apps may grow back to the
+    most seen: the frugal start's peak is the floor's own (load, then the smallest warm-up), it is
+    passed within seconds, and what stays resident is below it. Warming larger chunks, which stays,
+    keeps their whole swing (:attr:`MemoryBudgetManager.resident_margin_mb`)."""
     cost = store.load_start_up(machine)
     if cost is None:
         return None
     budget.set_estimator_error(store.worst_under_mb(machine))
-    return budget.check(max(0.0, cost.frugal_peak_mb - anon_now_mb), resident=True)
+    return budget.check(max(0.0, cost.frugal_peak_mb - anon_now_mb))
 
 
 class SeedTable(CalibrationStore):
