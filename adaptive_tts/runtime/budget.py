@@ -328,16 +328,12 @@ class MemoryBudgetManager:
         """MB this process can still allocate: min(system available, cgroup limit - cgroup usage)."""
         return self.reading().available_mb
 
-    def check(self, required_mb: float, *, resident: bool = False) -> BudgetDecision:
-        """May work needing ``required_mb`` start and still leave the safety margin free? With
-        ``resident``, the memory is held for the process's life (a start-up) and the margin is
-        :attr:`resident_margin_mb`. Does not log: the caller decides whether a refusal is an event
-        (synthesis) or a state (status polling)."""
+    def check(self, required_mb: float) -> BudgetDecision:
+        """May work needing ``required_mb`` start and still leave the safety margin free? Does not log:
+        the caller decides whether a refusal is an event (synthesis) or a state (status polling)."""
         if required_mb < 0:
             raise ValueError(f"required_mb must be >= 0, got {required_mb}")
         room = self.room()
-        if resident:
-            room = MemoryRoom(room.available_mb, self.resident_margin_mb, room.limited_by)
         available, margin, source = room.available_mb, room.safety_margin_mb, room.limited_by
         headroom = available - required_mb - margin
         if headroom >= 0:
