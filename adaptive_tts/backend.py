@@ -39,7 +39,8 @@ from .runtime.monitor import SystemMonitor
 from .runtime.planner import (PRECISIONS, Candidate, Plan, PlannerState, Refusal, Reservation, Wait, held_mb,
                               plan_request, plan_warm_up)
 from .voice.lanes import ComputeLanes
-from .voice.engine import COMPUTE_DTYPES, SynthesisOptions, SynthesisStats, load_engine, release_free_memory
+from .heap import release_free_memory
+from .voice.engine import COMPUTE_DTYPES, SynthesisOptions, SynthesisStats, load_engine
 from .voice.frontend import TextError, validate_text
 
 logger = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from .runtime.estimator import (CalibrationStore, ConfigKey, EstimatorConstants,
                                 calibration_texts, fit_constants)
 from .runtime.planner import PRECISIONS
 from .runtime.process import AnonPeak, PeakMeter, anon_rss_mb, current_rss_mb
-from .voice.engine import release_free_memory
+from .heap import release_free_memory
 
 logger = logging.getLogger(__name__)
 

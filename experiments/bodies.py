@@ -23,10 +23,11 @@ WARMUP_TEXT = "Warm up."
 ROOM_TO_START_WATCH_S = 2.0
 
 
-def _backend(options: dict[str, Any], warm_up: bool = True) -> Any:
+def _backend(options: dict[str, Any], warm_up: bool = True, budget_manager: Any = None) -> Any:
     """The condition's :class:`SmartAdaptiveBackend`. ``estimator_constants`` says where the memory
     estimator's constants come from: ``calibrated`` (the harness's calibration file, measured on this
-    device before the trials) or ``seed`` (the feature document's table, explicitly uncalibrated)."""
+    device before the trials) or ``seed`` (the feature document's table, explicitly uncalibrated).
+    ``budget_manager``: the room-to-start check's, so that its memory watch goes on through the load."""
     from adaptive_tts.backend import BackendOptions, SmartAdaptiveBackend
     from adaptive_tts.runtime.estimator import CalibrationStore, SeedTable
 
@@ -50,6 +51,7 @@ def _backend(options: dict[str, Any], warm_up: bool = True) -> Any:
             cache=False,
         ),
         calibration=store,
+        budget_manager=budget_manager,
         warm_up=warm_up,
     )
 
@@ -62,12 +64,12 @@ def tts(options: dict[str, Any]) -> TrialBody:
     the trial ``refused``, one exception fails it. The audio cache is off: the workload repeats texts
     on purpose, and a cache hit would measure the cache instead of synthesis.
     """
-    refused = _room_to_start(options)
+    refused, watching = _room_to_start(options)
     if refused is not None:  # the runtime declines to start: every trial says why, nothing is loaded
         return _refused_at_start(refused)
     from adaptive_tts.backend import SynthesisRefused, TextTooLong
 
-    backend = _backend(options)
+    backend = _backend(options, budget_manager=watching)
     budget = backend.memory_budget_manager
     calibration = {"calibrated": backend.calibrated if backend.options.estimation else None,
                    "estimator_max_under_mb": None, "estimator_mape_percent": None}
@@ -140,11 +142,15 @@ def tts(options: dict[str, Any]) -> TrialBody:
     return run
 
 
-def _room_to_start(options: dict[str, Any]) -> dict[str, Any] | None:
+def _room_to_start(options: dict[str, Any]) -> tuple[dict[str, Any] | None, Any]:
     """With budget and calibrated estimation on: the row of a refusal to start the runtime where its
-    measured start-up does not fit (None: it fits, or nothing says). Imports no torch."""
+    measured start-up does not fit (None: it fits, or nothing says), and the budget manager that
+    decided, still watching when the runtime may start. The runtime then plans its decoder warm-up,
+    which stays resident, against the others' whole swing since before the check, not since it was
+    loaded: with a watch of its own, begun a second before the warm-up, a worker at a dynamic
+    floor + 50 MB saw the app low, warmed up, and was killed when the app grew back. Imports no torch."""
     if not (options["budget"] and options["estimation"]) or options.get("estimator_constants") == "seed":
-        return None
+        return None, None
     from adaptive_tts.runtime.budget import MemoryBudgetManager
     from adaptive_tts.runtime.estimator import CalibrationStore, machine_key, room_to_start
     from adaptive_tts.runtime.hardware import detect_hardware, select_profile
@@ -157,13 +163,13 @@ def _room_to_start(options: dict[str, Any]) -> dict[str, Any] | None:
     if budget.policy == "calibrated":
         time.sleep(ROOM_TO_START_WATCH_S)  # the margin then holds the swing its watch saw meanwhile
     decision = room_to_start(store, budget, machine, anon_rss_mb())
-    budget.close()
     if decision is None or decision.allowed:
-        return None
+        return None, budget
+    budget.close()
     return {"status": "refused", "error": f"not enough memory to start the runtime: {decision.reason}",
             "required_mb": decision.required_mb, "available_mb": decision.available_mb,
             "safety_margin_mb": decision.safety_margin_mb, "budget_policy": budget.policy, "requests_ok": 0,
-            "calibrated": True, "estimator_max_under_mb": store.worst_under_mb(machine)}
+            "calibrated": True, "estimator_max_under_mb": store.worst_under_mb(machine)}, None
 
 
 def _refused_at_start(refusal: dict[str, Any]) -> TrialBody:

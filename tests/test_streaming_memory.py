@@ -58,7 +58,8 @@ def test_peak_rss_does_not_grow_with_utterance_length():
 
 KERNEL_CACHE_PROBE = """
 import psutil, torch
-from adaptive_tts.voice.engine import Engine, release_free_memory
+from adaptive_tts.heap import release_free_memory
+from adaptive_tts.voice.engine import Engine
 engine = Engine(num_threads=2)
 z = torch.randn(1, engine.model.config.hidden_channels, 320)
 with torch.inference_mode():

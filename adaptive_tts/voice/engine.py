@@ -10,7 +10,6 @@ one-pass decode produces: there are no seams to hide.
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import logging
 import os
@@ -24,6 +23,7 @@ import torch
 from .frontend import Frontend, Sentence
 from .vits import VitsModel
 from .weights import VoiceFiles, load_vits
+from ..heap import release_free_memory
 
 logger = logging.getLogger(__name__)
 
@@ -475,50 +475,6 @@ def load_engine(name: str = "torch", num_threads: int | None = None, compute: st
     if name != "torch":
         raise ValueError(f"unknown engine {name!r}: use torch or reference")
     return Engine(num_threads=num_threads, compute=compute)
-
-
-#: glibc ``mallopt`` parameters (malloc.h) and the values the engine sets: blocks below 32 MB (a
-#: decoder chunk's activations are 2-10 MB each) come from the heap rather than fresh ``mmap`` s, and
-#: up to 128 MB of freed heap stays mapped between chunks instead of going back to the kernel at every
-#: ``free``. glibc's own adaptive thresholds start at 128 kB and let a decoder window's blocks go back
-#: and forth to the kernel, so every chunk page-faulted its activations in again: a 280-frame bf16
-#: decoder window took 28-33 ms with the defaults and 22-23 ms with these (2 threads). Free memory is
-#: still returned, by ``release_free_memory`` (every few chunks, and when the backend goes idle).
-#: Setting only one of the two disables glibc's adaptation of the other: it is both or neither.
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-MALLOC_TRIM_THRESHOLD = 128 * 2**20
-MALLOC_MMAP_THRESHOLD = 32 * 2**20
-
-
-def _load_libc_malloc():
-    """glibc's ``malloc_trim`` if this process has it (Linux/glibc), else ``None``; sets the engine's
-    ``mallopt`` thresholds on the way, unless the environment sets glibc's own (``MALLOC_*_``)."""
-    try:
-        libc = ctypes.CDLL(None)
-        trim, mallopt = libc.malloc_trim, libc.mallopt
-    except (OSError, AttributeError):
-        return None
-    trim.argtypes = [ctypes.c_size_t]
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    if not any(name in os.environ for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")):
-        mallopt(M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)
-        mallopt(M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD)
-    return trim
-
-
-_MALLOC_TRIM = _load_libc_malloc()
-
-
-def release_free_memory() -> None:
-    """Hand the decoder's freed chunk memory back to the OS.
-
-    glibc keeps freed blocks in its heaps and, with several threads allocating tens of MB per chunk,
-    the heaps fragment: RSS crept up ~2 MB a chunk although nothing was live. ``malloc_trim`` releases
-    the free pages, but the next chunk then faults them back in: trimming after every chunk cost 42 %
-    of synthesis time, so it runs every :data:`TRIM_EVERY_CHUNKS` chunks.
-    """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
 
 
 def _granular(length: int) -> int:

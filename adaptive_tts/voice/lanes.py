@@ -3,7 +3,7 @@
 Why: the libraries under torch keep state per *thread* — ideep's thread-local caches of convolution
 primitives, an OpenMP team for each thread that enters a parallel region — and none of it is given back
 while the thread lives (malloc's per-thread arenas are not it: with ``MALLOC_ARENA_MAX=1`` the growth
-below was the same). A service that synthesizes on
+below was the same; :mod:`adaptive_tts.heap` bounds them anyway). A service that synthesizes on
 whichever of its worker threads a request lands on pays that state once per worker: measured here
 (fp32, 2 intra-op threads, texts of 5-30 words synthesized one at a time), resident memory after a
 trim grew 81-103 MB over 40 texts when they ran on 2 threads and 153-192 MB when they ran on 16, and
