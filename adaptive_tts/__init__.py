@@ -5,6 +5,4 @@ memory budget, quantization, CPU affinity, estimation, monitoring, cache) in :mo
 :class:`adaptive_tts.backend.SmartAdaptiveBackend` composes them.
 """
 
-from . import heap as _heap  # noqa: F401 - tunes the heap before any thread of ours allocates
-
 __version__ = "0.1.0"

@@ -39,7 +39,7 @@ from .runtime.monitor import SystemMonitor
 from .runtime.planner import (PRECISIONS, Candidate, Plan, PlannerState, Refusal, Reservation, Wait, held_mb,
                               plan_request, plan_warm_up)
 from .voice.lanes import ComputeLanes
-from .heap import release_free_memory
+from .heap import release_free_memory, tune_heap
 from .voice.engine import COMPUTE_DTYPES, SynthesisOptions, SynthesisStats, load_engine
 from .voice.frontend import TextError, validate_text
 
@@ -185,6 +185,7 @@ class SmartAdaptiveBackend:
         """``budget_manager`` defaults to live readings of this machine; pass one with injected readers
         to run the admission logic as a smaller device would (the experiment harness caps memory with
         the kernel instead). ``warm_up=False`` skips compiling the decoder (measuring start-up alone)."""
+        tune_heap()  # before the memory watch's thread allocates: glibc fixes its arena limit then
         self.options = options or BackendOptions()
         self.info = info or detect_hardware()
         self.profile = profile if isinstance(profile, HardwareProfile) else select_profile(self.info, profile)

@@ -1,8 +1,9 @@
-"""The process heap (glibc's malloc): tuned once, at the package's first import, and trimmed on demand.
+"""The process heap (glibc's malloc): tuned by one explicit call, and trimmed on demand.
 
-Tuned at import because one of the settings, the arena count, is fixed by glibc the first time a second
-thread allocates: a trial worker starts its memory watch before it imports torch, and the arena limit
-must already hold then. Elsewhere than glibc (macOS) everything here is a no-op.
+:func:`tune_heap` is called by whatever is about to run syntheses (the engine, the backend, a trial
+worker before its room-to-start check), as early as it can: glibc fixes the arena limit the first time
+a second thread allocates, so a worker that starts its memory watch before importing torch must tune
+first. Elsewhere than glibc (macOS) everything here is a no-op.
 """
 
 from __future__ import annotations
@@ -32,10 +33,8 @@ MALLOC_MMAP_THRESHOLD = 32 * 2**20
 MALLOC_ARENAS = 2
 
 
-def _load_libc_malloc():
-    """glibc's ``malloc_trim`` if this process has it (Linux/glibc), else ``None``; sets the
-    ``mallopt`` thresholds and arena count on the way, unless the environment sets glibc's own
-    (``MALLOC_*_``, ``MALLOC_ARENA_MAX``)."""
+def _libc_malloc() -> tuple[object, object] | None:
+    """glibc's ``malloc_trim`` and ``mallopt``, typed, if this process has them (Linux/glibc)."""
     try:
         libc = ctypes.CDLL(None)
         trim, mallopt = libc.malloc_trim, libc.mallopt
@@ -43,15 +42,29 @@ def _load_libc_malloc():
         return None
     trim.argtypes = [ctypes.c_size_t]
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    if not any(name in os.environ for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")):
-        mallopt(M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)
-        mallopt(M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD)
-    if "MALLOC_ARENA_MAX" not in os.environ:
-        mallopt(M_ARENA_MAX, MALLOC_ARENAS)
-    return trim
+    return trim, mallopt
 
 
-_MALLOC_TRIM = _load_libc_malloc()
+_LIBC = _libc_malloc()
+_tuned = False
+
+
+def tune_heap() -> bool:
+    """Set the thresholds and the arena cap above, once per process, unless the environment sets glibc's
+    own (``MALLOC_TRIM_THRESHOLD_``/``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_ARENA_MAX``). Returns whether
+    this process has glibc's malloc to tune."""
+    global _tuned
+    if _LIBC is None:
+        return False
+    if not _tuned:
+        mallopt = _LIBC[1]
+        if not any(name in os.environ for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")):
+            mallopt(M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)
+            mallopt(M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD)
+        if "MALLOC_ARENA_MAX" not in os.environ:
+            mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+        _tuned = True
+    return True
 
 
 def release_free_memory() -> None:
@@ -62,8 +75,8 @@ def release_free_memory() -> None:
     the free pages, but the next chunk then faults them back in: trimming after every chunk cost 42 %
     of synthesis time, so the engine calls it every few chunks (``TRIM_EVERY_CHUNKS``).
     """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
+    if _LIBC is not None:
+        _LIBC[0](0)
 
 
-__all__ = ["release_free_memory"]
+__all__ = ["release_free_memory", "tune_heap"]

@@ -64,6 +64,9 @@ def tts(options: dict[str, Any]) -> TrialBody:
     the trial ``refused``, one exception fails it. The audio cache is off: the workload repeats texts
     on purpose, and a cache hit would measure the cache instead of synthesis.
     """
+    from adaptive_tts.heap import tune_heap
+
+    tune_heap()  # before the room-to-start watch's thread allocates: glibc fixes its arena limit then
     refused, watching = _room_to_start(options)
     if refused is not None:  # the runtime declines to start: every trial says why, nothing is loaded
         return _refused_at_start(refused)

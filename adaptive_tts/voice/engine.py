@@ -23,7 +23,7 @@ import torch
 from .frontend import Frontend, Sentence
 from .vits import VitsModel
 from .weights import VoiceFiles, load_vits
-from ..heap import release_free_memory
+from ..heap import release_free_memory, tune_heap
 
 logger = logging.getLogger(__name__)
 
@@ -225,6 +225,7 @@ class Engine(SpeechEngine):
         model: VitsModel | None = None,
         voice_config: dict | None = None,
     ) -> None:
+        tune_heap()  # decoder blocks stay mapped between chunks (adaptive_tts.heap)
         self.device = resolve_device(device)
         if model is None or voice_config is None:
             model, voice_config = load_vits(files)
