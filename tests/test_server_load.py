@@ -4,7 +4,7 @@
   minute on two cores. The pass runs twice: a warm-up (torch's one-off set-up, the compute lanes'
   kernels, a worker thread per concurrent job), then — after the audio cache is cleared, so that every synthesis
   runs again — the measured pass.
-* (slow) 948 requests in bursts with idle gaps, of texts of every length, both synthesis endpoints,
+* (slow) 1050 requests in bursts with idle gaps (a warm-up of 150, then 900), of texts of every length, both synthesis endpoints,
   malformed requests and status reads (``experiments.bench_server.soak``): the service's own memory
   stays bounded by its warm level plus its cache, and ``/cache/clear`` gives memory back.
 """
@@ -123,7 +123,7 @@ def test_server_rss_returns_within_10_percent_of_its_warm_level(load_run):
 # Soak: traffic that looks like real use, in bursts with idle gaps (slow suite)
 # ------------------------------------------------------------------------------------------------
 
-#: Requests per burst after the 48-request warm-up: 948 in all.
+#: Requests per burst after the soak's warm-up (``SOAK_WARMUP``): 900 measured.
 SOAK_BURSTS = [300, 150, 150, 150, 150]
 #: A cache this small is full within the first burst, so the last bursts show whether anything besides
 #: the cache still grows.
