@@ -33,7 +33,7 @@ import os
 import platform
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 MB = 1024 * 1024
 #: The calibration file's entry for what starting the runtime costs (beside the configurations').
 STARTUP_KEY = "startup"
+#: Start-up measurements kept per machine and lane count (the figures are their medians).
+START_UP_SAMPLES = 5
 #: Where calibrations are stored unless ``ADAPTIVE_TTS_CALIBRATION`` or an explicit path says otherwise.
 DEFAULT_CALIBRATION_PATH = Path.home() / ".cache" / "adaptive-tts" / "calibration.json"
 
@@ -64,12 +66,17 @@ class StartUpCost:
     warmed to chunk 64 on two lanes 287 MB, to chunk 256 on one lane 439 MB, on two lanes 667 MB. Most
     of it is freed heap (trimmed, the warmed runtime rests at ~230 MB), but the peak is real: a start
     that warms 256-frame windows where only 64-frame ones fit is an OOM kill.
+
+    ``spread_mb``: how much more than :attr:`frugal_peak_mb` the most frugal start took in the worst of
+    the measurements it was read from (0 for one). Successive measurements of one start on one machine
+    differ: the chunk-64 warm-up's peak read 259, 269 and 296 MB in three fresh processes.
     """
 
     lanes: int
     load_mb: float
     rest_mb: float
     warm_up_mb: dict[int, float]
+    spread_mb: float = 0.0
 
     def increment_mb(self, chunk_length: int) -> float:
         """What warming up to ``chunk_length`` adds to a loaded runtime."""
@@ -81,6 +88,11 @@ class StartUpCost:
         if not self.warm_up_mb:
             return self.load_mb
         return max(self.load_mb, self.warm_up_mb[min(self.warm_up_mb)])
+
+
+def _start_up_sample(lanes: int, entry: dict) -> StartUpCost:
+    return StartUpCost(lanes, entry["load_mb"], entry["rest_mb"],
+                       {int(chunk): mb for chunk, mb in entry["warm_up_mb"].items()})
 
 
 @dataclass(frozen=True)
@@ -190,31 +202,35 @@ class CalibrationStore:
 
     def load_start_up(self, machine: str, lanes: int | None = None) -> StartUpCost | None:
         """What starting the runtime with ``lanes`` compute lanes took on ``machine`` (``None``: the
-        most lanes measured), if measured."""
+        most lanes measured), if measured: each figure the median of the measurements kept, and the
+        frugal start's spread over them (:attr:`StartUpCost.spread_mb`)."""
         entries = self._read().get(machine, {}).get(STARTUP_KEY) or {}
         name = str(lanes) if lanes is not None else max(entries, key=int, default=None)
         entry = entries.get(name) if name is not None else None
         if not isinstance(entry, dict):
             return None
-        return StartUpCost(int(name), entry["load_mb"], entry["rest_mb"],
-                           {int(chunk): mb for chunk, mb in entry["warm_up_mb"].items()})
+        samples = [_start_up_sample(int(name), sample) for sample in entry.get("samples", [entry])]
+        warm = {chunk: statistics.median(s.warm_up_mb[chunk] for s in samples if chunk in s.warm_up_mb)
+                for chunk in sorted({chunk for s in samples for chunk in s.warm_up_mb})}
+        cost = StartUpCost(int(name), statistics.median(s.load_mb for s in samples),
+                           statistics.median(s.rest_mb for s in samples), warm)
+        spread = max(s.frugal_peak_mb for s in samples) - cost.frugal_peak_mb
+        return replace(cost, spread_mb=max(0.0, spread))
 
     def save_start_up(self, machine: str, cost: StartUpCost) -> None:
-        """Record a start-up; per figure the largest seen on ``machine`` is kept, so a start that once
-        took more is planned for."""
+        """Record a start-up measurement beside the last :data:`START_UP_SAMPLES` - 1 on ``machine``.
+        Why not keep each figure's worst: one measurement 40 MB above the others (307 against 265 and
+        282 MB, the chunk-64 warm-up) then refused every start in a sweep's floor + 50 MB level for
+        good; the median plans the usual start and the spread, kept in the margin, the unusual."""
         data = self._read()
         entries = data.setdefault(machine, {})
         if not isinstance(entries.get(STARTUP_KEY), dict):
             entries[STARTUP_KEY] = {}
-        old = self.load_start_up(machine, cost.lanes)
-        warm = dict(old.warm_up_mb) if old else {}
-        for chunk, mb in cost.warm_up_mb.items():
-            warm[chunk] = max(mb, warm.get(chunk, 0.0))
-        entries[STARTUP_KEY][str(cost.lanes)] = {
-            "load_mb": max(cost.load_mb, old.load_mb if old else 0.0),
-            "rest_mb": min(cost.rest_mb, old.rest_mb) if old else cost.rest_mb,
-            "warm_up_mb": {str(c): mb for c, mb in sorted(warm.items())},
-        }
+        old = entries[STARTUP_KEY].get(str(cost.lanes))
+        samples = (old.get("samples", [old]) if isinstance(old, dict) else []) + [
+            {"load_mb": cost.load_mb, "rest_mb": cost.rest_mb,
+             "warm_up_mb": {str(c): mb for c, mb in sorted(cost.warm_up_mb.items())}}]
+        entries[STARTUP_KEY][str(cost.lanes)] = {"samples": samples[-START_UP_SAMPLES:]}
         self._write(data)
 
     def worst_under_mb(self, machine: str) -> float | None:
@@ -231,14 +247,16 @@ def room_to_start(store: CalibrationStore, budget: MemoryBudgetManager, machine:
     smallest chunk on every lane) does not fit is an OOM kill, not a slow request. ``None`` when
     start-up was never measured on ``machine`` (it is read for the most lanes measured: the lane
     count is only known once torch is). The calibrated policy's margin uses the worst
-    under-prediction of any configuration fitted here, and how far the other apps may grow back to the
+    under-prediction of any configuration fitted here or of the start itself (its spread over the
+    measurements kept), and how far the other apps may grow back to the
     most seen: the frugal start's peak is the floor's own (load, then the smallest warm-up), it is
     passed within seconds, and what stays resident is below it. Warming larger chunks, which stays,
     keeps their whole swing (:attr:`MemoryBudgetManager.resident_margin_mb`)."""
     cost = store.load_start_up(machine)
     if cost is None:
         return None
-    budget.set_estimator_error(store.worst_under_mb(machine))
+    worst = store.worst_under_mb(machine)
+    budget.set_estimator_error(None if worst is None else max(worst, cost.spread_mb))
     return budget.check(max(0.0, cost.frugal_peak_mb - anon_now_mb))
 
 
