@@ -178,27 +178,25 @@ def test_measure_reads_a_real_request():
         measure(backend, "x", concurrency=0)
 
 
-def test_start_up_store_keeps_the_median_of_the_last_measurements_per_lane_count(tmp_path):
-    """Start-ups are recorded per lane count; each figure is the median of the measurements kept (one
-    outlier does not become the plan for good), and the frugal start's worst reading above its
-    median is the spread the margin keeps."""
+def test_start_up_store_plans_the_largest_of_the_last_measurements_per_lane_count(tmp_path):
+    """Start-ups are recorded per lane count; each peak is the largest of the measurements kept and
+    the rest the smallest (the start that once took more is planned for), but only the last
+    START_UP_SAMPLES count: an outlier ages out."""
     store = CalibrationStore(tmp_path / "cal.json")
     assert store.load_start_up("m") is None
     store.save_start_up("m", StartUpCost(2, 209.0, 205.0, {64: 287.0, 256: 667.0}))
-    assert store.load_start_up("m", 2) == StartUpCost(2, 209.0, 205.0, {64: 287.0, 256: 667.0}, 0.0)
     store.save_start_up("m", StartUpCost(2, 215.0, 207.0, {64: 280.0, 128: 420.0, 256: 671.0}))
-    store.save_start_up("m", StartUpCost(2, 211.0, 203.0, {64: 330.0, 128: 424.0, 256: 669.0}))
     store.save_start_up("m", StartUpCost(1, 209.0, 205.0, {64: 252.0, 256: 439.0}))
     store.save("m", KEY, EstimatorConstants(500.0, 1.0, None, True, FitQuality(3, 3, 5.0, 12.0, 30.0), 20.0))
     two = store.load_start_up("m", 2)
-    assert two == StartUpCost(2, 211.0, 205.0, {64: 287.0, 128: 422.0, 256: 669.0}, spread_mb=43.0)
+    assert two == StartUpCost(2, 215.0, 205.0, {64: 287.0, 128: 420.0, 256: 671.0})
     assert store.load_start_up("m") == two  # no lane count given: the most lanes measured
     assert store.load_start_up("m", 1).warm_up_mb == {64: 252.0, 256: 439.0}
-    assert two.increment_mb(256) == pytest.approx(464.0) and two.frugal_peak_mb == 287.0
+    assert two.increment_mb(256) == pytest.approx(466.0) and two.frugal_peak_mb == 287.0
     assert store.worst_under_mb("m") == 12.0  # the start-up entry is not a configuration's fit
     for i in range(START_UP_SAMPLES):  # only the last ones are kept
-        store.save_start_up("m", StartUpCost(2, 200.0, 200.0, {64: 260.0 + i}))
-    assert store.load_start_up("m", 2) == StartUpCost(2, 200.0, 200.0, {64: 262.0}, spread_mb=2.0)
+        store.save_start_up("m", StartUpCost(2, 200.0, 198.0 + i, {64: 260.0 + i}))
+    assert store.load_start_up("m", 2) == StartUpCost(2, 200.0, 198.0, {64: 260.0 + START_UP_SAMPLES - 1})
 
 
 def test_start_up_entry_of_an_older_file_loads_as_one_measurement(tmp_path):
@@ -221,21 +219,4 @@ def test_room_to_start_needs_the_most_frugal_warm_up_not_just_the_load(tmp_path)
     store.save_start_up("m", StartUpCost(2, 215.0, 205.0, {64: 287.0, 256: 667.0}))
     decision = room_to_start(store, budget, "m", anon_now_mb=8.0)
     assert not decision.allowed and decision.required_mb == pytest.approx(279.0)
-    budget.close()
-
-
-def test_room_to_start_keeps_the_start_ups_spread_when_it_exceeds_the_fits_error(tmp_path):
-    """Two measurements of the frugal start, 287 and 317 MB: it plans for their median, 302, and keeps
-    the 15 MB the worse one took above it in the margin (more than the fits' 12 MB)."""
-    store = CalibrationStore(tmp_path / "cal.json")
-    store.save("m", KEY, EstimatorConstants(500.0, 1.0, None, True, FitQuality(3, 3, 5.0, 12.0, 30.0), 20.0))
-    budget = MemoryBudgetManager(PROFILES["m1_air"], system_memory=lambda: SystemMemory(8192, 400),
-                                 cgroup_memory=None, policy="calibrated")
-    budget.watch.stop()
-    store.save_start_up("m", StartUpCost(2, 215.0, 205.0, {64: 287.0}))
-    assert room_to_start(store, budget, "m", anon_now_mb=8.0).safety_margin_mb == pytest.approx(12.0)
-    store.save_start_up("m", StartUpCost(2, 215.0, 205.0, {64: 317.0}))
-    decision = room_to_start(store, budget, "m", anon_now_mb=8.0)
-    assert decision.required_mb == pytest.approx(294.0) and decision.safety_margin_mb == pytest.approx(15.0)
-    assert decision.allowed  # 294 + 15 <= 400
     budget.close()

@@ -33,7 +33,7 @@ import os
 import platform
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 MB = 1024 * 1024
 #: The calibration file's entry for what starting the runtime costs (beside the configurations').
 STARTUP_KEY = "startup"
-#: Start-up measurements kept per machine and lane count (the figures are their medians).
+#: Start-up measurements kept per machine and lane count (a start is planned for their largest peaks).
 START_UP_SAMPLES = 5
 #: Where calibrations are stored unless ``ADAPTIVE_TTS_CALIBRATION`` or an explicit path says otherwise.
 DEFAULT_CALIBRATION_PATH = Path.home() / ".cache" / "adaptive-tts" / "calibration.json"
@@ -67,16 +67,16 @@ class StartUpCost:
     of it is freed heap (trimmed, the warmed runtime rests at ~230 MB), but the peak is real: a start
     that warms 256-frame windows where only 64-frame ones fit is an OOM kill.
 
-    ``spread_mb``: how much more than :attr:`frugal_peak_mb` the most frugal start took in the worst of
-    the measurements it was read from (0 for one). Successive measurements of one start on one machine
-    differ: the chunk-64 warm-up's peak read 259, 269 and 296 MB in three fresh processes.
+    Read back from a calibration file, each peak is the largest of the last measurements kept
+    (:data:`START_UP_SAMPLES`): successive measurements of one start on one machine differ (the
+    chunk-64 warm-up's peak read 259, 269 and 296 MB in three fresh processes), and a start planned for
+    their median was OOM-killed warming up to a chunk whose median fitted.
     """
 
     lanes: int
     load_mb: float
     rest_mb: float
     warm_up_mb: dict[int, float]
-    spread_mb: float = 0.0
 
     def increment_mb(self, chunk_length: int) -> float:
         """What warming up to ``chunk_length`` adds to a loaded runtime."""
@@ -202,26 +202,23 @@ class CalibrationStore:
 
     def load_start_up(self, machine: str, lanes: int | None = None) -> StartUpCost | None:
         """What starting the runtime with ``lanes`` compute lanes took on ``machine`` (``None``: the
-        most lanes measured), if measured: each figure the median of the measurements kept, and the
-        frugal start's spread over them (:attr:`StartUpCost.spread_mb`)."""
+        most lanes measured), if measured: each peak the largest of the measurements kept, the rest
+        the smallest."""
         entries = self._read().get(machine, {}).get(STARTUP_KEY) or {}
         name = str(lanes) if lanes is not None else max(entries, key=int, default=None)
         entry = entries.get(name) if name is not None else None
         if not isinstance(entry, dict):
             return None
         samples = [_start_up_sample(int(name), sample) for sample in entry.get("samples", [entry])]
-        warm = {chunk: statistics.median(s.warm_up_mb[chunk] for s in samples if chunk in s.warm_up_mb)
+        warm = {chunk: max(s.warm_up_mb[chunk] for s in samples if chunk in s.warm_up_mb)
                 for chunk in sorted({chunk for s in samples for chunk in s.warm_up_mb})}
-        cost = StartUpCost(int(name), statistics.median(s.load_mb for s in samples),
-                           statistics.median(s.rest_mb for s in samples), warm)
-        spread = max(s.frugal_peak_mb for s in samples) - cost.frugal_peak_mb
-        return replace(cost, spread_mb=max(0.0, spread))
+        return StartUpCost(int(name), max(s.load_mb for s in samples), min(s.rest_mb for s in samples), warm)
 
     def save_start_up(self, machine: str, cost: StartUpCost) -> None:
         """Record a start-up measurement beside the last :data:`START_UP_SAMPLES` - 1 on ``machine``.
-        Why not keep each figure's worst: one measurement 40 MB above the others (307 against 265 and
-        282 MB, the chunk-64 warm-up) then refused every start in a sweep's floor + 50 MB level for
-        good; the median plans the usual start and the spread, kept in the margin, the unusual."""
+        Why a window and not every measurement ever made: a start that once took more is planned for,
+        but not for good (one reading of 307 MB against 265 and 282, the chunk-64 warm-up, refused
+        every start at a sweep's floor + 50 MB level in each later run)."""
         data = self._read()
         entries = data.setdefault(machine, {})
         if not isinstance(entries.get(STARTUP_KEY), dict):
@@ -247,16 +244,14 @@ def room_to_start(store: CalibrationStore, budget: MemoryBudgetManager, machine:
     smallest chunk on every lane) does not fit is an OOM kill, not a slow request. ``None`` when
     start-up was never measured on ``machine`` (it is read for the most lanes measured: the lane
     count is only known once torch is). The calibrated policy's margin uses the worst
-    under-prediction of any configuration fitted here or of the start itself (its spread over the
-    measurements kept), and how far the other apps may grow back to the
+    under-prediction of any configuration fitted here, and how far the other apps may grow back to the
     most seen: the frugal start's peak is the floor's own (load, then the smallest warm-up), it is
     passed within seconds, and what stays resident is below it. Warming larger chunks, which stays,
     keeps their whole swing (:attr:`MemoryBudgetManager.resident_margin_mb`)."""
     cost = store.load_start_up(machine)
     if cost is None:
         return None
-    worst = store.worst_under_mb(machine)
-    budget.set_estimator_error(None if worst is None else max(worst, cost.spread_mb))
+    budget.set_estimator_error(store.worst_under_mb(machine))
     return budget.check(max(0.0, cost.frugal_peak_mb - anon_now_mb))
 
 
