@@ -276,12 +276,18 @@ class SmartAdaptiveBackend:
             return False
         budget = self.memory_budget_manager
         warmed: int | None = None
+        before_mb = budget.available_mb()
         while True:
-            done_mb = cost.increment_mb(warmed) if warmed is not None else 0.0
-            ahead = {chunk: cost.increment_mb(chunk) - done_mb for chunk in chunks if warmed is None or chunk > warmed}
+            available_mb = budget.available_mb()
+            # What the steps so far still hold, as the readings show it, at most their measured peak:
+            # heap handed back after a step holds less, and the next step's peak then starts lower
+            # (taken as its measured peak less the previous one's, starts at floor + 300 MB that had
+            # handed back chunk 64's warm-up were OOM-killed warming up to chunk 128).
+            held_mb = min(cost.increment_mb(warmed), max(0.0, before_mb - available_mb)) if warmed is not None else 0.0
+            ahead = {chunk: cost.increment_mb(chunk) - held_mb for chunk in chunks if warmed is None or chunk > warmed}
             if not ahead:
                 break
-            target = plan_warm_up(ahead, budget.available_mb(), budget.resident_margin_mb)
+            target = plan_warm_up(ahead, available_mb, budget.resident_margin_mb)
             if isinstance(target, Refusal):
                 if warmed is None:
                     logger.warning("no decoder warm-up: %s", target.reason)

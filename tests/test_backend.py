@@ -284,7 +284,9 @@ def test_warm_up_chooses_the_largest_chunk_whose_measured_start_up_fits(tmp_path
     """With this machine's start-up measured (warming 256-frame windows on both lanes takes 460 MB,
     128-frame ones 180 MB, 64-frame ones 80 MB) and 300 MB free, a new runtime warms up one chunk at a
     time while the next step fits (64, then 128; 256 would need 280 MB more with 120 MB left) and runs
-    at most 128 from then on, where the short warm-up request alone predicted ~nothing."""
+    at most 128 from then on, where the short warm-up request alone predicted ~nothing. Where a step's
+    heap is handed back, the next step is planned from the loaded runtime: with 150 MB free, 64 (80 MB)
+    and not 128 (180 MB, not the 100 MB more than 64's peak)."""
     from adaptive_tts.runtime.estimator import FitQuality, StartUpCost
     from adaptive_tts.voice.engine import Engine
 
@@ -304,12 +306,13 @@ def test_warm_up_chooses_the_largest_chunk_whose_measured_start_up_fits(tmp_path
         return warm_up(engine, chunk_length)
 
     monkeypatch.setattr(Engine, "warm_up", recording_warm_up)
+    handed_back = False
 
     class Growing(Memory):
         """The machine's available memory falls by what the warm-ups so far are measured to take."""
 
         def __call__(self) -> SystemMemory:
-            return SystemMemory(8192.0, self.available_mb - (increments[max(warmed)] if warmed else 0.0))
+            return SystemMemory(8192.0, self.available_mb - (increments[max(warmed)] if warmed and not handed_back else 0.0))
 
     def start(available_mb: float) -> SmartAdaptiveBackend:
         warmed.clear()
@@ -332,3 +335,7 @@ def test_warm_up_chooses_the_largest_chunk_whose_measured_start_up_fits(tmp_path
     starved = start(50.0)  # not even the smallest step fits: no warm-up, the most frugal chunk
     assert starved.config.chunk_length == 64 and warmed == []
     starved.close()
+    handed_back = True  # from here the warm-ups' heap is handed back: memory falls by nothing
+    tight = start(150.0)  # 64 fits (80 MB); 128's 180 MB from the loaded runtime do not, whatever 64 held
+    assert tight.config.chunk_length == 64 and warmed == [64, 64]
+    tight.close()
