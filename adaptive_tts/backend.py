@@ -279,10 +279,10 @@ class SmartAdaptiveBackend:
         before_mb = budget.available_mb()
         while True:
             available_mb = budget.available_mb()
-            # What the steps so far still hold, as the readings show it, at most their measured peak:
-            # heap handed back after a step holds less, and the next step's peak then starts lower
-            # (taken as its measured peak less the previous one's, starts at floor + 300 MB that had
-            # handed back chunk 64's warm-up were OOM-killed warming up to chunk 128).
+            # What the steps so far still hold, as the readings show it, at most their measured peak.
+            # Their whole peak is not it: a step's heap is handed back, so the next step climbs from
+            # lower (counted as held, chunk 128 looked 90 MB cheaper and starts at floor + 300 MB
+            # were OOM-killed warming it up).
             held_mb = min(cost.increment_mb(warmed), max(0.0, before_mb - available_mb)) if warmed is not None else 0.0
             ahead = {chunk: cost.increment_mb(chunk) - held_mb for chunk in chunks if warmed is None or chunk > warmed}
             if not ahead:

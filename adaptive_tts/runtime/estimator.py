@@ -69,8 +69,8 @@ class StartUpCost:
 
     Read back from a calibration file, each peak is the largest of the last measurements kept
     (:data:`START_UP_SAMPLES`): successive measurements of one start on one machine differ (the
-    chunk-64 warm-up's peak read 259, 269 and 296 MB in three fresh processes), and a start planned for
-    their median was OOM-killed warming up to a chunk whose median fitted.
+    chunk-64 warm-up's peak read 259, 269 and 296 MB in three fresh processes), and the start that once
+    took more is planned for.
     """
 
     lanes: int
