@@ -53,8 +53,11 @@ def _check_writable(path: Path) -> None:
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
     from .audio import write_wav
-    from .voice.engine import SynthesisOptions, SynthesisStats, load_engine
+    from .backend import BackendOptions, SmartAdaptiveBackend, SynthesisRefused
+    from .synthesis import Synthesis
+    from .voice import TimedChunks, load_engine
     from .voice.frontend import TextError, validate_text
+    from .voice.speech import SynthesisOptions
 
     out = Path(args.output)
     try:
@@ -66,24 +69,19 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
         noise_scale=args.noise_scale, length_scale=args.length_scale, noise_w=args.noise_w,
         seed=args.seed, chunk_length=args.chunk_length,
     )
-    stats = SynthesisStats()
-    if args.profile is not None or args.quantization is not None:
-        from .backend import BackendOptions, SmartAdaptiveBackend
-
-        backend = SmartAdaptiveBackend(
-            profile=args.profile or "auto",
-            options=BackendOptions(engine=args.engine, quantization=args.quantization,
-                                   chunk_length=args.chunk_length, num_threads=args.threads, compute=args.compute),
-        )
-        chunks = backend.stream(args.text, options, stats=stats)
-        sample_rate = backend.sample_rate
-    else:
-        engine = load_engine(args.engine, args.threads, args.compute)
-        chunks = engine.stream(args.text, options, stats=stats)
-        sample_rate = engine.sample_rate
+    chunks: TimedChunks | Synthesis
     try:
+        if args.profile is not None or args.quantization is not None:
+            backend = SmartAdaptiveBackend(profile=args.profile or "auto",
+                                           options=BackendOptions.from_settings(vars(args)))
+            chunks = backend.stream(args.text, options)
+            sample_rate = backend.sample_rate
+        else:
+            engine = load_engine(args.engine, args.num_threads, args.compute)
+            chunks = TimedChunks(engine.stream(args.text, options))
+            sample_rate = engine.sample_rate
         samples = write_wav(out, chunks, sample_rate)
-    except TextError as exc:
+    except (TextError, SynthesisRefused) as exc:
         out.unlink(missing_ok=True)
         raise CliError(str(exc)) from None
     except OSError as exc:
@@ -91,9 +89,9 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     audio_s = samples / sample_rate
     print(f"wrote {out} ({sample_rate} Hz mono)")
     print(f"audio seconds:      {audio_s:.2f}")
-    print(f"latency:            {stats.latency_s:.3f} s")
-    print(f"first audio:        {stats.first_audio_s or 0.0:.3f} s")
-    print(f"real-time factor:   {stats.latency_s / audio_s if audio_s else float('nan'):.3f}")
+    print(f"latency:            {chunks.latency_s:.3f} s")
+    print(f"first audio:        {chunks.first_audio_s or 0.0:.3f} s")
+    print(f"real-time factor:   {chunks.latency_s / audio_s if audio_s else float('nan'):.3f}")
     return 0
 
 
@@ -113,11 +111,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         validate_text(args.text)
     except TextError as exc:
         raise CliError(str(exc)) from None
-    backend = SmartAdaptiveBackend(
-        profile=args.profile or "auto",
-        options=BackendOptions(affinity=False, engine=args.engine, quantization=args.quantization,
-                               chunk_length=args.chunk_length, num_threads=args.threads, compute=args.compute),
-    )
+    backend = SmartAdaptiveBackend(profile=args.profile or "auto",
+                                   options=BackendOptions.from_settings(vars(args), affinity=False))
     print(json.dumps(backend.estimate(args.text), indent=2))
     return 0
 
@@ -177,8 +172,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # The model loads inside the server's start-up, where a bad name would end in uvicorn's traceback.
     if args.profile not in (None, "auto", *PROFILES):
         raise CliError(f"unknown hardware profile {args.profile!r}; valid: auto, {', '.join(PROFILES)}")
-    options = BackendOptions(engine=args.engine, quantization=args.quantization or "fp32",
-                             chunk_length=args.chunk_length, num_threads=args.threads, compute=args.compute)
+    options = BackendOptions.from_settings(vars(args), quantization=args.quantization or "fp32")
     profile: str | HardwareProfile = args.profile or "auto"
     if args.cache_limit is not None:
         profile = with_cache_limit(select_profile(detect_hardware(), profile), args.cache_limit)
@@ -207,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--noise-w", type=_non_negative_float, default=None)
     syn.add_argument("--seed", type=int, default=None)
     syn.add_argument("--chunk-length", type=_positive_int, default=None, help="decoder chunk in latent frames")
-    syn.add_argument("--threads", type=_positive_int, default=None)
+    syn.add_argument("--threads", dest="num_threads", type=_positive_int, default=None)
     syn.add_argument("--engine", choices=["torch", "reference"], default="torch")
     syn.add_argument("--profile", default=None, help="run through the adaptive backend with this hardware profile")
     syn.add_argument("--quantization", choices=["fp32", "int8", "int4"], default=None)
@@ -225,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--quantization", choices=["fp32", "int8", "int4"], default=None)
     _add_compute(est)
     est.add_argument("--chunk-length", type=_positive_int, default=None)
-    est.add_argument("--threads", type=_positive_int, default=None)
+    est.add_argument("--threads", dest="num_threads", type=_positive_int, default=None)
     est.set_defaults(func=cmd_estimate)
 
     cal = sub.add_parser("calibrate", help="fit the memory estimator's constants on this machine")
@@ -247,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--quantization", choices=["fp32", "int8", "int4"], default=None, help="default fp32")
     _add_compute(srv)
     srv.add_argument("--chunk-length", type=_positive_int, default=None, help="decoder chunk in latent frames")
-    srv.add_argument("--threads", type=_positive_int, default=None)
+    srv.add_argument("--threads", dest="num_threads", type=_positive_int, default=None)
     srv.add_argument("--max-jobs", type=_positive_int, default=16,
                      help="synthesis requests held at once, running or waiting for memory; more get 503 (default 16)")
     srv.add_argument("--retry-after", type=_positive_int, default=5, help="Retry-After seconds of a 503 (default 5)")

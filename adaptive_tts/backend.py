@@ -23,8 +23,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, cast
 
 import numpy as np
 
@@ -38,10 +39,14 @@ from .runtime.hardware import HardwareInfo, HardwareProfile, detect_hardware, ha
 from .runtime.monitor import SystemMonitor
 from .runtime.planner import (PRECISIONS, Candidate, Plan, PlannerState, Refusal, Reservation, Wait, held_mb,
                               plan_request, plan_warm_up)
-from .voice.lanes import ComputeLanes
 from .heap import release_free_memory, tune_heap
-from .voice.engine import COMPUTE_DTYPES, SynthesisOptions, SynthesisStats, load_engine
-from .voice.frontend import TextError, validate_text
+from .synthesis import Synthesis, SynthesisResult
+from .units import mib
+from .voice import ENGINES, engine_capabilities, load_engine
+from .voice.engine import COMPUTE_DTYPES
+from .voice.frontend import Sentence, TextError, validate_text
+from .voice.lanes import ComputeLanes
+from .voice.speech import QuantizableEngine, SynthesisOptions
 
 logger = logging.getLogger(__name__)
 
@@ -107,15 +112,25 @@ class BackendOptions:
     #: many as the CPUs this process may use hold ``num_threads`` each, at least one.
     compute_lanes: int | None = None
 
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], **overrides: Any) -> BackendOptions:
+        """Options from any mapping that names them as the fields do — a trial's options, parsed CLI
+        arguments, a :class:`~adaptive_tts.runtime.estimator.ConfigKey` as a dict — so that no caller
+        spells them out one by one: other keys are ignored, missing ones keep their defaults,
+        ``overrides`` win."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{**{k: v for k, v in settings.items() if k in names}, **overrides})
+
     def __post_init__(self) -> None:
         if self.budget_policy not in BUDGET_POLICIES:
             raise ValueError(f"budget_policy must be one of {', '.join(BUDGET_POLICIES)}, not {self.budget_policy!r}")
-        if self.engine not in ("torch", "reference"):
-            raise ValueError(f"engine must be 'torch' or 'reference', not {self.engine!r}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
         if self.quantization is not None and self.quantization not in PRECISIONS:
             raise ValueError(f"quantization must be one of {', '.join(PRECISIONS)}, not {self.quantization!r}")
-        if self.engine == "reference" and self.quantization not in (None, "fp32"):
-            raise ValueError("the onnxruntime reference engine runs fp32 only")
+        precisions = engine_capabilities(self.engine).precisions
+        if self.quantization is not None and self.quantization not in precisions:
+            raise ValueError(f"the {self.engine} engine runs {', '.join(precisions)} only, not {self.quantization}")
         if self.compute not in ("auto", *COMPUTE_DTYPES):
             raise ValueError(f"compute must be auto, {', '.join(COMPUTE_DTYPES)}, not {self.compute!r}")
         if self.chunk_length is not None and self.chunk_length < 1:
@@ -140,25 +155,6 @@ class RuntimeConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-@dataclass
-class SynthesisResult:
-    audio: np.ndarray
-    sample_rate: int
-    latency_s: float
-    first_audio_s: float
-    audio_s: float
-    rtf: float
-    text_tokens: int
-    estimated_mb: float | None
-    config: dict
-    cached: bool = False
-    degraded: tuple[str, ...] = field(default_factory=tuple)
-    #: seconds the request waited for running jobs before it was admitted
-    waited_s: float = 0.0
-    #: the safety margin in force when it was admitted (None: budget off)
-    safety_margin_mb: float | None = None
 
 
 def default_lanes(num_threads: int) -> int:
@@ -233,7 +229,7 @@ class SmartAdaptiveBackend:
     def _warm_up(self) -> None:
         """Compile the decoder for the window lengths of the chunks requests will run at, on every lane:
         with budget and estimation, only as far as memory allows (:meth:`_warm_up_measured`)."""
-        if self.options.engine != "torch":
+        if not self.engine.capabilities.warm_up:
             return
         started = time.perf_counter()
         if not (self.options.budget and self.options.estimation):
@@ -309,8 +305,8 @@ class SmartAdaptiveBackend:
         profile's row — under the seed policy with the seed's "< 6 GB available → INT4" rule, under
         the calibrated policy as written, since the planner lowers precision when measurements say a
         request needs it."""
-        if self.options.engine == "reference":
-            return "fp32"
+        if len(self.engine.capabilities.precisions) == 1:
+            return self.engine.capabilities.precisions[0]
         if self.options.quantization is not None:
             return self.options.quantization
         if not self.options.budget:
@@ -336,28 +332,29 @@ class SmartAdaptiveBackend:
         dynamic = row.dynamic and precision == "int8" and native_int8_dot()
         strategy = QuantizationStrategy(mode=precision, weight_only=row.weight_only or not dynamic,
                                         dynamic=dynamic)
-        quantize_(self.engine.model, strategy)
+        quantize_(cast(QuantizableEngine, self.engine).model, strategy)  # runs() said it has weights to lower
         self.config.quantization = precision
         gc.collect()
         logger.info("model weights now %s", precision)
 
     def _chunk_length(self) -> int | None:
-        """The decoder chunk now; ``None`` for the onnxruntime reference, which cannot chunk."""
-        return self.config.chunk_length if self.options.engine == "torch" else None
+        """The decoder chunk now; ``None`` for an engine that cannot chunk (one pass per sentence)."""
+        return self.config.chunk_length if self.engine.capabilities.chunking else None
 
     def _config_key(self, chunk_length: int | None = None, quantization: str | None = None) -> ConfigKey:
-        chunk = None if self.options.engine == "reference" else (chunk_length or self.config.chunk_length)
-        return ConfigKey(self.options.engine, quantization or self.config.quantization, chunk,
+        chunk = (chunk_length or self.config.chunk_length) if self.engine.capabilities.chunking else None
+        return ConfigKey(self.engine.name, quantization or self.config.quantization, chunk,
                          self.config.num_threads, self.config.compute)
 
     def candidate_keys(self) -> list[ConfigKey]:
         """Every configuration the planner may choose, in its preference order: the current chunk
         and the halvings down to :data:`MIN_CHUNK_LENGTH`, at the current precision, then at each
-        lower one (our engine only; the reference runs one configuration)."""
-        if self.options.engine != "torch" or self.options.quantization is not None:
+        lower one the engine runs."""
+        if self.options.quantization is not None:
             precisions = [self.config.quantization]
         else:
-            precisions = list(PRECISIONS[PRECISIONS.index(self.config.quantization):])
+            precisions = [p for p in PRECISIONS[PRECISIONS.index(self.config.quantization):]
+                          if self.engine.capabilities.runs(p)]
         chunks = [self._chunk_length()]
         while chunks[-1] is not None and chunks[-1] // 2 >= MIN_CHUNK_LENGTH:
             chunks.append(chunks[-1] // 2)
@@ -400,7 +397,7 @@ class SmartAdaptiveBackend:
         payload = hardware_payload(self.info, self.profile)
         payload["selected_configuration"] = self.config.to_dict()
         payload["runtime_features"] = {k: getattr(self.options, k) for k in ("budget", "affinity", "estimation", "cache")}
-        payload["engine"] = self.options.engine
+        payload["engine"] = self.engine.name
         return payload
 
     def system_status(self) -> dict:
@@ -424,7 +421,7 @@ class SmartAdaptiveBackend:
         freed = self.cache.clear() if self.cache is not None else 0
         gc.collect()
         release_free_memory()
-        return {"status": "cleared", "freed_mb": round(freed / 2**20, 3),
+        return {"status": "cleared", "freed_mb": round(mib(freed), 3),
                 "freed_rss_mb": round(before - current_rss_mb(), 1)}
 
     def optimize_for_hardware(self) -> dict:
@@ -469,8 +466,9 @@ class SmartAdaptiveBackend:
         (returns True), else when the last running job ends. A job never sees its weights change."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-        if self.options.engine != "torch":
-            raise ValueError(f"the {self.options.engine} engine runs {self.config.quantization} only")
+        if not self.engine.capabilities.runs(precision):
+            raise ValueError(f"the {self.engine.name} engine runs {', '.join(self.engine.capabilities.precisions)} "
+                             f"only, not {precision}")
         return self.ledger.when_idle(lambda: self._switch_precision(precision))
 
     def _switch_precision(self, precision: str) -> None:
@@ -551,52 +549,60 @@ class SmartAdaptiveBackend:
             raise TextTooLong(len(text), self.config.max_text_length)
         return text
 
-    def stream(
-        self, text: str, options: SynthesisOptions | None = None, stats: SynthesisStats | None = None,
-        result: dict | None = None,
-    ) -> Iterator[np.ndarray]:
-        """Yield audio chunks; admission happens before the first chunk. ``result`` (if given) receives
-        the plan and token count, for callers that report them."""
+    def stream(self, text: str, options: SynthesisOptions | None = None) -> Synthesis:
+        """Admit ``text`` and return its :class:`~adaptive_tts.synthesis.Synthesis`: iterate it for the
+        audio, decoded as it is taken. Admission (which may wait for running jobs) happens here, so a
+        refusal (:class:`SynthesisRefused`) or a bad text is raised before any audio exists; the cache
+        answers without admission."""
+        started = time.perf_counter()
         self._check_text(text)
         opts = options or SynthesisOptions()
-        stats = stats if stats is not None else SynthesisStats()
-        stats.started = time.perf_counter()
         key = None
         if self.cache is not None:
-            key = AudioCache.key(text, engine=self.options.engine, quantization=self.config.quantization,
+            key = AudioCache.key(text, engine=self.engine.name, quantization=self.config.quantization,
                                  noise_scale=opts.noise_scale, length_scale=opts.length_scale,
                                  noise_w=opts.noise_w, seed=opts.seed)
             hit = self.cache.get(key)
             if hit is not None:
-                stats.first_audio_s = time.perf_counter() - stats.started
-                stats.samples = len(hit)
-                stats.latency_s = stats.first_audio_s
-                if result is not None:
-                    result.update(cached=True, plan=None, tokens=None)
-                for start in range(0, len(hit), HIT_CHUNK_SAMPLES):
-                    yield from_pcm16(hit[start : start + HIT_CHUNK_SAMPLES])
-                return
+                return Synthesis(self._replay(hit), sample_rate=self.sample_rate, started=started,
+                                 config=self._run_config(self._chunk_length()), cached=True)
         sentences = self.engine.frontend.sentences(text)
         tokens = sum(len(s.ids) for s in sentences)
         job, plan, waited_s = self._admit(tokens)
-        if result is not None:
-            result.update(cached=False, plan=plan, tokens=tokens, waited_s=waited_s,
-                          safety_margin_mb=plan.safety_margin_mb)
-        chunks: list[np.ndarray] = []
         try:
             first = opts.first_chunk_length
             if first is None and plan.chunk_length is not None:
                 first = min(FIRST_CHUNK_LENGTH, plan.chunk_length)
             resolved = self.engine.resolve(opts, chunk_length=plan.chunk_length, first_chunk_length=first)
-            for chunk in self.lanes.iterate(self.engine.stream_sentences(sentences, resolved, stats)):
-                if key is not None:
-                    chunks.append(pcm16(chunk))  # what the cache keeps: half a float32 copy
-                yield chunk
-        finally:
-            if self.ledger.release(job):
-                self._schedule_idle_trim()
-        if key is not None and chunks:
-            self.cache.put(key, chunks)
+        except BaseException:
+            self._release(job)
+            raise
+        return Synthesis(self._decode(sentences, resolved, key), sample_rate=self.sample_rate, started=started,
+                         config=self._run_config(plan.chunk_length), plan=plan, tokens=tokens, waited_s=waited_s,
+                         release=functools.partial(self._release, job))
+
+    def _replay(self, pcm: np.ndarray) -> Iterator[np.ndarray]:
+        for start in range(0, len(pcm), HIT_CHUNK_SAMPLES):
+            yield from_pcm16(pcm[start : start + HIT_CHUNK_SAMPLES])
+
+    def _decode(self, sentences: list[Sentence], options: SynthesisOptions, key: str | None) -> Iterator[np.ndarray]:
+        """The engine's chunks on a compute lane; a text decoded to its end goes into the cache."""
+        kept: list[np.ndarray] = []
+        for chunk in self.lanes.iterate(self.engine.stream_sentences(sentences, options)):
+            if key is not None:
+                kept.append(pcm16(chunk))  # what the cache keeps: half a float32 copy
+            yield chunk
+        if key is not None and kept and self.cache is not None:
+            self.cache.put(key, kept)
+
+    def _release(self, job: int) -> None:
+        if self.ledger.release(job):
+            self._schedule_idle_trim()
+
+    def _run_config(self, chunk_length: int | None) -> dict:
+        return {"engine": self.engine.name, "quantization": self.config.quantization,
+                "num_threads": self.config.num_threads, "compute": self.config.compute,
+                "chunk_length": chunk_length}
 
     def _schedule_idle_trim(self) -> None:
         """Hand freed memory back to the OS once the service has been idle for
@@ -622,26 +628,10 @@ class SmartAdaptiveBackend:
 
     def synthesize(self, text: str, options: SynthesisOptions | None = None) -> SynthesisResult:
         """Whole-utterance synthesis with its timings and the plan it ran under."""
-        stats = SynthesisStats()
-        info: dict = {}
-        chunks = list(self.stream(text, options, stats, result=info))
-        audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-        audio_s = len(audio) / self.sample_rate
-        plan: Plan | None = info.get("plan")
-        tokens = info.get("tokens")
-        if tokens is None:
-            tokens = self.engine.frontend.count_tokens(text)
-        return SynthesisResult(
-            audio=audio, sample_rate=self.sample_rate, latency_s=stats.latency_s,
-            first_audio_s=stats.first_audio_s or stats.latency_s, audio_s=audio_s,
-            rtf=stats.latency_s / audio_s if audio_s else float("nan"), text_tokens=tokens,
-            estimated_mb=plan.estimated_mb if plan else None,
-            config={"engine": self.options.engine, "quantization": self.config.quantization,
-                    "num_threads": self.config.num_threads, "compute": self.config.compute,
-                    "chunk_length": plan.chunk_length if plan else self._chunk_length()},
-            cached=info.get("cached", False), degraded=plan.degraded if plan else (),
-            waited_s=info.get("waited_s", 0.0), safety_margin_mb=info.get("safety_margin_mb"),
-        )
+        result = self.stream(text, options).result()
+        if result.text_tokens is None:  # answered from the cache, which does not phonemize
+            result = replace(result, text_tokens=self.engine.frontend.count_tokens(text))
+        return result
 
     def close(self) -> None:
         """Undo process-wide changes (CPU affinity, thread count) and stop the memory watch."""

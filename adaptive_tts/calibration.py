@@ -17,6 +17,7 @@ It sits above the backend (it drives one), so the estimator itself never imports
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -145,7 +146,6 @@ def calibrate(
 
 def measuring_backend(key: ConfigKey, profile: str = "auto", warm_up: bool = True) -> SmartAdaptiveBackend:
     """A backend for measuring ``key``: no admission, no cache, no pinning, the key's settings."""
-    return SmartAdaptiveBackend(profile, BackendOptions(
-        budget=False, affinity=False, estimation=False, cache=False, engine=key.engine,
-        quantization=key.quantization, chunk_length=key.chunk_length, num_threads=key.num_threads,
-        compute=key.compute), warm_up=warm_up)
+    options = BackendOptions.from_settings(dataclasses.asdict(key), budget=False, affinity=False, estimation=False,
+                                           cache=False)
+    return SmartAdaptiveBackend(profile, options, warm_up=warm_up)

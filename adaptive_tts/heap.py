@@ -11,6 +11,8 @@ from __future__ import annotations
 import ctypes
 import os
 
+from .units import MIB
+
 #: glibc ``mallopt`` parameters (malloc.h) and the values set here: blocks below 32 MB (a
 #: decoder chunk's activations are 2-10 MB each) come from the heap rather than fresh ``mmap`` s, and
 #: up to 128 MB of freed heap stays mapped between chunks instead of going back to the kernel at every
@@ -28,8 +30,8 @@ import os
 #: arenas (this VM, INT8). Two suffice: tensors of 32 MB or more bypass the heaps, and the compute lanes
 #: spend their time in kernels, not in ``malloc``.
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
-MALLOC_TRIM_THRESHOLD = 128 * 2**20
-MALLOC_MMAP_THRESHOLD = 32 * 2**20
+MALLOC_TRIM_THRESHOLD = 128 * MIB
+MALLOC_MMAP_THRESHOLD = 32 * MIB
 MALLOC_ARENAS = 2
 
 

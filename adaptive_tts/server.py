@@ -8,11 +8,12 @@ One model is loaded at start-up and every request shares it. What may run is dec
   for running jobs to free memory (up to ``BackendOptions.wait_timeout_s``), or is refused — a refusal
   (:class:`~adaptive_tts.backend.SynthesisRefused`) is also a 503 with ``Retry-After`` and the numbers.
 
-The backend's ``stream()`` is a generator that admits on its first ``next()``, so the server pulls the
-first chunk *before* it sends response headers: a refusal or a bad text becomes a JSON error, not a
-broken stream. Every ``next()`` runs on a worker thread (synthesis is CPU-bound and would stall the event
-loop, and with it ``/health`` and ``/system-status``), and whatever ends a response — the last chunk, an
-error, a client that went away — closes the generator, which releases the job's memory reservation.
+The backend's ``stream()`` admits a request and returns its :class:`~adaptive_tts.synthesis.Synthesis`
+before any audio is decoded, so a refusal or a bad text becomes a JSON error before response headers
+are sent, not a broken stream. Admission and every chunk run on a worker thread (synthesis is CPU-bound
+and would stall the event loop, and with it ``/health`` and ``/system-status``), and whatever ends a
+response — the last chunk, an error, a client that went away — closes the synthesis, which releases the
+job's memory reservation.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import logging
 import threading
 import typing
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
@@ -41,7 +42,8 @@ from starlette.types import Receive, Scope, Send
 from .audio import to_pcm16, wav_header
 from .backend import BackendOptions, SmartAdaptiveBackend, SynthesisRefused, TextTooLong
 from .runtime.hardware import EstimateDefaults, HardwareInfo, HardwareProfile, MemoryBudget, QuantizationConfig
-from .voice.engine import SynthesisOptions
+from .synthesis import Synthesis
+from .voice.speech import SynthesisOptions
 from .voice.frontend import TextError, validate_text
 
 logger = logging.getLogger(__name__)
@@ -359,53 +361,6 @@ def _utf8_problem(body: bytes, content_type: str) -> str | None:
 # ------------------------------------------------------------------------------------------------
 
 
-class _Job:
-    """One request's chunk generator, stepped from worker threads one chunk at a time.
-
-    A lock serializes steps and the final close: a client can go away while a step is running on a
-    worker, and a generator cannot be closed while it executes, so the close waits for that step.
-    """
-
-    def __init__(self, chunks: Iterator[np.ndarray], on_done: Callable[[], None]) -> None:
-        self._chunks = chunks
-        self._on_done = on_done
-        self._lock = threading.Lock()
-        self.done = False
-
-    def step(self) -> np.ndarray | None:
-        """The next chunk; ``None`` at the end, when the job's slot is already released."""
-        with self._lock:
-            if self.done:
-                return None
-            try:
-                return next(self._chunks)
-            except StopIteration:
-                self._finish()
-                return None
-            except BaseException:
-                self._finish()
-                raise
-
-    def drain(self) -> list[np.ndarray]:
-        chunks = []
-        while (chunk := self.step()) is not None:
-            chunks.append(chunk)
-        return chunks
-
-    def close(self) -> None:
-        """Stop early: closing the generator runs its ``finally``, which frees the memory reservation."""
-        with self._lock:
-            if not self.done:
-                try:
-                    self._chunks.close()
-                finally:
-                    self._finish()
-
-    def _finish(self) -> None:
-        self.done = True
-        self._on_done()
-
-
 class SynthesisService:
     """The shared backend, its worker threads, and the bound on synthesis requests held at once."""
 
@@ -436,8 +391,9 @@ class SynthesisService:
     async def _run(self, fn: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
-    async def start(self, text: str, options: SynthesisOptions, field: str) -> tuple[_Job, np.ndarray, dict]:
-        """Hold a slot and pull the first chunk — admission happens there — before any header is sent.
+    async def start(self, text: str, options: SynthesisOptions, field: str) -> Synthesis:
+        """Hold a slot and admit the request — on a worker, since admission may wait for memory —
+        before any header is sent.
 
         Raises :class:`ServerBusy` (queue full, or memory refused), :class:`TextTooLong`, and
         ``RequestValidationError`` naming ``field`` for a text with nothing speakable in it.
@@ -450,60 +406,65 @@ class SynthesisService:
             logger.info("refused: %d synthesis requests already held", self.max_jobs)
             raise ServerBusy(f"server busy: {self.max_jobs} synthesis requests are already running or "
                              "waiting; retry later", self.retry_after_s)
-        info: dict = {}
-        job = _Job(self.backend.stream(text, options, result=info), self._release)
+        admitted: Future[Synthesis] = self._executor.submit(self.backend.stream, text, options)
         try:
-            first = await self._run(job.step)
-        except SynthesisRefused as exc:
-            logger.info("refused by the memory budget: %s", exc.reason)
-            raise ServerBusy(f"not enough memory to synthesize now: {exc.reason}", self.retry_after_s,
-                             exc) from None
-        except TextTooLong:
+            synthesis = await asyncio.wrap_future(admitted)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):  # shutdown while admitting: close it once admitted
+                admitted.add_done_callback(_close_admitted)
+            self._release()
+            if isinstance(exc, SynthesisRefused):
+                logger.info("refused by the memory budget: %s", exc.reason)
+                raise ServerBusy(f"not enough memory to synthesize now: {exc.reason}", self.retry_after_s,
+                                 exc) from None
+            if isinstance(exc, TextError) and not isinstance(exc, TextTooLong):
+                raise _field_error(field, exc) from None
             raise
-        except TextError as exc:
-            raise _field_error(field, exc) from None
-        except BaseException:
-            self.discard(job)  # cancelled while admitting (shutdown): close it once the step returns
-            raise
-        return job, (first if first is not None else np.zeros(0, np.float32)), info
+        synthesis.add_done_callback(self._release)
+        return synthesis
 
-    def discard(self, job: _Job) -> None:
-        """Close ``job`` on a worker without waiting (callable where awaiting is not possible)."""
-        if not job.done:
-            self._executor.submit(job.close)
+    def discard(self, synthesis: Synthesis) -> None:
+        """Close ``synthesis`` on a worker without waiting (callable where awaiting is not possible)."""
+        if not synthesis.done:
+            self._executor.submit(synthesis.close)
 
-    async def chunks(self, job: _Job) -> AsyncIterator[np.ndarray]:
-        while (chunk := await self._run(job.step)) is not None:
+    async def chunks(self, synthesis: Synthesis) -> AsyncIterator[np.ndarray]:
+        while (chunk := await self._run(synthesis.step)) is not None:
             yield chunk
 
-    async def drain(self, job: _Job) -> list[np.ndarray]:
+    async def drain(self, synthesis: Synthesis) -> list[np.ndarray]:
         try:
-            return await self._run(job.drain)
+            return await self._run(lambda: list(synthesis))
         finally:
-            self.discard(job)
+            self.discard(synthesis)
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
+def _close_admitted(admitted: Future[Synthesis]) -> None:
+    if not admitted.cancelled() and admitted.exception() is None:
+        admitted.result().close()
+
+
 class AudioStream(StreamingResponse):
     """A streamed synthesis. Whatever ends the response — the last chunk, an error, a client that went
-    away (Starlette then cancels the body mid-``await``) — closes the job, so its reservation is freed
-    and its slot released even if the body iterator never ran."""
+    away (Starlette then cancels the body mid-``await``) — closes the synthesis, so its reservation is
+    freed and its slot released even if the body iterator never ran."""
 
     media_type = "audio/wav"
 
     def __init__(self, content: AsyncIterator[bytes], status_code: int = 200, headers: dict[str, str] | None = None,
-                 media_type: str | None = None, *, service: SynthesisService, job: _Job) -> None:
+                 media_type: str | None = None, *, service: SynthesisService, synthesis: Synthesis) -> None:
         super().__init__(content, status_code, headers, media_type)
         self._service = service
-        self._job = job
+        self._synthesis = synthesis
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self._service.discard(self._job)
+            self._service.discard(self._synthesis)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -610,11 +571,11 @@ def _add_routes(app: FastAPI) -> None:
         media = "audio/wav" if wav else "audio/pcm"
         if speech.stream:
             return await _streamed(service, speech.input, options, "input", media, wav=wav)
-        job, first, info = await service.start(speech.input, options, "input")
-        pcm = [to_pcm16(c) for c in (first, *await service.drain(job))]
+        synthesis = await service.start(speech.input, options, "input")
+        pcm = [to_pcm16(c) for c in await service.drain(synthesis)]
         if wav:  # the body is joined once: a header prepended to the joined PCM copied it again
             pcm.insert(0, wav_header(service.backend.sample_rate, sum(map(len, pcm))))
-        return Response(b"".join(pcm), media_type=media, headers=_audio_headers(service, info))
+        return Response(b"".join(pcm), media_type=media, headers=_audio_headers(service, synthesis))
 
     @app.get("/hardware", response_model=HardwareResponse, summary="Detected hardware and the configuration chosen")
     def hardware(service: Service) -> dict:
@@ -657,29 +618,32 @@ def _add_routes(app: FastAPI) -> None:
                               queue=service.queue())
 
 
-def _audio_headers(service: SynthesisService, info: dict) -> dict[str, str]:
+def _audio_headers(service: SynthesisService, synthesis: Synthesis) -> dict[str, str]:
     """What a client may want to know about how its audio was made; never echoes request input."""
     headers = {"X-Sample-Rate": str(service.backend.sample_rate), "X-Voice": service.voice,
-               "X-Cache": "hit" if info.get("cached") else "miss"}
-    plan = info.get("plan")
-    if plan is not None and plan.estimated_mb is not None:
-        headers["X-Estimated-MB"] = f"{plan.estimated_mb:.0f}"
-    if plan is not None and plan.degraded:
-        headers["X-Degraded"] = "; ".join(plan.degraded)
+               "X-Cache": "hit" if synthesis.cached else "miss"}
+    if synthesis.estimated_mb is not None:
+        headers["X-Estimated-MB"] = f"{synthesis.estimated_mb:.0f}"
+    if synthesis.degraded:
+        headers["X-Degraded"] = "; ".join(synthesis.degraded)
     return headers
 
 
 async def _streamed(service: SynthesisService, text: str, options: SynthesisOptions, field: str, media: str,
                     *, wav: bool) -> AudioStream:
-    job, first, info = await service.start(text, options, field)
+    synthesis = await service.start(text, options, field)
 
     async def body() -> AsyncIterator[bytes]:
-        yield (wav_header(service.backend.sample_rate) if wav else b"") + to_pcm16(first)
-        async for chunk in service.chunks(job):
-            yield to_pcm16(chunk)
+        header = wav_header(service.backend.sample_rate) if wav else b""
+        async for chunk in service.chunks(synthesis):
+            yield header + to_pcm16(chunk)  # the header goes out with the first audio, not before it
+            header = b""
+        if header:
+            yield header
 
     try:
-        return AudioStream(body(), headers=_audio_headers(service, info), media_type=media, service=service, job=job)
+        return AudioStream(body(), headers=_audio_headers(service, synthesis), media_type=media, service=service,
+                           synthesis=synthesis)
     except BaseException:
-        service.discard(job)  # from here on the response closes it; until then, this does
+        service.discard(synthesis)  # from here on the response closes it; until then, this does
         raise

@@ -19,12 +19,13 @@ import argparse
 import json
 import re
 import statistics
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
+
+from adaptive_tts.runtime.process import run_probe
 
 LENGTHS = (100, 300, 500, 800, 1000)
 WARM_UP = "Warming up the engine."
@@ -52,19 +53,12 @@ class Measurement:
         return self.latency_s / self.audio_s
 
 
-def _reset_peak_rss() -> str:
-    """Reset the kernel's high-water mark so the peak is the synthesis's, not the model load's."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return "VmHWM after clear_refs"
-    except OSError:
-        return "ru_maxrss (includes loading)"
-
-
 def probe(engine_name: str, text: str, runs: int, threads: int, chunk_length: int | None,
           quantization: str, compute: str) -> dict:
     """Child side: one engine, one text, ``runs`` timed syntheses."""
-    from adaptive_tts.voice.engine import SynthesisOptions, SynthesisStats
+    from adaptive_tts.runtime.process import reset_peak_rss
+    from adaptive_tts.voice import TimedChunks
+    from adaptive_tts.voice.speech import SynthesisOptions
 
     if engine_name == "reference":
         from adaptive_tts.voice.reference import ReferenceEngine
@@ -85,11 +79,11 @@ def probe(engine_name: str, text: str, runs: int, threads: int, chunk_length: in
         options = SynthesisOptions(chunk_length=chunk_length, first_chunk_length=first)
     for _ in engine.stream(WARM_UP, options):
         pass
-    mechanism = _reset_peak_rss()
+    mechanism = reset_peak_rss()
     results = []
     for _ in range(runs):
-        stats = SynthesisStats()
-        for _ in engine.stream(text, options, stats):
+        stats = TimedChunks(engine.stream(text, options))
+        for _ in stats:
             pass
         results.append({"latency_s": stats.latency_s, "first_audio_s": stats.first_audio_s,
                         "audio_s": stats.samples / engine.sample_rate})
@@ -102,11 +96,7 @@ def measure(engine_name: str, text: str, args: argparse.Namespace) -> tuple[Meas
     request = {"engine": engine_name, "text": text, "runs": args.runs, "threads": args.threads,
                "chunk_length": args.chunk_length, "quantization": args.quantization,
                "compute": args.compute}
-    done = subprocess.run([sys.executable, "-m", "experiments.bench_engine", "--probe"],
-                          input=json.dumps(request), capture_output=True, text=True, timeout=1800)
-    if done.returncode != 0:
-        raise RuntimeError(f"{engine_name} probe failed: {done.stderr.strip()[-600:]}")
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = run_probe(["-m", "experiments.bench_engine", "--probe"], request, what=f"{engine_name} probe")
     runs = out["runs"]
     return Measurement(
         latency_s=statistics.median(r["latency_s"] for r in runs),

@@ -37,7 +37,6 @@ import gc
 import json
 import logging
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -45,6 +44,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tqdm import tqdm
+
+from adaptive_tts.runtime.process import run_probe
+from adaptive_tts.units import mib
 
 if TYPE_CHECKING:
     from adaptive_tts.runtime.quality import QualityScore
@@ -114,7 +116,7 @@ def probe(strategy: dict, threads: int, chunk_length: int | None) -> dict:
     """Child side: load, quantize as told, synthesize the texts once; the kernel's memory counters."""
     import torch
 
-    from adaptive_tts.runtime.process import current_rss_mb, peak_rss_mb
+    from adaptive_tts.runtime.process import current_rss_mb, peak_rss_mb, reset_peak_rss
     from adaptive_tts.runtime.quantize import QuantizationStrategy, quantize_
     from adaptive_tts.voice.engine import Engine
     from adaptive_tts.voice.weights import load_vits
@@ -127,7 +129,7 @@ def probe(strategy: dict, threads: int, chunk_length: int | None) -> dict:
     startup_peak, steady = peak_rss_mb(), current_rss_mb()
     options = engine.resolve(seed=0, chunk_length=chunk_length)
     engine.synthesize(WARM_UP, options)
-    Path("/proc/self/clear_refs").write_text("5")  # the high-water mark from here on: synthesis only
+    reset_peak_rss()  # the high-water mark from here on: synthesis only
     for text in texts():
         engine.synthesize(text, options)
     return {"startup_peak_mb": startup_peak, "steady_rss_mb": steady, "synthesis_peak_mb": peak_rss_mb()}
@@ -135,11 +137,7 @@ def probe(strategy: dict, threads: int, chunk_length: int | None) -> dict:
 
 def measure_rss(strategy: dict, threads: int, chunk_length: int | None) -> dict:
     request = {"strategy": strategy, "threads": threads, "chunk_length": chunk_length}
-    done = subprocess.run([sys.executable, "-m", "experiments.bench_quantize", "--probe"],
-                          input=json.dumps(request), capture_output=True, text=True, timeout=1800)
-    if done.returncode != 0:
-        raise RuntimeError(f"probe failed: {done.stderr.strip()[-800:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_probe(["-m", "experiments.bench_quantize", "--probe"], request, what="quantization probe")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -234,7 +232,7 @@ def print_tables(results: list[Result], own: "QualityScore", args: argparse.Name
           f"{'start-up peak':>13}{'steady':>8}{'synth peak':>11}{'×fp32':>7} | "
           f"{'MCD dB':>7}{'log-mel':>8}{'dur moved':>10}")
     for r in results:
-        print(f"{r.row.name:<26}{r.weight_bytes / 1e6:>11.2f}{r.ratio:>7.3f} | "
+        print(f"{r.row.name:<26}{mib(r.weight_bytes):>11.2f}{r.ratio:>7.3f} | "
               f"{statistics.median(r.latencies_s):>10.3f}{statistics.median(r.latency_ratios):>7.2f} | "
               f"{r.startup_peak_mb:>10.0f} MB{r.steady_rss_mb:>8.0f}{r.synthesis_peak_mb:>11.0f}"
               f"{r.synthesis_peak_mb / fp32.synthesis_peak_mb:>7.2f} | "
@@ -248,7 +246,7 @@ def print_tables(results: list[Result], own: "QualityScore", args: argparse.Name
         print(f"{'group':<22}{'params':>10}{'chosen':>8}{'MB':>8} | {'MCD dB':>7}{'log-mel':>8}{'dur moved':>10}")
         for g in r.report_groups:
             alone = g.alone
-            print(f"{g.name:<22}{g.parameters:>10,}{g.precision:>8}{g.bytes / 1e6:>8.3f} | "
+            print(f"{g.name:<22}{g.parameters:>10,}{g.precision:>8}{mib(g.bytes):>8.3f} | "
                   f"{alone.mcd_db:>7.3f}{alone.log_mel_db:>8.3f}{100 * g.alone_duration_change:>9.2f}%")
         for note in r.notes:
             print(f"  note: {note}")

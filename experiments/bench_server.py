@@ -36,10 +36,10 @@ from pathlib import Path
 import httpx
 import psutil
 
+from adaptive_tts.units import MIB
 from experiments.workload import _corpus_words, cut_text
 
 HOST = "127.0.0.1"
-MB = 2**20
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -234,6 +234,20 @@ def varied_traffic(count: int, rng: random.Random, text_limit: int, *, min_words
     return out
 
 
+def every_length(rng: random.Random, *, min_words: int = 5, max_words: int = 60, per_length: int = 2,
+                 **_: object) -> list[Request]:
+    """``per_length`` ``/tts`` requests of each text length from ``min_words`` to ``max_words`` words
+    (texts drawn as :func:`varied_traffic` draws them; other traffic settings are ignored).
+
+    A warm-up that leaves the service at its working level must meet every length: the engine compiles
+    kernels per padded length and sentence batch, and keeps them. 150 random requests alone missed some:
+    one run's warm level was 531 MB, others' 580, with the same levels after the bursts, so the same
+    service measured +10 % above its warm level in one run and +2 % in the others.
+    """
+    return [Request("POST", "/tts", {"data": {"text": random_text(rng, n, n)}}, 200)
+            for n in range(min_words, max_words + 1) for _ in range(per_length)]
+
+
 def send_all(url: str, requests: list[Request], concurrency: int, timeout_s: float = 600) -> list[int | str]:
     """Each request's status code, or the name of the transport error that ended it (a dropped
     connection is a finding, not a crash of the benchmark); ``concurrency`` clients at once."""
@@ -289,7 +303,7 @@ class SoakResult:
 
 
 def _rss_mb(pid: int) -> float:
-    return psutil.Process(pid).memory_info().rss / MB
+    return psutil.Process(pid).memory_info().rss / MIB
 
 
 def _burst(url: str, pid: int, requests: list[Request], concurrency: int, idle_s: float) -> Burst:
@@ -327,13 +341,14 @@ SOAK_WARMUP = 150
 
 def soak(url: str, pid: int, bursts: list[int], *, warmup: int = SOAK_WARMUP, concurrency: int = 8, idle_s: float = 2.0,
          seed: int = 0, **traffic) -> SoakResult:
-    """A warm-up burst, then ``bursts`` (request counts) of :func:`varied_traffic` with ``idle_s`` idle
-    after each, then ``/cache/clear`` and ``idle_s`` more. The warm level is the RSS after the warm-up
-    burst with its audio cleared from the cache: the process with its threads, arenas and kernels made,
-    holding no audio."""
+    """A warm-up burst (every text length, :func:`every_length`, then ``warmup`` requests of
+    :func:`varied_traffic`), then ``bursts`` (request counts) of :func:`varied_traffic` with ``idle_s``
+    idle after each, then ``/cache/clear`` and ``idle_s`` more. The warm level is the RSS after the
+    warm-up burst with its audio cleared from the cache: the process with its threads, arenas and
+    kernels made, holding no audio."""
     rng = random.Random(seed)
     limit = httpx.get(url + "/hardware", timeout=60).json()["selected_configuration"]["max_text_length"]
-    _burst(url, pid, varied_traffic(warmup, rng, limit, **traffic), concurrency, 0.0)
+    _burst(url, pid, every_length(rng, **traffic) + varied_traffic(warmup, rng, limit, **traffic), concurrency, 0.0)
     httpx.post(url + "/cache/clear", timeout=60).raise_for_status()
     time.sleep(idle_s)
     warm = _burst(url, pid, [], concurrency, 0.0)
@@ -377,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak", action="store_true",
                         help="measure the server's memory over bursts of varied traffic instead of latency")
     parser.add_argument("--bursts", default="300,150,150,150,150",
-                        help=f"soak: requests per burst, after a {SOAK_WARMUP}-request warm-up (default 300,150,150,150,150)")
+                        help=f"soak: requests per burst, after a warm-up of every text length and {SOAK_WARMUP} "
+                             "requests (default 300,150,150,150,150)")
     parser.add_argument("--concurrency", type=int, default=8, help="soak: clients at once (default 8)")
     parser.add_argument("--max-words", type=int, default=60, help="soak: longest text in words (default 60)")
     args = parser.parse_args(argv)
@@ -387,8 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.soak:
         bursts = [int(n) for n in args.bursts.split(",")]
         with tempfile.TemporaryDirectory() as tmp, running_server(serve_args, Path(tmp) / "server.log") as (url, pid):
-            print(f"soak: {sum(bursts) + SOAK_WARMUP} requests at concurrency {args.concurrency}, texts of 5-{args.max_words} "
-                  f"words, /tts and /v1/audio/speech, a fifth malformed, 2 s idle after each burst")
+            print(f"soak: a warm-up of every text length and {SOAK_WARMUP} requests, then {sum(bursts)} at "
+                  f"concurrency {args.concurrency}, texts of 5-{args.max_words} words, /tts and /v1/audio/speech, "
+                  "a fifth malformed, 2 s idle after each burst")
             result = soak(url, pid, bursts, concurrency=args.concurrency, max_words=args.max_words)
         print_soak(result)
         return 0

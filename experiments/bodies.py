@@ -11,9 +11,10 @@ import threading
 import time
 from typing import Any
 
+from adaptive_tts.units import MIB
+
 from experiments.trial import TrialBody, TrialRequest
 
-MIB = 1024 * 1024
 #: Synthesized once when a worker loads, so no trial pays for first-call initialisation.
 WARMUP_TEXT = "Warm up."
 #: How long the room-to-start check watches other processes' memory before it decides. Memory read once
@@ -38,18 +39,7 @@ def _backend(options: dict[str, Any], warm_up: bool = True, budget_manager: Any 
     store = SeedTable() if constants == "seed" else CalibrationStore(path)
     return SmartAdaptiveBackend(
         profile=options["profile"],
-        options=BackendOptions(
-            budget=options["budget"],
-            affinity=options["affinity"],
-            estimation=options["estimation"],
-            engine=options["engine"],
-            quantization=options["quantization"],
-            chunk_length=options["chunk_length"],
-            num_threads=options["num_threads"],
-            compute=options["compute"],
-            budget_policy=options.get("budget_policy", "calibrated"),
-            cache=False,
-        ),
+        options=BackendOptions.from_settings(options, cache=False),
         calibration=store,
         budget_manager=budget_manager,
         warm_up=warm_up,

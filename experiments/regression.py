@@ -25,15 +25,16 @@ a message naming the figure, its value and its bound.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from adaptive_tts.runtime.process import run_probe
+from adaptive_tts.units import mib
 
 DEFAULT_THRESHOLDS = Path(__file__).resolve().parent.parent / "conf" / "regression" / "thresholds.yaml"
 
@@ -86,15 +87,14 @@ def rtf_vs_reference(short: bool, threads: int) -> tuple[float, str]:
 
 _PEAK_PROBE = """
 import json, sys
-from pathlib import Path
-from adaptive_tts.runtime.process import peak_rss_mb
-from adaptive_tts.voice.engine import load_engine
+from adaptive_tts.runtime.process import peak_rss_mb, reset_peak_rss
+from adaptive_tts.voice import load_engine
 req = json.loads(sys.stdin.read())
 engine = load_engine(req["engine"], req["threads"])
 kwargs = {"chunk_length": req["chunk_length"]} if req["chunk_length"] else {}
 for _ in engine.stream("Warming up.", **kwargs):
     pass
-Path("/proc/self/clear_refs").write_text("5")
+reset_peak_rss()
 for _ in engine.stream(req["text"], **kwargs):
     pass
 print(peak_rss_mb())
@@ -103,12 +103,10 @@ print(peak_rss_mb())
 
 def peak_rss_mb(engine: str, text: str, chunk_length: int | None, threads: int, runs: int) -> float:
     """Median over fresh processes of the kernel's peak RSS during one synthesis (Linux)."""
-    request = json.dumps({"engine": engine, "text": text, "chunk_length": chunk_length, "threads": threads})
+    request = {"engine": engine, "text": text, "chunk_length": chunk_length, "threads": threads}
     peaks = []
     for _ in range(runs):
-        done = subprocess.run([sys.executable, "-c", _PEAK_PROBE], input=request, capture_output=True,
-                              text=True, timeout=1200, check=True)
-        peaks.append(float(done.stdout.strip().splitlines()[-1]))
+        peaks.append(float(run_probe(["-c", _PEAK_PROBE], request, timeout_s=1200, what="peak RSS probe")))
     return statistics.median(peaks)
 
 
@@ -136,7 +134,7 @@ def quantization_ratios(threads: int, short: bool) -> tuple[float, float, str]:
             times[name].append(time.perf_counter() - start)
     t = {k: statistics.median(v) for k, v in times.items()}
     return (bytes_int8 / bytes_fp32, t["int8"] / t["fp32"],
-            f"weights {bytes_fp32 / 2**20:.1f} MB -> {bytes_int8 / 2**20:.1f} MB; "
+            f"weights {mib(bytes_fp32):.1f} MB -> {mib(bytes_int8):.1f} MB; "
             f"latency {t['fp32']:.3f} s -> {t['int8']:.3f} s")
 
 

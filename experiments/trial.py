@@ -34,7 +34,6 @@ from experiments.limits import Confinement, Device, confine_current_process
 
 logger = logging.getLogger(__name__)
 
-MIB = 1024 * 1024
 #: Exit status for "the parent went away": the worker cannot report, so it just leaves.
 _ORPHANED = 3
 

@@ -10,13 +10,14 @@ import psutil
 import pytest
 
 from adaptive_tts.audio import PCM16, from_pcm16, pcm16
-from adaptive_tts.runtime.cache import MB, AudioCache, entry_cost
+from adaptive_tts.runtime.cache import AudioCache, entry_cost
+from adaptive_tts.units import MIB
 from adaptive_tts.voice import engine  # noqa: F401  (sets the service's mallopt thresholds, as in the service)
 
 
 def audio(mb: float) -> np.ndarray:
     """PCM16 samples whose entry costs just under ``mb`` MB (one page is left for the key)."""
-    return np.zeros((int(mb * MB) - mmap.PAGESIZE) // 2, PCM16)
+    return np.zeros((int(mb * MIB) - mmap.PAGESIZE) // 2, PCM16)
 
 
 def test_lru_eviction_by_megabytes():
@@ -59,7 +60,7 @@ def test_limit_moves_at_run_time_and_evicts():
         cache.put(name, audio(1))
     cache.set_limit_mb(2)
     stats = cache.stats()
-    assert stats.entries == 2 and stats.bytes <= 2 * MB
+    assert stats.entries == 2 and stats.bytes <= 2 * MIB
     assert cache.get("c") is not None and cache.get("a") is None
 
 
@@ -86,7 +87,7 @@ def test_what_the_cache_holds_is_resident_and_a_clear_gives_it_back_to_the_os():
     for i in range(300):  # 300 entries of 100-400 kB: ~75 MB
         cache.put(("text", i), rng.integers(-3000, 3000, int(rng.integers(50_000, 200_000)), dtype=PCM16))
     filled = process.memory_info().rss
-    assert filled - before >= 0.9 * cache.bytes > 60 * MB
+    assert filled - before >= 0.9 * cache.bytes > 60 * MIB
     freed = cache.clear()
     assert filled - process.memory_info().rss >= 0.9 * freed
 

@@ -26,10 +26,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..audio import PCM16
+from ..units import MIB, mib
+
 
 logger = logging.getLogger(__name__)
 
-MB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class CacheStats:
     misses: int
 
     def to_dict(self) -> dict:
-        return {"entries": self.entries, "mb": round(self.bytes / MB, 3), "limit_mb": round(self.limit_mb, 1),
+        return {"entries": self.entries, "mb": round(self.bytes / MIB, 3), "limit_mb": round(self.limit_mb, 1),
                 "hits": self.hits, "misses": self.misses}
 
 
@@ -59,7 +60,7 @@ class AudioCache:
     def __init__(self, limit_mb: float) -> None:
         if limit_mb < 0:
             raise ValueError(f"cache limit must be >= 0 MB, got {limit_mb}")
-        self._limit_bytes = int(limit_mb * MB)
+        self._limit_bytes = int(limit_mb * MIB)
         self._items: OrderedDict[Hashable, tuple[np.ndarray, int]] = OrderedDict()
         self._bytes = 0
         self._hits = 0
@@ -116,7 +117,7 @@ class AudioCache:
     def set_limit_mb(self, limit_mb: float) -> None:
         """Move the bound (the budget manager calls this as memory tightens or recovers)."""
         with self._lock:
-            self._limit_bytes = int(max(0.0, limit_mb) * MB)
+            self._limit_bytes = int(max(0.0, limit_mb) * MIB)
             evicted = self._evict()
         if evicted:
             logger.info("audio cache limit now %.0f MB: evicted %d entries", limit_mb, evicted)
@@ -137,7 +138,7 @@ class AudioCache:
 
     def stats(self) -> CacheStats:
         with self._lock:
-            return CacheStats(len(self._items), self._bytes, self._limit_bytes / MB, self._hits, self._misses)
+            return CacheStats(len(self._items), self._bytes, mib(self._limit_bytes), self._hits, self._misses)
 
     def _evict(self) -> int:
         evicted = 0

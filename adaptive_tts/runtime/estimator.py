@@ -42,11 +42,12 @@ import psutil
 from .budget import BudgetDecision, MemoryBudgetManager
 from .hardware import HardwareInfo, HardwareProfile
 from .planner import Reservation, held_mb
+from ..units import mib
 from .process import current_rss_mb
+
 
 logger = logging.getLogger(__name__)
 
-MB = 1024 * 1024
 #: The calibration file's entry for what starting the runtime costs (beside the configurations').
 STARTUP_KEY = "startup"
 #: Start-up measurements kept per machine and lane count (a start is planned for their largest peaks).
@@ -151,7 +152,7 @@ def machine_key(info: HardwareInfo | None = None) -> str:
     """Calibrations are only valid on the machine (and memory cap) they were measured on."""
     cpu = info.cpu_model if info else platform.processor()
     cores = info.logical_cores if info else os.cpu_count()
-    ram = round((info.effective_memory_mb if info else psutil.virtual_memory().total / MB) / 1024)
+    ram = round((info.effective_memory_mb if info else mib(psutil.virtual_memory().total)) / 1024)
     return f"{platform.node()}|{cpu}|{cores}cpu|{ram}GB"
 
 
@@ -332,7 +333,7 @@ class MemoryEstimator:
     def predict_mb(self, text_tokens: int, key: ConfigKey | None = None) -> float:
         """Peak process memory (MB) for a text of ``text_tokens`` phoneme ids under ``key``, alone."""
         c = self.constants_for(key)
-        cache = c.cache_overhead_mb if c.cache_overhead_mb is not None else self.cache_bytes() / MB
+        cache = c.cache_overhead_mb if c.cache_overhead_mb is not None else mib(self.cache_bytes())
         if c.per_request_mb is None:
             return c.base_model_mb + text_tokens / 100.0 * c.per_100_tokens_mb + cache
         return c.base_model_mb + lane_increment_mb(c, text_tokens) + cache

@@ -1,21 +1,26 @@
-"""Measurements of this process's memory: the one place peak and resident memory are read.
+"""Measurements of a process's memory, and fresh processes to measure in: the one place for both.
 
 The estimator's calibration, the experiment harness's workers and the benchmarks all read memory here,
 so "peak RSS" means one thing everywhere: the kernel's high-water mark (``VmHWM``) where Linux keeps
-one, a sampler elsewhere.
+one, a sampler elsewhere; and "MB" is one unit everywhere, :data:`MIB` bytes. A measurement that
+must not inherit another configuration's heap, threads or compiled kernels runs in a fresh
+interpreter through :func:`run_probe`.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import resource
+import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import psutil
 
-MIB = 1024 * 1024
+from ..units import MIB
 
 
 def peak_rss_mb() -> float:
@@ -32,6 +37,34 @@ def peak_rss_mb() -> float:
                 return int(line.split()[1]) / 1024
     scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / MIB
+
+
+def reset_peak_rss() -> str:
+    """Reset the kernel's high-water mark to the current RSS (``echo 5 > /proc/self/clear_refs``), so
+    that :func:`peak_rss_mb` from here on is the peak of what follows, not of the model's load. Returns
+    the mechanism a row records: ``vmhwm_clear_refs``, or ``ru_maxrss`` where the mark cannot be
+    reset (macOS: the peak then includes everything before)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return "ru_maxrss"
+    return "vmhwm_clear_refs"
+
+
+def run_probe(args: list[str], request: Any = None, *, timeout_s: float = 1800, what: str = "probe") -> Any:
+    """Run ``python *args`` in a fresh interpreter, ``request`` as JSON on its stdin, and return its
+    last line of output parsed as JSON.
+
+    Why a fresh process: a peak or a start-up measured after other configurations ran in the same
+    process carries their heap, arenas and compiled kernels. A failure raises ``RuntimeError`` with the
+    end of the probe's stderr (``what`` names it), not a JSON error about an empty line.
+    """
+    done = subprocess.run([sys.executable, *args], input=None if request is None else json.dumps(request),
+                          capture_output=True, text=True, timeout=timeout_s, check=False)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"{what} failed (exit {done.returncode}): {done.stderr.strip()[-800:]}")
+    return json.loads(lines[-1])
 
 
 def current_rss_mb() -> float:
@@ -85,10 +118,11 @@ class PeakMeter:
 
     def __init__(self) -> None:
         try:
-            Path("/proc/self/clear_refs").write_text("5")
+            self.mechanism = reset_peak_rss()
             self._read_hwm()
-            self.mechanism = "vmhwm_clear_refs"
-        except (OSError, ValueError):
+        except ValueError:
+            self.mechanism = "rss_sampling_5ms"
+        if self.mechanism != "vmhwm_clear_refs":
             self.mechanism = "rss_sampling_5ms"
         self._peak = 0
         self._stop = threading.Event()
@@ -103,7 +137,7 @@ class PeakMeter:
 
     def start(self) -> None:
         if self.mechanism == "vmhwm_clear_refs":
-            Path("/proc/self/clear_refs").write_text("5")
+            reset_peak_rss()
             return
         process = psutil.Process()
         self._peak = process.memory_info().rss
@@ -124,4 +158,5 @@ class PeakMeter:
         return self._peak / MIB
 
 
-__all__ = ["AnonPeak", "PeakMeter", "anon_rss_mb", "current_rss_mb", "peak_rss_mb"]
+__all__ = ["MIB", "AnonPeak", "PeakMeter", "anon_rss_mb", "current_rss_mb", "peak_rss_mb", "reset_peak_rss",
+           "run_probe"]

@@ -15,12 +15,13 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .frontend import Frontend, Sentence
+from .speech import BaseEngine, EngineCapabilities, SynthesisOptions, voice_defaults
 from .vits import VitsModel
 from .weights import VoiceFiles, load_vits
 from ..heap import release_free_memory, tune_heap
@@ -39,15 +40,13 @@ LONG_SENTENCE_IDS = 512
 #: sentence length a new shape, a long-running service grew with each request (+490 MB over 67
 #: decoder lengths) and a text of short sentences spent a third of its synthesis compiling. The engine
 #: therefore runs its networks at a few padded lengths (``LENGTH_GRANULE``), and bounds the cache at
-#: 512 entries, which still holds a text's working set of kernels across requests (a 500-character
-#: text of new sentence lengths: 0.96-1.08 s with 512 entries, 1.36-1.44 s with 128). oneDNN reads
-#: the setting when it first compiles, so it is set here, before the engine's first convolution; a
-#: value already in the environment wins. ideep's per-thread cache above it (``LRU_CACHE_CAPACITY``) keeps its default:
+#: 512 entries (:func:`bound_kernel_cache`), which still holds a text's working set of kernels across
+#: requests (a 500-character text of new sentence lengths: 0.96-1.08 s with 512 entries, 1.36-1.44 s
+#: with 128). ideep's per-thread cache above it (``LRU_CACHE_CAPACITY``) keeps its default:
 #: with few shapes it stays small, and bounding it to 16 entries made each convolution re-pack its
 #: weights, which fragmented the heap (a 1000-character sentence then peaked 5-7 % above a
 #: 100-character one, against 0-1 % with the default).
 PRIMITIVE_CACHE_CAPACITY = 512
-os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(PRIMITIVE_CACHE_CAPACITY))
 #: Sentences after a request's first are encoded in batches of up to this many ids (padded): the
 #: encoder and duration predictor of a short sentence are hundreds of small operations, whose fixed
 #: cost batching pays once per batch (a 300-character text of 14 sentences, bf16, 2 threads: 0.19 s in
@@ -59,45 +58,6 @@ ENCODE_BATCH_PADDING = 256
 #: The encoder (ids), flow and decoder (frames) run at lengths padded to a multiple of this, so that
 #: their compiled kernels are shared (see ``PRIMITIVE_CACHE_CAPACITY``).
 LENGTH_GRANULE = 32
-
-
-@dataclass(frozen=True)
-class SynthesisOptions:
-    """How to synthesize. ``None`` scales take the voice config's defaults.
-
-    ``chunk_length`` is in latent frames (``hop_length`` = 256 samples each); ``None`` decodes each
-    sentence in one pass. ``first_chunk_length`` lets the first chunk be shorter so the first audio
-    comes sooner.
-    """
-
-    noise_scale: float | None = None
-    length_scale: float | None = None
-    noise_w: float | None = None
-    seed: int | None = None
-    chunk_length: int | None = None
-    first_chunk_length: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("noise_scale", "noise_w"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        if self.length_scale is not None and self.length_scale <= 0:
-            raise ValueError(f"length_scale must be > 0, got {self.length_scale}")
-        for name in ("chunk_length", "first_chunk_length"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1 frame, got {value}")
-
-
-@dataclass
-class SynthesisStats:
-    """Timings of one synthesis, filled in as it streams."""
-
-    started: float = 0.0
-    first_audio_s: float | None = None
-    latency_s: float = 0.0
-    samples: int = 0
 
 
 @dataclass
@@ -125,6 +85,13 @@ class Prior:
         if self.eps is not None:
             z = z + self.eps[start:end].T * torch.exp(self.logs_p[0][:, idx]) * self.noise_scale
         return z.unsqueeze(0)
+
+
+def bound_kernel_cache() -> None:
+    """Bound oneDNN's cache of compiled kernels to :data:`PRIMITIVE_CACHE_CAPACITY` entries, unless the
+    environment already sets it. Called as an engine is made, not at import: importing a module should
+    not change the process, and oneDNN reads the value only at its first compile, which comes later."""
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(PRIMITIVE_CACHE_CAPACITY))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -164,45 +131,7 @@ def resolve_compute(compute: str) -> str:
     return compute
 
 
-def voice_defaults(voice_config: dict) -> SynthesisOptions:
-    """The voice config's inference scales (Piper's own defaults where the config has none)."""
-    inference = voice_config.get("inference", {})
-    return SynthesisOptions(
-        noise_scale=float(inference.get("noise_scale", 0.667)),
-        length_scale=float(inference.get("length_scale", 1.0)),
-        noise_w=float(inference.get("noise_w", 0.8)),
-    )
-
-
-class SpeechEngine:
-    """What our engine and the onnxruntime reference share: options resolved against the voice's
-    defaults, and a whole waveform from the chunks of ``stream``."""
-
-    defaults: SynthesisOptions
-    #: what the engine multiplies in (``Engine`` resolves its own; onnxruntime runs the graph in fp32)
-    compute: str = "fp32"
-
-    def stream(self, text: str, options: SynthesisOptions | None = None, stats: SynthesisStats | None = None,
-               **overrides) -> Iterator[np.ndarray]:
-        raise NotImplementedError
-
-    def resolve(self, options: SynthesisOptions | None = None, **overrides) -> SynthesisOptions:
-        """Options with the voice's defaults filled in for unset scales."""
-        opts = replace(options or SynthesisOptions(), **overrides)
-        return replace(
-            opts,
-            noise_scale=self.defaults.noise_scale if opts.noise_scale is None else opts.noise_scale,
-            length_scale=self.defaults.length_scale if opts.length_scale is None else opts.length_scale,
-            noise_w=self.defaults.noise_w if opts.noise_w is None else opts.noise_w,
-        )
-
-    def synthesize(self, text: str, options: SynthesisOptions | None = None, **overrides) -> np.ndarray:
-        """Whole waveform (float32 in [-1, 1]) of ``text``; sentences are concatenated."""
-        chunks = list(self.stream(text, options, **overrides))
-        return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-
-
-class Engine(SpeechEngine):
+class Engine(BaseEngine):
     """Our PyTorch VITS engine for one voice, loaded once and shared by callers.
 
     Thread-safe: synthesis holds no shared mutable state besides the model's (read-only) weights, so
@@ -214,6 +143,7 @@ class Engine(SpeechEngine):
     """
 
     name = "torch"
+    capabilities = EngineCapabilities(chunking=True, precisions=("fp32", "int8", "int4"), warm_up=True)
 
     def __init__(
         self,
@@ -226,6 +156,7 @@ class Engine(SpeechEngine):
         voice_config: dict | None = None,
     ) -> None:
         tune_heap()  # decoder blocks stay mapped between chunks (adaptive_tts.heap)
+        bound_kernel_cache()
         self.device = resolve_device(device)
         if model is None or voice_config is None:
             model, voice_config = load_vits(files)
@@ -257,32 +188,11 @@ class Engine(SpeechEngine):
 
     # -- public API ----------------------------------------------------------------------------------
 
-    def stream(
-        self,
-        text: str,
-        options: SynthesisOptions | None = None,
-        stats: SynthesisStats | None = None,
-        **overrides,
-    ) -> Iterator[np.ndarray]:
-        """Yield audio chunks as they are decoded, sentence after sentence."""
-        opts = self.resolve(options, **overrides)
-        sentences = self.frontend.sentences(text)
-        yield from self.stream_sentences(sentences, opts, stats)
-
-    def stream_sentences(
-        self, sentences: list[Sentence], opts: SynthesisOptions, stats: SynthesisStats | None = None
-    ) -> Iterator[np.ndarray]:
-        """Like :meth:`stream` for already phonemized sentences (options fully resolved)."""
-        stats = stats if stats is not None else SynthesisStats()
-        stats.started = stats.started or time.perf_counter()
+    def stream_sentences(self, sentences: list[Sentence], opts: SynthesisOptions) -> Iterator[np.ndarray]:
+        """Audio chunks of already phonemized sentences, as they are decoded (options fully resolved)."""
         generator = torch.Generator().manual_seed(opts.seed) if opts.seed is not None else None
         for i, prior in enumerate(self._encoded(sentences, opts, generator)):
-            for chunk in self._stream_prior(prior, opts, first_sentence=i == 0):
-                if stats.first_audio_s is None:
-                    stats.first_audio_s = time.perf_counter() - stats.started
-                stats.samples += len(chunk)
-                yield chunk
-        stats.latency_s = time.perf_counter() - stats.started
+            yield from self._stream_prior(prior, opts, first_sentence=i == 0)
 
     def stream_ids(
         self,
@@ -464,18 +374,6 @@ class Engine(SpeechEngine):
         f0, f1 = _window(b0, b1, self.flow_margin, frames, size)
         z = self._flow_over([prior(f0, f1)], gap=0)[0]
         return b0, b1, z[:, :, b0 - f0 : b1 - f0]
-
-
-def load_engine(name: str = "torch", num_threads: int | None = None, compute: str = "auto") -> SpeechEngine:
-    """Our engine (``torch``) or Piper's onnxruntime graph (``reference``) for the bundled voice;
-    ``compute`` applies to ours only."""
-    if name == "reference":
-        from .reference import ReferenceEngine
-
-        return ReferenceEngine(num_threads=num_threads)
-    if name != "torch":
-        raise ValueError(f"unknown engine {name!r}: use torch or reference")
-    return Engine(num_threads=num_threads, compute=compute)
 
 
 def _granular(length: int) -> int:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ...voice.engine import voice_defaults
+from ...voice.speech import voice_defaults
 from ...voice.vits import VitsModel
 from ..quality import QualityScore, compare
 
