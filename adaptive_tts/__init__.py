@@ -22,8 +22,8 @@ __version__ = "0.1.0"
 #: Exported name -> the module that defines it.
 _EXPORTS = {
     "SmartAdaptiveBackend": "adaptive_tts.backend",
-    "BackendOptions": "adaptive_tts.backend",
-    "SynthesisRefused": "adaptive_tts.backend",
+    "BackendOptions": "adaptive_tts.options",
+    "SynthesisRefused": "adaptive_tts.synthesis",
     "Synthesis": "adaptive_tts.synthesis",
     "SynthesisResult": "adaptive_tts.synthesis",
     "SynthesisOptions": "adaptive_tts.voice.speech",
@@ -48,7 +48,8 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from .backend import BackendOptions, SmartAdaptiveBackend, SynthesisRefused
+    from .backend import SmartAdaptiveBackend
+    from .options import BackendOptions
     from .runtime.affinity import CPUAffinityManager
     from .runtime.budget import MemoryBudgetManager
     from .runtime.cache import AudioCache
@@ -57,7 +58,7 @@ if TYPE_CHECKING:
     from .runtime.monitor import SystemMonitor
     from .runtime.quantize import QuantizationStrategy, quantize_
     from .server import create_app
-    from .synthesis import Synthesis, SynthesisResult
+    from .synthesis import Synthesis, SynthesisRefused, SynthesisResult
     from .voice import load_engine
     from .voice.engine import Engine
     from .voice.speech import EngineCapabilities, SpeechEngine, SynthesisOptions

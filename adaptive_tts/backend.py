@@ -20,19 +20,18 @@ from __future__ import annotations
 import functools
 import gc
 import logging
-import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, cast
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import cast
 
 import numpy as np
 
 from .audio import from_pcm16, pcm16
 from .runtime.admission import AdmissionLedger
 from .runtime.affinity import CPUAffinityManager
-from .runtime.budget import BUDGET_POLICIES, MemoryBudgetManager
+from .runtime.budget import MemoryBudgetManager
 from .runtime.cache import AudioCache
 from .runtime.estimator import CalibrationStore, ConfigKey, MemoryEstimator, current_rss_mb, machine_key
 from .runtime.hardware import HardwareInfo, HardwareProfile, detect_hardware, hardware_payload, select_profile
@@ -40,15 +39,17 @@ from .runtime.monitor import SystemMonitor
 from .runtime.planner import (PRECISIONS, Candidate, Plan, PlannerState, Refusal, Reservation, Wait, held_mb,
                               plan_request, plan_warm_up)
 from .heap import release_free_memory, tune_heap
-from .synthesis import Synthesis, SynthesisResult
+from .options import BackendOptions, RuntimeConfig, default_lanes
+from .synthesis import Synthesis, SynthesisRefused, SynthesisResult, TextTooLong
 from .units import mib
-from .voice import ENGINES, engine_capabilities, load_engine
-from .voice.engine import COMPUTE_DTYPES
-from .voice.frontend import Sentence, TextError, validate_text
+from .voice import load_engine
+from .voice.frontend import Sentence, validate_text
 from .voice.lanes import ComputeLanes
 from .voice.speech import QuantizableEngine, SynthesisOptions
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["BackendOptions", "RuntimeConfig", "SmartAdaptiveBackend", "SynthesisRefused", "TextTooLong"]
 
 #: Seconds of idleness after which freed memory is handed back to the OS (see ``_schedule_idle_trim``).
 IDLE_TRIM_DELAY_S = 0.5
@@ -62,107 +63,6 @@ MIN_CHUNK_LENGTH = 64
 #: The first decoded chunk of a request is this short (~0.37 s of audio), so that audio starts while
 #: the rest is decoded in full-size chunks.
 FIRST_CHUNK_LENGTH = 32
-
-
-class SynthesisRefused(RuntimeError):
-    """The runtime will not start this synthesis: it would not fit in memory now."""
-
-    def __init__(self, reason: str, required_mb: float, available_mb: float, safety_margin_mb: float) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.required_mb = required_mb
-        self.available_mb = available_mb
-        self.safety_margin_mb = safety_margin_mb
-
-    def to_dict(self) -> dict:
-        return {"reason": self.reason, "required_mb": round(self.required_mb, 1),
-                "available_mb": round(self.available_mb, 1), "safety_margin_mb": round(self.safety_margin_mb, 1)}
-
-
-class TextTooLong(TextError):
-    """The text is longer than the profile's ``max_text_length``."""
-
-    def __init__(self, length: int, limit: int) -> None:
-        super().__init__(f"text is {length} characters; the limit on this hardware is {limit}")
-        self.length = length
-        self.limit = limit
-
-
-@dataclass(frozen=True)
-class BackendOptions:
-    """Which runtime features are on, and configuration overrides (``None`` = the profile's choice)."""
-
-    budget: bool = True
-    affinity: bool = True
-    estimation: bool = True
-    cache: bool = True
-    engine: str = "torch"
-    quantization: str | None = None
-    chunk_length: int | None = None
-    num_threads: int | None = None
-    #: What our engine computes in: ``auto`` is bf16 on CPUs with native bf16, else fp32.
-    compute: str = "auto"
-    #: How long a request may wait for running jobs to free memory before it is refused.
-    wait_timeout_s: float = 30.0
-    #: The safety margin: ``seed`` (the feature document's table) or ``calibrated`` (measured error of
-    #: the estimator plus how far other processes' memory may grow back to its observed peak; see
-    #: runtime/budget.py)
-    budget_policy: str = "calibrated"
-    #: Threads the model computes on (:class:`~adaptive_tts.voice.lanes.ComputeLanes`); ``None``: as
-    #: many as the CPUs this process may use hold ``num_threads`` each, at least one.
-    compute_lanes: int | None = None
-
-    @classmethod
-    def from_settings(cls, settings: Mapping[str, Any], **overrides: Any) -> BackendOptions:
-        """Options from any mapping that names them as the fields do — a trial's options, parsed CLI
-        arguments, a :class:`~adaptive_tts.runtime.estimator.ConfigKey` as a dict — so that no caller
-        spells them out one by one: other keys are ignored, missing ones keep their defaults,
-        ``overrides`` win."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{**{k: v for k, v in settings.items() if k in names}, **overrides})
-
-    def __post_init__(self) -> None:
-        if self.budget_policy not in BUDGET_POLICIES:
-            raise ValueError(f"budget_policy must be one of {', '.join(BUDGET_POLICIES)}, not {self.budget_policy!r}")
-        if self.engine not in ENGINES:
-            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
-        if self.quantization is not None and self.quantization not in PRECISIONS:
-            raise ValueError(f"quantization must be one of {', '.join(PRECISIONS)}, not {self.quantization!r}")
-        precisions = engine_capabilities(self.engine).precisions
-        if self.quantization is not None and self.quantization not in precisions:
-            raise ValueError(f"the {self.engine} engine runs {', '.join(precisions)} only, not {self.quantization}")
-        if self.compute not in ("auto", *COMPUTE_DTYPES):
-            raise ValueError(f"compute must be auto, {', '.join(COMPUTE_DTYPES)}, not {self.compute!r}")
-        if self.chunk_length is not None and self.chunk_length < 1:
-            raise ValueError(f"chunk_length must be >= 1, got {self.chunk_length}")
-        if self.num_threads is not None and self.num_threads < 1:
-            raise ValueError(f"num_threads must be >= 1, got {self.num_threads}")
-        if self.compute_lanes is not None and self.compute_lanes < 1:
-            raise ValueError(f"compute_lanes must be >= 1, got {self.compute_lanes}")
-
-
-@dataclass
-class RuntimeConfig:
-    """The seed's "selected configuration": what synthesis runs with right now."""
-
-    chunk_length: int
-    num_threads: int
-    cache_limit: float
-    max_text_length: int
-    quantization: str
-    #: what the engine multiplies in (fp32 or bf16; the reference engine: fp32)
-    compute: str = "fp32"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def default_lanes(num_threads: int) -> int:
-    """Compute lanes for ``num_threads`` intra-op threads each: as many as the CPUs this process may
-    run on hold, at least one. More would oversubscribe the cores: on this 2-core VM, 8 syntheses at once
-    with 2 threads each ran 16 threads on 2 cores."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cpus // num_threads)
 
 
 class SmartAdaptiveBackend:
@@ -224,166 +124,164 @@ class SmartAdaptiveBackend:
             self._warm_up()
         logger.info("backend ready: profile %s, %s", self.profile.name, self.config)
 
-    # -- construction helpers -----------------------------------------------------------------------
+    # -- the request path: text → admission → audio -----------------------------------------
 
-    def _warm_up(self) -> None:
-        """Compile the decoder for the window lengths of the chunks requests will run at, on every lane:
-        with budget and estimation, only as far as memory allows (:meth:`_warm_up_measured`)."""
-        if not self.engine.capabilities.warm_up:
-            return
+    def stream(self, text: str, options: SynthesisOptions | None = None) -> Synthesis:
+        """Admit ``text`` and return its :class:`~adaptive_tts.synthesis.Synthesis`: iterate it for the
+        audio, decoded as it is taken. Admission (which may wait for running jobs) happens here, so a
+        refusal (:class:`SynthesisRefused`) or a bad text is raised before any audio exists; the cache
+        answers without admission."""
         started = time.perf_counter()
-        if not (self.options.budget and self.options.estimation):
-            self.warm_up_to(self._chunk_length())
-        elif not self._warm_up_measured():
-            decision = plan_request(self._planner_state(self.engine.frontend.count_tokens("Warm up.")))
-            if not isinstance(decision, Plan):
-                logger.warning("no decoder warm-up: %s", decision.reason)
-                return
-            self.warm_up_to(decision.chunk_length)
-        # The warm-up's buffers are freed heap: handed back, a runtime warmed to chunk 256 on two lanes
-        # rests at 335 MB RSS instead of 750 (INT8, this VM), and requests are planned from that rest,
-        # as the calibration measured them.
-        release_free_memory()
-        logger.info("decoder kernels compiled up to chunk %d on %d compute lane(s) in %.2f s",
-                    self.config.chunk_length, self.lanes.count, time.perf_counter() - started)
-
-    def warm_up_to(self, chunk: int | None) -> None:
-        """Compile the decoder's windows up to ``chunk`` frames on every compute lane, in turn."""
-        self.lanes.each(functools.partial(self.engine.warm_up, chunk))
-
-    def warm_up_chunks(self) -> list[int]:
-        """The chunk lengths the planner may choose, smallest first (none for a one-pass engine)."""
-        return sorted({key.chunk_length for key in self.candidate_keys() if key.chunk_length is not None})
-
-    def _warm_up_measured(self) -> bool:
-        """Warm up by this machine's measured start-up (:class:`~.runtime.estimator.StartUpCost`);
-        ``False`` when it was not measured for every chunk here.
-
-        The warm-up's peak is planned like a request's (:func:`~.runtime.planner.plan_warm_up`), one
-        chunk at a time from the smallest, planned again before each step, but against the budget's
-        :attr:`~.runtime.budget.MemoryBudgetManager.resident_margin_mb`: warmed windows stay resident, so
-        they keep room for the other apps' whole swing seen meanwhile (at start, a second or two of it).
-        The chunk reached becomes the runtime's chunk: the planner degrades from there, and no request
-        pays a first compile the calibration did not measure.
-        """
-        chunks = self.warm_up_chunks()
-        cost = self.estimator.store.load_start_up(self.estimator.machine, self.lanes.count)
-        if cost is None or not set(chunks) <= set(cost.warm_up_mb):
-            return False
-        budget = self.memory_budget_manager
-        warmed: int | None = None
-        before_mb = budget.available_mb()
-        while True:
-            available_mb = budget.available_mb()
-            # What the steps so far still hold, as the readings show it, at most their measured peak.
-            # Their whole peak is not it: a step's heap is handed back, so the next step climbs from
-            # lower (counted as held, chunk 128 looked 90 MB cheaper and starts at floor + 300 MB
-            # were OOM-killed warming it up).
-            held_mb = min(cost.increment_mb(warmed), max(0.0, before_mb - available_mb)) if warmed is not None else 0.0
-            ahead = {chunk: cost.increment_mb(chunk) - held_mb for chunk in chunks if warmed is None or chunk > warmed}
-            if not ahead:
-                break
-            target = plan_warm_up(ahead, available_mb, budget.resident_margin_mb)
-            if isinstance(target, Refusal):
-                if warmed is None:
-                    logger.warning("no decoder warm-up: %s", target.reason)
-                break
-            warmed = min(ahead)  # one step towards the target, then plan again
-            self.warm_up_to(warmed)
-        ceiling = warmed or chunks[0]
-        if ceiling != self.config.chunk_length:
-            logger.info("chunk %d, not %d: warming %d-frame windows on %d lane(s) takes %.0f MB, %.0f MB "
-                        "available less a %.0f MB margin", ceiling, self.config.chunk_length,
-                        self.config.chunk_length, self.lanes.count, cost.increment_mb(self.config.chunk_length),
-                        budget.available_mb(), budget.resident_margin_mb)
-            self.config.chunk_length = ceiling
-            self.estimator.set_config(self._config_key())
-        return True
-
-    def _initial_precision(self, budget: MemoryBudgetManager) -> str:
-        """An explicit precision; else fp32 with the budget off (the voice as shipped); else the
-        profile's row — under the seed policy with the seed's "< 6 GB available → INT4" rule, under
-        the calibrated policy as written, since the planner lowers precision when measurements say a
-        request needs it."""
-        if len(self.engine.capabilities.precisions) == 1:
-            return self.engine.capabilities.precisions[0]
-        if self.options.quantization is not None:
-            return self.options.quantization
-        if not self.options.budget:
-            return "fp32"
-        from .runtime.quantize import QuantizationStrategy
-
-        available = budget.available_mb() if self.options.budget_policy == "seed" else None
-        return QuantizationStrategy.for_profile(self.profile, available).mode
-
-    def _set_precision(self, precision: str) -> None:
-        """Quantize the shared model's weights to ``precision`` (in place: the fp32 copy is freed)."""
-        if precision == self.config.quantization:
-            return
-        from .runtime.quantize import QuantizationStrategy, native_int8_dot, quantize_
-
-        if PRECISIONS.index(precision) < PRECISIONS.index(self.config.quantization):
-            raise ValueError(f"cannot raise precision from {self.config.quantization} to {precision} in place")
-        # The profile's weight-only/dynamic choice (dynamic INT8 only on CPUs with integer dot products,
-        # see ``native_int8_dot``), but no layer-wise calibration pass: this runs at
-        # start-up and when the planner degrades a busy service, where calibrating over dozens of
-        # sentences would cost minutes (``python -m experiments.bench_quantize`` measures it).
-        row = self.profile.quantization
-        dynamic = row.dynamic and precision == "int8" and native_int8_dot()
-        strategy = QuantizationStrategy(mode=precision, weight_only=row.weight_only or not dynamic,
-                                        dynamic=dynamic)
-        quantize_(cast(QuantizableEngine, self.engine).model, strategy)  # runs() said it has weights to lower
-        self.config.quantization = precision
-        gc.collect()
-        logger.info("model weights now %s", precision)
-
-    def _chunk_length(self) -> int | None:
-        """The decoder chunk now; ``None`` for an engine that cannot chunk (one pass per sentence)."""
-        return self.config.chunk_length if self.engine.capabilities.chunking else None
-
-    def _config_key(self, chunk_length: int | None = None, quantization: str | None = None) -> ConfigKey:
-        chunk = (chunk_length or self.config.chunk_length) if self.engine.capabilities.chunking else None
-        return ConfigKey(self.engine.name, quantization or self.config.quantization, chunk,
-                         self.config.num_threads, self.config.compute)
-
-    def candidate_keys(self) -> list[ConfigKey]:
-        """Every configuration the planner may choose, in its preference order: the current chunk
-        and the halvings down to :data:`MIN_CHUNK_LENGTH`, at the current precision, then at each
-        lower one the engine runs."""
-        if self.options.quantization is not None:
-            precisions = [self.config.quantization]
-        else:
-            precisions = [p for p in PRECISIONS[PRECISIONS.index(self.config.quantization):]
-                          if self.engine.capabilities.runs(p)]
-        chunks = [self._chunk_length()]
-        while chunks[-1] is not None and chunks[-1] // 2 >= MIN_CHUNK_LENGTH:
-            chunks.append(chunks[-1] // 2)
-        return [self._config_key(chunk, precision) for precision in precisions for chunk in chunks]
-
-    def _calibrated_margin(self) -> None:
-        """Give the calibrated policy its first term: the worst under-prediction of the calibration over
-        the configurations the planner may choose (none without estimation: nothing is predicted)."""
-        budget = self.memory_budget_manager
-        if not self.options.estimation:
-            budget.set_estimator_error(0.0)
-            return
-        constants = [self.estimator.constants_for(key) for key in self.candidate_keys()]
-        if all(c.calibrated and c.fit is not None for c in constants):
-            budget.set_estimator_error(max(c.fit.max_under_mb for c in constants))
-        else:
-            budget.set_estimator_error(None)
-
-    @property
-    def calibrated(self) -> bool:
-        """Whether every configuration the planner may choose has fitted constants on this machine."""
-        return all(self.estimator.constants_for(key).calibrated for key in self.candidate_keys())
-
-    def _on_cache_limit(self, limit_mb: float) -> None:
-        self.config.cache_limit = limit_mb
+        self._check_text(text)
+        opts = options or SynthesisOptions()
+        key = None
         if self.cache is not None:
-            self.cache.set_limit_mb(limit_mb)
+            key = AudioCache.key(text, engine=self.engine.name, quantization=self.config.quantization,
+                                 noise_scale=opts.noise_scale, length_scale=opts.length_scale,
+                                 noise_w=opts.noise_w, seed=opts.seed)
+            hit = self.cache.get(key)
+            if hit is not None:
+                return Synthesis(self._replay(hit), sample_rate=self.sample_rate, started=started,
+                                 config=self._run_config(self._chunk_length()), cached=True)
+        sentences = self.engine.frontend.sentences(text)
+        tokens = sum(len(s.ids) for s in sentences)
+        job, plan, waited_s = self._admit(tokens)
+        try:
+            first = opts.first_chunk_length
+            if first is None and plan.chunk_length is not None:
+                first = min(FIRST_CHUNK_LENGTH, plan.chunk_length)
+            resolved = self.engine.resolve(opts, chunk_length=plan.chunk_length, first_chunk_length=first)
+        except BaseException:
+            self._release(job)
+            raise
+        return Synthesis(self._decode(sentences, resolved, key), sample_rate=self.sample_rate, started=started,
+                         config=self._run_config(plan.chunk_length), plan=plan, tokens=tokens, waited_s=waited_s,
+                         release=functools.partial(self._release, job))
 
-    # -- the seed's API -----------------------------------------------------------------------------
+    def _check_text(self, text: str) -> str:
+        validate_text(text)
+        if len(text) > self.config.max_text_length:
+            raise TextTooLong(len(text), self.config.max_text_length)
+        return text
+
+    def _replay(self, pcm: np.ndarray) -> Iterator[np.ndarray]:
+        for start in range(0, len(pcm), HIT_CHUNK_SAMPLES):
+            yield from_pcm16(pcm[start : start + HIT_CHUNK_SAMPLES])
+
+    def _admit(self, tokens: int) -> tuple[int, Plan, float]:
+        """Decide how (and whether) a request of ``tokens`` phoneme ids runs; blocks while it waits.
+
+        Returns the job's id, its plan and the seconds it waited. The reservation is recorded under the
+        same lock as the decision, so that a request admitted right after sees it. Whenever no job is
+        running and the plan does not fit, freed heap is handed back to the OS once and the decision
+        taken again: a refusal should not be caused by memory this process holds but does not use.
+        """
+        started = time.monotonic()
+        deadline = started + self.options.wait_timeout_s
+        trimmed = False
+        with self.ledger.deciding():
+            while True:
+                decision = self._decide(tokens)
+                if isinstance(decision, Plan):
+                    if decision.precision != self.config.quantization:
+                        self._switch_precision(decision.precision)  # the planner chose it: no job runs
+                    job = self.ledger.reserve(decision.reservation)
+                    return job, decision, time.monotonic() - started
+                if not trimmed and not self.ledger.reservations():
+                    trimmed = True  # once per idle moment: jobs that ended left their heap behind
+                    release_free_memory()
+                    continue
+                if isinstance(decision, Wait) and self.ledger.wait(deadline):
+                    logger.info("request of %d ids: %s", tokens, decision.reason)
+                    trimmed = False
+                    continue
+                refusal = decision if isinstance(decision, Refusal) else self._timed_out(decision)
+                raise SynthesisRefused(refusal.reason, refusal.required_mb, refusal.available_mb,
+                                       refusal.safety_margin_mb)
+
+    def _decide(self, tokens: int) -> Plan | Wait | Refusal:
+        """The planner's answer, or the budget manager's alone when estimation is off."""
+        chunk = self._chunk_length()
+        if not self.options.budget:
+            return Plan(chunk, self.config.quantization, None, Reservation(0.0, 0.0))
+        budget = self.memory_budget_manager
+        budget.adjust_cache_limit()
+        if self.options.estimation:
+            return plan_request(self._planner_state(tokens))
+        check = budget.check(0.0)
+        if check.allowed:
+            return Plan(chunk, self.config.quantization, None, Reservation(0.0, 0.0),
+                        safety_margin_mb=check.safety_margin_mb)
+        if self.ledger.reservations():
+            return Wait(f"waiting for running jobs: {check.reason}")
+        return Refusal(check.reason, check.required_mb, check.available_mb, check.safety_margin_mb)
+
+    def _planner_state(self, tokens: int) -> PlannerState:
+        """One snapshot of everything the planner decides on (caller holds the ledger)."""
+        candidates = tuple(
+            Candidate(key.chunk_length, key.quantization, self.estimator.increment_mb(tokens, key),
+                      self.estimator.peak_from_now_mb(tokens, key), self.estimator.queued_mb(tokens, key))
+            for key in self.candidate_keys()
+        )
+        room = self.memory_budget_manager.room()
+        return PlannerState(candidates, room.available_mb, room.safety_margin_mb,
+                            self.config.quantization, self.ledger.reservations(), self.lanes.count)
+
+    def _timed_out(self, wait: Wait) -> Refusal:
+        room = self.memory_budget_manager.room()
+        return Refusal(f"still no memory after waiting {self.options.wait_timeout_s:g} s ({wait.reason})",
+                       held_mb(self.ledger.reservations(), self.lanes.count), room.available_mb,
+                       room.safety_margin_mb)
+
+    def _decode(self, sentences: list[Sentence], options: SynthesisOptions, key: str | None) -> Iterator[np.ndarray]:
+        """The engine's chunks on a compute lane; a text decoded to its end goes into the cache."""
+        kept: list[np.ndarray] = []
+        for chunk in self.lanes.iterate(self.engine.stream_sentences(sentences, options)):
+            if key is not None:
+                kept.append(pcm16(chunk))  # what the cache keeps: half a float32 copy
+            yield chunk
+        if key is not None and kept and self.cache is not None:
+            self.cache.put(key, kept)
+
+    def _release(self, job: int) -> None:
+        if self.ledger.release(job):
+            self._schedule_idle_trim()
+
+    def _schedule_idle_trim(self) -> None:
+        """Hand freed memory back to the OS once the service has been idle for
+        :data:`IDLE_TRIM_DELAY_S`, so its RSS returns to its resting level after a burst.
+
+        Deferred rather than done as the last job ends: its audio, the server's response bytes and the
+        cache entry are freed or made only after that moment, and a trim then left them resident (the
+        service's RSS crept up by up to 11 % per burst of requests).
+        """
+        with self.ledger.deciding():
+            if self._idle_trim is not None:
+                self._idle_trim.cancel()
+            self._idle_trim = threading.Timer(IDLE_TRIM_DELAY_S, self._trim_if_idle)
+            self._idle_trim.daemon = True
+            self._idle_trim.start()
+
+    def _trim_if_idle(self) -> None:
+        with self.ledger.deciding():
+            if self.ledger.reservations():
+                return  # the job now running schedules the next trim when it ends
+            self._idle_trim = None
+        release_free_memory()
+
+    def _run_config(self, chunk_length: int | None) -> dict:
+        return {"engine": self.engine.name, "quantization": self.config.quantization,
+                "num_threads": self.config.num_threads, "compute": self.config.compute,
+                "chunk_length": chunk_length}
+
+    def synthesize(self, text: str, options: SynthesisOptions | None = None) -> SynthesisResult:
+        """Whole-utterance synthesis with its timings and the plan it ran under."""
+        result = self.stream(text, options).result()
+        if result.text_tokens is None:  # answered from the cache, which does not phonemize
+            result = replace(result, text_tokens=self.engine.frontend.count_tokens(text))
+        return result
+
+    # -- the seed's API ---------------------------------------------------------------------
 
     @property
     def memory_budget_manager(self) -> MemoryBudgetManager:
@@ -459,7 +357,7 @@ class SmartAdaptiveBackend:
         return {"status": "adjusted", "previous_config": previous, "new_config": self.config.to_dict(),
                 "reasons": reasons, "freed_rss_mb": freed_rss_mb}
 
-    # -- admission ----------------------------------------------------------------------------------
+    # -- weight precision -------------------------------------------------------------------
 
     def set_precision(self, precision: str) -> bool:
         """Lower the shared weights to ``precision`` as soon as no job is using them: now when idle
@@ -476,162 +374,164 @@ class SmartAdaptiveBackend:
         self._set_precision(precision)
         self.estimator.set_config(self._config_key())
 
-    def _planner_state(self, tokens: int) -> PlannerState:
-        """One snapshot of everything the planner decides on (caller holds the ledger)."""
-        candidates = tuple(
-            Candidate(key.chunk_length, key.quantization, self.estimator.increment_mb(tokens, key),
-                      self.estimator.peak_from_now_mb(tokens, key), self.estimator.queued_mb(tokens, key))
-            for key in self.candidate_keys()
-        )
-        room = self.memory_budget_manager.room()
-        return PlannerState(candidates, room.available_mb, room.safety_margin_mb,
-                            self.config.quantization, self.ledger.reservations(), self.lanes.count)
-
-    def _admit(self, tokens: int) -> tuple[int, Plan, float]:
-        """Decide how (and whether) a request of ``tokens`` phoneme ids runs; blocks while it waits.
-
-        Returns the job's id, its plan and the seconds it waited. The reservation is recorded under the
-        same lock as the decision, so that a request admitted right after sees it. Whenever no job is
-        running and the plan does not fit, freed heap is handed back to the OS once and the decision
-        taken again: a refusal should not be caused by memory this process holds but does not use.
-        """
-        started = time.monotonic()
-        deadline = started + self.options.wait_timeout_s
-        trimmed = False
-        with self.ledger.deciding():
-            while True:
-                decision = self._decide(tokens)
-                if isinstance(decision, Plan):
-                    if decision.precision != self.config.quantization:
-                        self._switch_precision(decision.precision)  # the planner chose it: no job runs
-                    job = self.ledger.reserve(decision.reservation)
-                    return job, decision, time.monotonic() - started
-                if not trimmed and not self.ledger.reservations():
-                    trimmed = True  # once per idle moment: jobs that ended left their heap behind
-                    release_free_memory()
-                    continue
-                if isinstance(decision, Wait) and self.ledger.wait(deadline):
-                    logger.info("request of %d ids: %s", tokens, decision.reason)
-                    trimmed = False
-                    continue
-                refusal = decision if isinstance(decision, Refusal) else self._timed_out(decision)
-                raise SynthesisRefused(refusal.reason, refusal.required_mb, refusal.available_mb,
-                                       refusal.safety_margin_mb)
-
-    def _decide(self, tokens: int) -> Plan | Wait | Refusal:
-        """The planner's answer, or the budget manager's alone when estimation is off."""
-        chunk = self._chunk_length()
+    def _initial_precision(self, budget: MemoryBudgetManager) -> str:
+        """An explicit precision; else fp32 with the budget off (the voice as shipped); else the
+        profile's row — under the seed policy with the seed's "< 6 GB available → INT4" rule, under
+        the calibrated policy as written, since the planner lowers precision when measurements say a
+        request needs it."""
+        if len(self.engine.capabilities.precisions) == 1:
+            return self.engine.capabilities.precisions[0]
+        if self.options.quantization is not None:
+            return self.options.quantization
         if not self.options.budget:
-            return Plan(chunk, self.config.quantization, None, Reservation(0.0, 0.0))
+            return "fp32"
+        from .runtime.quantize import QuantizationStrategy
+
+        available = budget.available_mb() if self.options.budget_policy == "seed" else None
+        return QuantizationStrategy.for_profile(self.profile, available).mode
+
+    def _set_precision(self, precision: str) -> None:
+        """Quantize the shared model's weights to ``precision`` (in place: the fp32 copy is freed)."""
+        if precision == self.config.quantization:
+            return
+        from .runtime.quantize import QuantizationStrategy, native_int8_dot, quantize_
+
+        if PRECISIONS.index(precision) < PRECISIONS.index(self.config.quantization):
+            raise ValueError(f"cannot raise precision from {self.config.quantization} to {precision} in place")
+        # The profile's weight-only/dynamic choice (dynamic INT8 only on CPUs with integer dot products,
+        # see ``native_int8_dot``), but no layer-wise calibration pass: this runs at
+        # start-up and when the planner degrades a busy service, where calibrating over dozens of
+        # sentences would cost minutes (``python -m experiments.bench_quantize`` measures it).
+        row = self.profile.quantization
+        dynamic = row.dynamic and precision == "int8" and native_int8_dot()
+        strategy = QuantizationStrategy(mode=precision, weight_only=row.weight_only or not dynamic,
+                                        dynamic=dynamic)
+        quantize_(cast(QuantizableEngine, self.engine).model, strategy)  # runs() said it has weights to lower
+        self.config.quantization = precision
+        gc.collect()
+        logger.info("model weights now %s", precision)
+
+    # -- configurations and warm-up ---------------------------------------------------------
+
+    def _chunk_length(self) -> int | None:
+        """The decoder chunk now; ``None`` for an engine that cannot chunk (one pass per sentence)."""
+        return self.config.chunk_length if self.engine.capabilities.chunking else None
+
+    def _config_key(self, chunk_length: int | None = None, quantization: str | None = None) -> ConfigKey:
+        chunk = (chunk_length or self.config.chunk_length) if self.engine.capabilities.chunking else None
+        return ConfigKey(self.engine.name, quantization or self.config.quantization, chunk,
+                         self.config.num_threads, self.config.compute)
+
+    def candidate_keys(self) -> list[ConfigKey]:
+        """Every configuration the planner may choose, in its preference order: the current chunk
+        and the halvings down to :data:`MIN_CHUNK_LENGTH`, at the current precision, then at each
+        lower one the engine runs."""
+        if self.options.quantization is not None:
+            precisions = [self.config.quantization]
+        else:
+            precisions = [p for p in PRECISIONS[PRECISIONS.index(self.config.quantization):]
+                          if self.engine.capabilities.runs(p)]
+        chunks = [self._chunk_length()]
+        while chunks[-1] is not None and chunks[-1] // 2 >= MIN_CHUNK_LENGTH:
+            chunks.append(chunks[-1] // 2)
+        return [self._config_key(chunk, precision) for precision in precisions for chunk in chunks]
+
+    def _calibrated_margin(self) -> None:
+        """Give the calibrated policy its first term: the worst under-prediction of the calibration over
+        the configurations the planner may choose (none without estimation: nothing is predicted)."""
         budget = self.memory_budget_manager
-        budget.adjust_cache_limit()
-        if self.options.estimation:
-            return plan_request(self._planner_state(tokens))
-        check = budget.check(0.0)
-        if check.allowed:
-            return Plan(chunk, self.config.quantization, None, Reservation(0.0, 0.0),
-                        safety_margin_mb=check.safety_margin_mb)
-        if self.ledger.reservations():
-            return Wait(f"waiting for running jobs: {check.reason}")
-        return Refusal(check.reason, check.required_mb, check.available_mb, check.safety_margin_mb)
+        if not self.options.estimation:
+            budget.set_estimator_error(0.0)
+            return
+        constants = [self.estimator.constants_for(key) for key in self.candidate_keys()]
+        if all(c.calibrated and c.fit is not None for c in constants):
+            budget.set_estimator_error(max(c.fit.max_under_mb for c in constants))
+        else:
+            budget.set_estimator_error(None)
 
-    def _timed_out(self, wait: Wait) -> Refusal:
-        room = self.memory_budget_manager.room()
-        return Refusal(f"still no memory after waiting {self.options.wait_timeout_s:g} s ({wait.reason})",
-                       held_mb(self.ledger.reservations(), self.lanes.count), room.available_mb,
-                       room.safety_margin_mb)
+    @property
+    def calibrated(self) -> bool:
+        """Whether every configuration the planner may choose has fitted constants on this machine."""
+        return all(self.estimator.constants_for(key).calibrated for key in self.candidate_keys())
 
-    # -- synthesis ----------------------------------------------------------------------------------
-
-    def _check_text(self, text: str) -> str:
-        validate_text(text)
-        if len(text) > self.config.max_text_length:
-            raise TextTooLong(len(text), self.config.max_text_length)
-        return text
-
-    def stream(self, text: str, options: SynthesisOptions | None = None) -> Synthesis:
-        """Admit ``text`` and return its :class:`~adaptive_tts.synthesis.Synthesis`: iterate it for the
-        audio, decoded as it is taken. Admission (which may wait for running jobs) happens here, so a
-        refusal (:class:`SynthesisRefused`) or a bad text is raised before any audio exists; the cache
-        answers without admission."""
-        started = time.perf_counter()
-        self._check_text(text)
-        opts = options or SynthesisOptions()
-        key = None
+    def _on_cache_limit(self, limit_mb: float) -> None:
+        self.config.cache_limit = limit_mb
         if self.cache is not None:
-            key = AudioCache.key(text, engine=self.engine.name, quantization=self.config.quantization,
-                                 noise_scale=opts.noise_scale, length_scale=opts.length_scale,
-                                 noise_w=opts.noise_w, seed=opts.seed)
-            hit = self.cache.get(key)
-            if hit is not None:
-                return Synthesis(self._replay(hit), sample_rate=self.sample_rate, started=started,
-                                 config=self._run_config(self._chunk_length()), cached=True)
-        sentences = self.engine.frontend.sentences(text)
-        tokens = sum(len(s.ids) for s in sentences)
-        job, plan, waited_s = self._admit(tokens)
-        try:
-            first = opts.first_chunk_length
-            if first is None and plan.chunk_length is not None:
-                first = min(FIRST_CHUNK_LENGTH, plan.chunk_length)
-            resolved = self.engine.resolve(opts, chunk_length=plan.chunk_length, first_chunk_length=first)
-        except BaseException:
-            self._release(job)
-            raise
-        return Synthesis(self._decode(sentences, resolved, key), sample_rate=self.sample_rate, started=started,
-                         config=self._run_config(plan.chunk_length), plan=plan, tokens=tokens, waited_s=waited_s,
-                         release=functools.partial(self._release, job))
+            self.cache.set_limit_mb(limit_mb)
 
-    def _replay(self, pcm: np.ndarray) -> Iterator[np.ndarray]:
-        for start in range(0, len(pcm), HIT_CHUNK_SAMPLES):
-            yield from_pcm16(pcm[start : start + HIT_CHUNK_SAMPLES])
-
-    def _decode(self, sentences: list[Sentence], options: SynthesisOptions, key: str | None) -> Iterator[np.ndarray]:
-        """The engine's chunks on a compute lane; a text decoded to its end goes into the cache."""
-        kept: list[np.ndarray] = []
-        for chunk in self.lanes.iterate(self.engine.stream_sentences(sentences, options)):
-            if key is not None:
-                kept.append(pcm16(chunk))  # what the cache keeps: half a float32 copy
-            yield chunk
-        if key is not None and kept and self.cache is not None:
-            self.cache.put(key, kept)
-
-    def _release(self, job: int) -> None:
-        if self.ledger.release(job):
-            self._schedule_idle_trim()
-
-    def _run_config(self, chunk_length: int | None) -> dict:
-        return {"engine": self.engine.name, "quantization": self.config.quantization,
-                "num_threads": self.config.num_threads, "compute": self.config.compute,
-                "chunk_length": chunk_length}
-
-    def _schedule_idle_trim(self) -> None:
-        """Hand freed memory back to the OS once the service has been idle for
-        :data:`IDLE_TRIM_DELAY_S`, so its RSS returns to its resting level after a burst.
-
-        Deferred rather than done as the last job ends: its audio, the server's response bytes and the
-        cache entry are freed or made only after that moment, and a trim then left them resident (the
-        service's RSS crept up by up to 11 % per burst of requests).
-        """
-        with self.ledger.deciding():
-            if self._idle_trim is not None:
-                self._idle_trim.cancel()
-            self._idle_trim = threading.Timer(IDLE_TRIM_DELAY_S, self._trim_if_idle)
-            self._idle_trim.daemon = True
-            self._idle_trim.start()
-
-    def _trim_if_idle(self) -> None:
-        with self.ledger.deciding():
-            if self.ledger.reservations():
-                return  # the job now running schedules the next trim when it ends
-            self._idle_trim = None
+    def _warm_up(self) -> None:
+        """Compile the decoder for the window lengths of the chunks requests will run at, on every lane:
+        with budget and estimation, only as far as memory allows (:meth:`_warm_up_measured`)."""
+        if not self.engine.capabilities.warm_up:
+            return
+        started = time.perf_counter()
+        if not (self.options.budget and self.options.estimation):
+            self.warm_up_to(self._chunk_length())
+        elif not self._warm_up_measured():
+            decision = plan_request(self._planner_state(self.engine.frontend.count_tokens("Warm up.")))
+            if not isinstance(decision, Plan):
+                logger.warning("no decoder warm-up: %s", decision.reason)
+                return
+            self.warm_up_to(decision.chunk_length)
+        # The warm-up's buffers are freed heap: handed back, a runtime warmed to chunk 256 on two lanes
+        # rests at 335 MB RSS instead of 750 (INT8, this VM), and requests are planned from that rest,
+        # as the calibration measured them.
         release_free_memory()
+        logger.info("decoder kernels compiled up to chunk %d on %d compute lane(s) in %.2f s",
+                    self.config.chunk_length, self.lanes.count, time.perf_counter() - started)
 
-    def synthesize(self, text: str, options: SynthesisOptions | None = None) -> SynthesisResult:
-        """Whole-utterance synthesis with its timings and the plan it ran under."""
-        result = self.stream(text, options).result()
-        if result.text_tokens is None:  # answered from the cache, which does not phonemize
-            result = replace(result, text_tokens=self.engine.frontend.count_tokens(text))
-        return result
+    def warm_up_to(self, chunk: int | None) -> None:
+        """Compile the decoder's windows up to ``chunk`` frames on every compute lane, in turn."""
+        self.lanes.each(functools.partial(self.engine.warm_up, chunk))
+
+    def warm_up_chunks(self) -> list[int]:
+        """The chunk lengths the planner may choose, smallest first (none for a one-pass engine)."""
+        return sorted({key.chunk_length for key in self.candidate_keys() if key.chunk_length is not None})
+
+    def _warm_up_measured(self) -> bool:
+        """Warm up by this machine's measured start-up (:class:`~.runtime.estimator.StartUpCost`);
+        ``False`` when it was not measured for every chunk here.
+
+        The warm-up's peak is planned like a request's (:func:`~.runtime.planner.plan_warm_up`), one
+        chunk at a time from the smallest, planned again before each step, but against the budget's
+        :attr:`~.runtime.budget.MemoryBudgetManager.resident_margin_mb`: warmed windows stay resident, so
+        they keep room for the other apps' whole swing seen meanwhile (at start, a second or two of it).
+        The chunk reached becomes the runtime's chunk: the planner degrades from there, and no request
+        pays a first compile the calibration did not measure.
+        """
+        chunks = self.warm_up_chunks()
+        cost = self.estimator.store.load_start_up(self.estimator.machine, self.lanes.count)
+        if cost is None or not set(chunks) <= set(cost.warm_up_mb):
+            return False
+        budget = self.memory_budget_manager
+        warmed: int | None = None
+        before_mb = budget.available_mb()
+        while True:
+            available_mb = budget.available_mb()
+            # What the steps so far still hold, as the readings show it, at most their measured peak.
+            # Their whole peak is not it: a step's heap is handed back, so the next step climbs from
+            # lower (counted as held, chunk 128 looked 90 MB cheaper and starts at floor + 300 MB
+            # were OOM-killed warming it up).
+            held_mb = min(cost.increment_mb(warmed), max(0.0, before_mb - available_mb)) if warmed is not None else 0.0
+            ahead = {chunk: cost.increment_mb(chunk) - held_mb for chunk in chunks if warmed is None or chunk > warmed}
+            if not ahead:
+                break
+            target = plan_warm_up(ahead, available_mb, budget.resident_margin_mb)
+            if isinstance(target, Refusal):
+                if warmed is None:
+                    logger.warning("no decoder warm-up: %s", target.reason)
+                break
+            warmed = min(ahead)  # one step towards the target, then plan again
+            self.warm_up_to(warmed)
+        ceiling = warmed or chunks[0]
+        if ceiling != self.config.chunk_length:
+            logger.info("chunk %d, not %d: warming %d-frame windows on %d lane(s) takes %.0f MB, %.0f MB "
+                        "available less a %.0f MB margin", ceiling, self.config.chunk_length,
+                        self.config.chunk_length, self.lanes.count, cost.increment_mb(self.config.chunk_length),
+                        budget.available_mb(), budget.resident_margin_mb)
+            self.config.chunk_length = ceiling
+            self.estimator.set_config(self._config_key())
+        return True
 
     def close(self) -> None:
         """Undo process-wide changes (CPU affinity, thread count) and stop the memory watch."""

@@ -1,4 +1,5 @@
-"""What the backend hands back for a request: a :class:`Synthesis` to iterate, and its summary.
+"""What the backend hands back for a request: a :class:`Synthesis` to iterate and its summary, or an
+error saying why there is none (:class:`SynthesisRefused`, :class:`TextTooLong`).
 
 A :class:`Synthesis` exists only once the request has been admitted (or answered from the cache): it
 carries the plan it runs under, how long it waited, whether the cache answered, and the timings as
@@ -17,9 +18,35 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .runtime.planner import Plan
+from .voice.frontend import TextError
 from .voice.speech import TimedChunks
 
 logger = logging.getLogger(__name__)
+
+
+class SynthesisRefused(RuntimeError):
+    """The runtime will not start this synthesis: it would not fit in memory now."""
+
+    def __init__(self, reason: str, required_mb: float, available_mb: float, safety_margin_mb: float) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.required_mb = required_mb
+        self.available_mb = available_mb
+        self.safety_margin_mb = safety_margin_mb
+
+    def to_dict(self) -> dict:
+        return {"reason": self.reason, "required_mb": round(self.required_mb, 1),
+                "available_mb": round(self.available_mb, 1), "safety_margin_mb": round(self.safety_margin_mb, 1)}
+
+
+class TextTooLong(TextError):
+    """The text is longer than the profile's ``max_text_length``."""
+
+    def __init__(self, length: int, limit: int) -> None:
+        super().__init__(f"text is {length} characters; the limit on this hardware is {limit}")
+        self.length = length
+        self.limit = limit
+
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ LAYERS = {
     "adaptive_tts.runtime": 2,
     "adaptive_tts.backend": 3,
     "adaptive_tts.synthesis": 3,
+    "adaptive_tts.options": 3,
     "adaptive_tts.calibration": 3,
     "adaptive_tts.server": 4,
     "adaptive_tts.__main__": 4,
