@@ -124,22 +124,24 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .calibration import calibrate, measure_start_up, measuring_backend
-    from .runtime.estimator import CalibrationStore, ConfigKey, calibration_texts, machine_key
+    from .runtime.estimator import CalibrationStore, ConfigKey, EstimatorConstants, calibration_texts, machine_key
     from .runtime.hardware import detect_hardware
+    from .voice import engine_capabilities
     from .voice.engine import resolve_compute
 
     store = CalibrationStore(args.output)
     machine = machine_key(detect_hardware())
     train, test = calibration_texts()
-    compute = "fp32" if args.engine == "reference" else resolve_compute(args.compute)
-    keys = [ConfigKey(args.engine, q, None if c == 0 or args.engine == "reference" else c, t, compute)
+    capabilities = engine_capabilities(args.engine)
+    compute = resolve_compute(args.compute) if len(capabilities.computes) > 1 else capabilities.computes[0]
+    keys = [ConfigKey(args.engine, q, c if c and capabilities.chunking else None, t, compute)
             for q, c, t in itertools.product(args.quantization, args.chunk_length, args.threads)]
     print(f"calibrating {len(keys)} configuration(s) on {machine}: {len(train)} training and "
           f"{len(test)} held-out texts each, measured in this process")
-    rows = []
+    rows: list[tuple[ConfigKey, EstimatorConstants]] = []
     with tqdm(unit="request") as bar:
-        for threads, group in itertools.groupby(sorted(keys, key=lambda k: k.num_threads), key=lambda k: k.num_threads):
-            group = list(group)
+        for _, grouped in itertools.groupby(sorted(keys, key=lambda k: k.num_threads), key=lambda k: k.num_threads):
+            group = list(grouped)
             first = max(group, key=lambda k: (-["fp32", "int8", "int4"].index(k.quantization), k.chunk_length or 0))
             backend, startup = measure_start_up(functools.partial(measuring_backend, first, warm_up=False))
             store.save_start_up(machine, startup)
@@ -157,8 +159,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     for key, c in rows:
         knee = "all" if c.knee_tokens is None else f"{c.knee_tokens:.0f}"
         queued = "-" if c.queued_share is None else f"{c.queued_share:.2f}"
+        fit = (f"{c.fit.mape_percent:>9.2f}{c.fit.max_under_mb:>14.1f}{c.fit.max_over_mb:>13.1f}" if c.fit
+               else f"{'-':>9}{'-':>14}{'-':>13}")
         print(f"{str(key):<28}{c.base_model_mb:>9.1f}{c.per_request_mb:>12.1f}{c.per_100_tokens_mb:>12.2f}{knee:>11}"
-              f"{queued:>8}{c.fit.mape_percent:>9.2f}{c.fit.max_under_mb:>14.1f}{c.fit.max_over_mb:>13.1f}")
+              f"{queued:>8}{fit}")
     return 0
 
 
@@ -173,9 +177,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.profile not in (None, "auto", *PROFILES):
         raise CliError(f"unknown hardware profile {args.profile!r}; valid: auto, {', '.join(PROFILES)}")
     options = BackendOptions.from_settings(vars(args), quantization=args.quantization or "fp32")
-    profile: str | HardwareProfile = args.profile or "auto"
+    name: str = args.profile or "auto"
+    profile: str | HardwareProfile = name
     if args.cache_limit is not None:
-        profile = with_cache_limit(select_profile(detect_hardware(), profile), args.cache_limit)
+        profile = with_cache_limit(select_profile(detect_hardware(), name), args.cache_limit)
     app = create_app(profile=profile, options=options, max_jobs=args.max_jobs, retry_after_s=args.retry_after)
     print(f"loading the voice, then serving on http://{args.host}:{args.port} (API docs at /docs)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")

@@ -22,7 +22,7 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from dataclasses import replace
 from typing import cast
 
@@ -100,7 +100,7 @@ class SmartAdaptiveBackend:
         if self.options.affinity:
             self.affinity = CPUAffinityManager(self.info)
             applied = self.affinity.apply()
-            if self.options.num_threads is None:
+            if self.options.num_threads is None and applied.num_threads is not None:
                 self.config.num_threads = applied.num_threads
         self.engine = load_engine(self.options.engine, self.config.num_threads, self.options.compute)
         self.lanes = ComputeLanes(self.options.compute_lanes or default_lanes(self.config.num_threads))
@@ -233,7 +233,8 @@ class SmartAdaptiveBackend:
                        held_mb(self.ledger.reservations(), self.lanes.count), room.available_mb,
                        room.safety_margin_mb)
 
-    def _decode(self, sentences: list[Sentence], options: SynthesisOptions, key: str | None) -> Iterator[np.ndarray]:
+    def _decode(self, sentences: list[Sentence], options: SynthesisOptions,
+                key: Hashable | None) -> Iterator[np.ndarray]:
         """The engine's chunks on a compute lane; a text decoded to its end goes into the cache."""
         kept: list[np.ndarray] = []
         for chunk in self.lanes.iterate(self.engine.stream_sentences(sentences, options)):
@@ -444,8 +445,9 @@ class SmartAdaptiveBackend:
             budget.set_estimator_error(0.0)
             return
         constants = [self.estimator.constants_for(key) for key in self.candidate_keys()]
-        if all(c.calibrated and c.fit is not None for c in constants):
-            budget.set_estimator_error(max(c.fit.max_under_mb for c in constants))
+        fits = [c.fit for c in constants if c.calibrated]
+        if len(fits) == len(constants) and all(fit is not None for fit in fits):
+            budget.set_estimator_error(max(fit.max_under_mb for fit in fits if fit is not None))
         else:
             budget.set_estimator_error(None)
 

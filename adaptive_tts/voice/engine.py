@@ -143,7 +143,8 @@ class Engine(BaseEngine):
     """
 
     name = "torch"
-    capabilities = EngineCapabilities(chunking=True, precisions=("fp32", "int8", "int4"), warm_up=True)
+    capabilities = EngineCapabilities(chunking=True, precisions=("fp32", "int8", "int4"), warm_up=True,
+                                      computes=("fp32", "bf16"))
 
     def __init__(
         self,
@@ -212,11 +213,12 @@ class Engine(BaseEngine):
         first, in order, then each one's prior noise: with a seed, the batches (which depend only on
         the sentences) and the chunking (which draws nothing) leave the audio the same."""
         dev = self.device
+        noise_scale, length_scale, noise_w = _scales(opts)
         ids = [torch.as_tensor(list(s), dtype=torch.long, device=dev) for s in sentences]
-        noise = [torch.zeros(2, len(t)) if opts.noise_w == 0
-                 else torch.randn(2, len(t), generator=generator) * opts.noise_w for t in ids]
+        noise = [torch.zeros(2, len(t)) if noise_w == 0
+                 else torch.randn(2, len(t), generator=generator) * noise_w for t in ids]
         padded = _granular(max(len(t) for t in ids))
-        encoded = self.model.encode_batch(ids, [t.to(dev) for t in noise], float(opts.length_scale), padded)
+        encoded = self.model.encode_batch(ids, [t.to(dev) for t in noise], length_scale, padded)
         if padded * len(ids) > LONG_SENTENCE_IDS:
             # a long sentence's encoder temporaries are tens of MB; give them back before the decoder
             # allocates its own, or the two stack up in the process's peak
@@ -228,9 +230,9 @@ class Engine(BaseEngine):
             # Noise is drawn frame-major for the whole sentence up front, so any chunking sees the same
             # numbers as a one-pass decode with the same seed. It is 192 floats a frame: negligible.
             eps = None
-            if opts.noise_scale != 0 and frame_to_phoneme.numel():
+            if noise_scale != 0 and frame_to_phoneme.numel():
                 eps = torch.randn(frame_to_phoneme.numel(), m_p.shape[1], generator=generator).to(dev)
-            priors.append(Prior(m_p, logs_p, frame_to_phoneme, eps, float(opts.noise_scale)))
+            priors.append(Prior(m_p, logs_p, frame_to_phoneme, eps, noise_scale))
         return priors
 
     def _encoded(self, sentences: list[Sentence], opts: SynthesisOptions,
@@ -374,6 +376,13 @@ class Engine(BaseEngine):
         f0, f1 = _window(b0, b1, self.flow_margin, frames, size)
         z = self._flow_over([prior(f0, f1)], gap=0)[0]
         return b0, b1, z[:, :, b0 - f0 : b1 - f0]
+
+
+def _scales(opts: SynthesisOptions) -> tuple[float, float, float]:
+    """``noise_scale``, ``length_scale`` and ``noise_w`` of options the engine has resolved."""
+    if opts.noise_scale is None or opts.length_scale is None or opts.noise_w is None:
+        raise ValueError("options must be resolved (Engine.resolve) before synthesis: a scale is None")
+    return float(opts.noise_scale), float(opts.length_scale), float(opts.noise_w)
 
 
 def _granular(length: int) -> int:

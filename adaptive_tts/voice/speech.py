@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 
 if TYPE_CHECKING:
-    from torch import nn
-
     from .frontend import Frontend, Sentence
+    from .vits import VitsModel
 
 
 @dataclass(frozen=True)
@@ -71,12 +70,14 @@ class EngineCapabilities:
     without it a sentence is one pass and no chunk length is planned. ``precisions``: the weight
     precisions it can run, most precise first; lowering them is the planner's last resort before a
     refusal. ``warm_up``: it compiles kernels per input length, which a service pays at start-up
-    instead of in its first requests.
+    instead of in its first requests. ``computes``: the arithmetic precisions it can run in.
     """
 
     chunking: bool
     precisions: tuple[str, ...]
     warm_up: bool
+    #: what it can multiply in (``fp32``; ``bf16`` too where the engine converts its networks)
+    computes: tuple[str, ...] = ("fp32",)
 
     def runs(self, precision: str) -> bool:
         return precision in self.precisions
@@ -111,7 +112,7 @@ class SpeechEngine(Protocol):
 class QuantizableEngine(SpeechEngine, Protocol):
     """An engine whose weights the runtime lowers in place (``capabilities.precisions`` past fp32)."""
 
-    model: nn.Module
+    model: VitsModel
 
 
 class BaseEngine:
