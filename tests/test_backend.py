@@ -14,49 +14,26 @@ import pytest
 
 from adaptive_tts.audio import to_pcm16
 from adaptive_tts.backend import BackendOptions, SmartAdaptiveBackend, SynthesisRefused, TextTooLong
-from adaptive_tts.runtime.budget import MemoryBudgetManager, SystemMemory
-from adaptive_tts.runtime.estimator import CalibrationStore, ConfigKey, EstimatorConstants, current_rss_mb, machine_key
-from adaptive_tts.runtime.hardware import PROFILES
+from adaptive_tts.runtime.budget import SystemMemory
+from adaptive_tts.runtime.estimator import ConfigKey, EstimatorConstants, current_rss_mb, machine_key
 from adaptive_tts.voice.engine import resolve_compute
+from conftest import M1, Memory, simulated_backend, simulated_budget
 
-M1 = PROFILES["m1_air"]
 TEXT = "The adaptive runtime decides before it synthesizes."
-
-
-class Memory:
-    """A settable 'available memory' reading of an 8 GB machine."""
-
-    def __init__(self, available_mb: float) -> None:
-        self.available_mb = available_mb
-
-    def __call__(self) -> SystemMemory:
-        return SystemMemory(8192.0, self.available_mb)
 
 
 def make(tmp_path, memory: Memory | None = None, calibrate: dict[int, float] | None = None, **options):
     """A backend on the M1 Air profile; ``calibrate`` maps chunk length → fitted peak MB above the
     process's resident memory once the model is loaded (so 'required' is that many MB)."""
-    budget = None
-    if memory is not None:
-        budget = MemoryBudgetManager(M1, system_memory=memory, cgroup_memory=lambda: _no_cgroup())
-    store = CalibrationStore(tmp_path / "cal.json")
-    backend = SmartAdaptiveBackend(
-        "m1_air", BackendOptions(**{"affinity": False, "quantization": "fp32", **options}),
-        calibration=store, budget_manager=budget,
-    )
+    backend = simulated_backend(tmp_path, memory, **options)
     if calibrate:
         for chunk, base in calibrate.items():
             key = ConfigKey("torch", "fp32", chunk, backend.config.num_threads, backend.config.compute)
-            store.save(machine_key(backend.info), key, EstimatorConstants(current_rss_mb() + base, 0.0, None, True))
+            backend.estimator.store.save(machine_key(backend.info), key,
+                                         EstimatorConstants(current_rss_mb() + base, 0.0, None, True))
         backend.estimator.reload()
         backend._calibrated_margin()
     return backend
-
-
-def _no_cgroup():
-    from adaptive_tts.runtime.hardware import CgroupMemory
-
-    return CgroupMemory(None, None, None, None)
 
 
 def test_synthesize_reports_timings_and_plan(tmp_path):
@@ -68,7 +45,10 @@ def test_synthesize_reports_timings_and_plan(tmp_path):
     assert result.rtf == pytest.approx(result.latency_s / result.audio_s)
     assert result.config == {"engine": "torch", "quantization": "fp32", "num_threads": backend.config.num_threads,
                              "chunk_length": 128, "compute": resolve_compute("auto")}
-    assert result.estimated_mb is not None and result.text_tokens > 40
+    assert result.text_tokens > 40
+    d = M1.estimates  # uncalibrated: the plan's peak is the profile's seed formula for this text
+    assert result.estimated_mb == pytest.approx(
+        d.base_model_mb + result.text_tokens / 100 * d.per_100_tokens_mb + d.cache_overhead_mb)
 
 
 def test_cache_hit_returns_the_same_16_bit_audio(tmp_path):
@@ -80,9 +60,12 @@ def test_cache_hit_returns_the_same_16_bit_audio(tmp_path):
     assert second.cached and not first.cached
     assert second.audio.dtype == np.float32 and len(second.audio) == len(first.audio)
     assert to_pcm16(first.audio) == to_pcm16(second.audio)
-    assert backend.system_status()["cache"]["hits"] == 1
+    cached = backend.system_status()["cache"]
+    assert cached["hits"] == 1 and cached["entries"] == 1
     cleared = backend.clear_cache()
-    assert cleared["freed_mb"] > 0 and isinstance(cleared["freed_rss_mb"], float)
+    assert cleared["freed_mb"] == cached["mb"] > 0  # what the one entry cost, all of it
+    assert isinstance(cleared["freed_rss_mb"], float)
+    assert backend.system_status()["cache"]["entries"] == 0
     assert not backend.synthesize(TEXT).cached
 
 
@@ -154,16 +137,25 @@ def test_max_text_length_is_enforced(tmp_path):
 
 
 def test_seed_payloads(tmp_path):
-    backend = make(tmp_path, Memory(available_mb=6000))
+    memory = Memory(available_mb=6000)
+    backend = make(tmp_path, memory)
     hw = backend.hardware()
     assert {"chunk_length", "num_threads", "cache_limit", "max_text_length", "quantization"} <= set(
         hw["selected_configuration"])
     est = backend.estimate("How much memory will this take?")
-    assert est["status"] in ("ok", "warning") and est["estimate"]["text_length"] == 31
+    assert est["estimate"]["text_length"] == 31
+    # 6000 MB free: the seed estimate (< 2.3 GB) and the 1.5 GB safety margin fit
+    assert (est["status"], est["estimate"]["safe"], est["recommendation"]) == ("ok", True, "OK")
+    assert est["estimate"]["available_mb"] == 6000.0
     status = backend.system_status()
     assert set(status["throttling_risk"]) >= {"memory_critical", "cpu_maxed", "thermal_likely"}
     assert backend.monitor.memory_budget_manager is backend.memory_budget_manager
     assert backend.enforce_limits() is True
+    memory.available_mb = 1000  # below the safety margin alone: nothing fits
+    est = backend.estimate("How much memory will this take?")
+    assert (est["status"], est["estimate"]["safe"]) == ("warning", False)
+    assert "Text may be too long for this hardware" in est["recommendation"]
+    assert backend.enforce_limits() is False
 
 
 def test_optimize_for_hardware_adjusts_when_memory_is_short(tmp_path):
@@ -316,7 +308,7 @@ def test_warm_up_chooses_the_largest_chunk_whose_measured_start_up_fits(tmp_path
 
     def start(available_mb: float) -> SmartAdaptiveBackend:
         warmed.clear()
-        budget = MemoryBudgetManager(M1, system_memory=Growing(available_mb), cgroup_memory=lambda: _no_cgroup())
+        budget = simulated_budget(M1, Growing(available_mb))
         budget.watch.stop()
         return SmartAdaptiveBackend("m1_air", BackendOptions(affinity=False, quantization="fp32", compute_lanes=2,
                                                              budget_policy="calibrated", wait_timeout_s=0),

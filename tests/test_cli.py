@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import wave
 
 import pytest
+from conftest import CLI
 
-CLI = [sys.executable, "-m", "adaptive_tts"]
+#: Exit codes: 1 for a failure the command reports (a bad text, an unwritable output), 2 for a usage
+#: error argparse reports (a bad option value, an unknown option).
+FAILED, USAGE = 1, 2
 
 
 def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -34,19 +36,19 @@ def test_reference_engine_through_the_same_cli(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "args, message",
+    "args, message, code",
     [
-        (["synthesize", ""], "text is empty"),
-        (["synthesize", "   "], "text is empty"),
-        (["synthesize", "...!?"], "nothing speakable"),
-        (["synthesize", "hi", "-o", "/nonexistent-dir/x.wav"], "does not exist"),
-        (["synthesize", "hi", "--threads", "0"], "positive integer"),
-        (["synthesize", "hi", "--bogus"], "unrecognized arguments"),
+        (["synthesize", ""], "text is empty", FAILED),
+        (["synthesize", "   "], "text is empty", FAILED),
+        (["synthesize", "...!?"], "nothing speakable", FAILED),
+        (["synthesize", "hi", "-o", "/nonexistent-dir/x.wav"], "does not exist", FAILED),
+        (["synthesize", "hi", "--threads", "0"], "positive integer", USAGE),
+        (["synthesize", "hi", "--bogus"], "unrecognized arguments", USAGE),
     ],
 )
-def test_bad_input_is_one_line_without_traceback(tmp_path, args, message):
+def test_bad_input_is_one_line_without_traceback(tmp_path, args, message, code):
     result = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert result.returncode != 0
+    assert result.returncode == code, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not list(tmp_path.glob("*.wav"))

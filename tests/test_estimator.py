@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import Memory, simulated_budget
 
-from adaptive_tts.runtime.budget import MemoryBudgetManager, SystemMemory
 from adaptive_tts.runtime.estimator import (
     CalibrationStore,
     ConfigKey,
@@ -30,8 +30,7 @@ def estimator(tmp_path, available_mb: float = 8000, constants: EstimatorConstant
     store = CalibrationStore(tmp_path / "cal.json")
     if constants is not None:
         store.save("test-machine", KEY, constants)
-    budget = MemoryBudgetManager(PROFILES["m1_air"], system_memory=lambda: SystemMemory(8192, available_mb),
-                                 cgroup_memory=None)
+    budget = simulated_budget(PROFILES["m1_air"], Memory(available_mb))
     return MemoryEstimator(PROFILES["m1_air"], KEY, budget_manager=budget, token_counter=lambda t: tokens,
                            store=store, machine="test-machine")
 
@@ -212,8 +211,7 @@ def test_room_to_start_needs_the_most_frugal_warm_up_not_just_the_load(tmp_path)
     decoder too, and the most frugal warm-up peaks at 287 MB: 250 MB free is not room to start."""
     store = CalibrationStore(tmp_path / "cal.json")
     store.save("m", KEY, EstimatorConstants(500.0, 1.0, None, True, FitQuality(3, 3, 5.0, 12.0, 30.0), 20.0))
-    budget = MemoryBudgetManager(PROFILES["m1_air"], system_memory=lambda: SystemMemory(8192, 250),
-                                 cgroup_memory=None, policy="calibrated")
+    budget = simulated_budget(PROFILES["m1_air"], Memory(250), policy="calibrated")
     budget.watch.stop()
     assert room_to_start(store, budget, "m", anon_now_mb=8.0) is None  # never measured: nothing says
     store.save_start_up("m", StartUpCost(2, 215.0, 205.0, {64: 287.0, 256: 667.0}))

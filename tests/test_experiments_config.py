@@ -3,9 +3,11 @@ library's profiles, workloads, and both spellings of a group choice."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -14,7 +16,7 @@ from experiments.limits import host_cpus
 from experiments.run import accept_plus_for_default_groups
 from experiments.sweep import SweepSpec
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF = REPO / "conf"
 ABLATIONS = ["baseline", "budget", "affinity", "estimation"]
 
 
@@ -30,13 +32,14 @@ def test_ablations_are_cumulative() -> None:
     assert on == [set(), {"budget"}, {"budget", "affinity"}, {"budget", "affinity", "estimation"}]
 
 
-def test_no_overrides_is_a_short_unsimulated_run_of_the_whole_runtime() -> None:
+def test_no_overrides_is_a_short_unsimulated_run_of_the_whole_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
     spec = SweepSpec.from_config(config())
     assert spec.ablation.name == "estimation"
     assert not spec.device.simulated and spec.device.mem_cap_mb is None
     assert spec.engine.name == "torch" and spec.engine.quantization == "fp32"
     assert len(spec.workload.lengths) * spec.workload.iterations <= 10
-    assert spec.run_id  # generated
+    assert re.fullmatch(r"\d{8}-\d{6}", spec.run_id)  # generated: the local start's date and time
 
 
 @pytest.mark.parametrize("hardware", sorted(p.stem for p in (CONF / "hardware").glob("*.yaml")))
@@ -85,7 +88,7 @@ def test_slurm_launcher_config_composes_where_the_plugin_is_installed() -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
-    assert cfg.hydra.launcher.cpus_per_task >= 1
+    assert cfg.hydra.launcher.cpus_per_task == 2  # conf/hydra/launcher/slurm.yaml
 
 
 def test_memory_sweep_is_a_curve_on_the_8gb_device() -> None:

@@ -9,10 +9,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import REPO
 
 from experiments.results import RowStore, read_rows, summarize
 
-ARCHITECTURE = Path(__file__).resolve().parent.parent / "docs" / "architecture.md"
+ARCHITECTURE = REPO / "docs" / "architecture.md"
 DOC_TYPES = {
     "str": pa.string(),
     "int": pa.int64(),

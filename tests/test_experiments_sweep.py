@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO, cgroup_mechanism, our_cgroups
 
+from adaptive_tts.runtime.hardware import detect_hardware
 from experiments.results import RowStore, read_rows
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def cli(tmp_path: Path, *overrides: str, multirun: bool = False) -> list[str]:
@@ -36,10 +38,6 @@ def wait_for_rows(rows_dir: Path, n: int, process: subprocess.Popen, timeout_s: 
         time.sleep(0.05)
 
 
-def our_cgroups(pid: int) -> list[Path]:
-    return list(Path("/sys/fs/cgroup").glob(f"**/adaptive-tts-{pid}-*"))
-
-
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 def test_an_interrupted_sweep_resumes_to_exactly_one_row_per_trial(tmp_path: Path, how: signal.Signals) -> None:
     """On a simulated device (a cgroup here), with a background app: nothing may be left behind."""
@@ -50,6 +48,8 @@ def test_an_interrupted_sweep_resumes_to_exactly_one_row_per_trial(tmp_path: Pat
     rows_dir = tmp_path / "runs" / "resume-me" / "rows"
     driver = subprocess.Popen(run_args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_for_rows(rows_dir, 3, driver)
+    if cgroup_mechanism() is not None:  # the simulated device is a cgroup, found where it is: the checks
+        assert our_cgroups(driver.pid)  # below that none is left would otherwise pass for any driver
     children = [int(p) for p in Path(f"/proc/{driver.pid}/task/{driver.pid}/children").read_text().split()]
     driver.send_signal(how)  # mid-sweep, most likely mid-trial
     driver.communicate(timeout=30)
@@ -104,4 +104,8 @@ def test_default_invocation_needs_no_overrides(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     rows = read_rows(tmp_path / "runs")
     assert list(rows["ablation"]) == ["estimation"] and list(rows["simulated"]) == [False]
-    assert rows.loc[0, "git_commit"] and rows.loc[0, "host"] and rows.loc[0, "cpu_model"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    commit = rf"{head.stdout.strip()}(-dirty)?" if head.returncode == 0 else "unknown"  # not a git checkout
+    assert re.fullmatch(commit, rows.loc[0, "git_commit"]), rows.loc[0, "git_commit"]  # dirty: files differ
+    assert rows.loc[0, "host"] == socket.gethostname()
+    assert rows.loc[0, "cpu_model"] == detect_hardware(probe_gpu=False).cpu_model

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO, cgroup_mechanism
 
 from adaptive_tts.runtime.estimator import CalibrationStore
-from experiments.limits import create_memory_cap
+from experiments.limits import host_memory_mb
 from experiments.results import read_rows
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parent.parent
 
 
 def sweep(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
@@ -41,14 +40,8 @@ def test_ablations_synthesize_and_report_what_ran(tmp_path: Path) -> None:
     assert rows.loc["estimation", "estimated_mb"].notna().all()
 
 
-def cgroup_cap_available() -> bool:
-    cap = create_memory_cap(64)
-    cap.close()
-    return cap.cgroup is not None
-
-
 @pytest.mark.skipif(
-    not cgroup_cap_available() or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") < 10 * 2**30,
+    cgroup_mechanism() is None or host_memory_mb() < 10 * 1024,
     reason="the memory sweep needs a cgroup-capped 8 GB device on a host with more than 8 GB",
 )
 def test_memory_sweep_turns_the_baselines_ooms_into_refusals(tmp_path: Path) -> None:

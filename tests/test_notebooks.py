@@ -8,11 +8,12 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import REPO
 from nbclient import NotebookClient
 
 from test_report import run_harness
 
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = REPO / "notebooks"
 
 
 def _build_module():
@@ -68,4 +69,8 @@ def test_the_notebook_default_dataset_is_real_harness_rows() -> None:
     from experiments.report import load_rows
 
     rows = load_rows(NOTEBOOKS / "data" / "smoke.parquet")
-    assert len(rows) > 0 and rows["run_id"].notna().all() and set(rows["status"]) <= {"ok", "oom", "refused", "error", "timeout"}
+    # notebooks/data/README.md: one run, 5 text lengths x 1 iteration x 2 ablations, every trial served
+    assert list(rows["run_id"].unique()) == ["20261127-214652"]
+    assert sorted(rows.groupby("ablation")["text_length"].apply(sorted).items()) == [
+        ("baseline", [100, 300, 500, 800, 1000]), ("estimation", [100, 300, 500, 800, 1000])]
+    assert set(rows["status"]) == {"ok"}
