@@ -4,9 +4,10 @@
   minute on two cores. The pass runs twice: a warm-up (torch's one-off set-up, the compute lanes'
   kernels, a worker thread per concurrent job), then — after the audio cache is cleared, so that every synthesis
   runs again — the measured pass.
-* (slow) 1050 requests in bursts with idle gaps (a warm-up of 150, then 900), of texts of every length, both synthesis endpoints,
-  malformed requests and status reads (``experiments.bench_server.soak``): the service's own memory
-  stays bounded by its warm level plus its cache, and ``/cache/clear`` gives memory back.
+* (slow) ~1100 requests in bursts with idle gaps (a warm-up of every text length and 150 more, then
+  900 measured), of texts of every length, both synthesis endpoints, malformed requests and status
+  reads (``experiments.bench_server.soak``): the service's own memory stays bounded by its warm level
+  plus its cache, and ``/cache/clear`` gives memory back.
 """
 
 from __future__ import annotations
