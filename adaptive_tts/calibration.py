@@ -47,7 +47,10 @@ def measure(backend: SmartAdaptiveBackend, text: str, concurrency: int = 1, mete
 
     def one() -> None:
         try:
-            tokens.append(backend.synthesize(text).text_tokens)
+            counted = backend.synthesize(text).text_tokens
+            if counted is None:
+                raise RuntimeError("the backend's synthesis result has no token count to calibrate against")
+            tokens.append(counted)
         except BaseException as exc:  # noqa: BLE001 - re-raised below, in the caller's thread
             errors.append(exc)
 
@@ -132,12 +135,15 @@ def calibrate(
                 progress(key, done, total)
         constants = fit_constants(measured[: len(train)], measured[len(train):], lanes=backend.lanes.count,
                                   knee=key.chunk_length is not None)
+        fit = constants.fit
+        if fit is None:
+            raise RuntimeError(f"fit_constants scored no fit for {key}")
         logger.info("calibrated %s: rest %.0f MB, %.1f MB per request + %.2f MB per 100 ids (up to %s ids), "
                     "%s waiting for a lane, held-out MAPE %.1f %%, worst under-prediction %.0f MB", key,
                     constants.base_model_mb, constants.per_request_mb, constants.per_100_tokens_mb,
                     "all" if constants.knee_tokens is None else f"{constants.knee_tokens:.0f}",
                     "?" if constants.queued_share is None else f"{constants.queued_share:.2f} of that",
-                    constants.fit.mape_percent, constants.fit.max_under_mb)
+                    fit.mape_percent, fit.max_under_mb)
         fitted[key] = constants
         if store is not None and machine is not None:
             store.save(machine, key, constants)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Callable
 
 from .units import MIB
 
@@ -35,7 +36,12 @@ MALLOC_MMAP_THRESHOLD = 32 * MIB
 MALLOC_ARENAS = 2
 
 
-def _libc_malloc() -> tuple[object, object] | None:
+#: ``malloc_trim(pad)``: 1 if it gave memory back, else 0; ``mallopt(param, value)``: 1 on success, else 0.
+_MallocTrim = Callable[[int], int]
+_Mallopt = Callable[[int, int], int]
+
+
+def _libc_malloc() -> tuple[_MallocTrim, _Mallopt] | None:
     """glibc's ``malloc_trim`` and ``mallopt``, typed, if this process has them (Linux/glibc)."""
     try:
         libc = ctypes.CDLL(None)

@@ -207,7 +207,9 @@ class CalibrationStore:
         the smallest."""
         entries = self._read().get(machine, {}).get(STARTUP_KEY) or {}
         name = str(lanes) if lanes is not None else max(entries, key=int, default=None)
-        entry = entries.get(name) if name is not None else None
+        if name is None:
+            return None
+        entry = entries.get(name)
         if not isinstance(entry, dict):
             return None
         samples = [_start_up_sample(int(name), sample) for sample in entry.get("samples", [entry])]
@@ -426,6 +428,14 @@ class ProbeResult:
     concurrency: int = 1
 
 
+def _rest_mb(result: ProbeResult) -> float:
+    """``result``'s rest reading, for the fit of increments over rest (which runs only when every
+    result has one)."""
+    if result.rest_mb is None:
+        raise ValueError(f"the probe of {result.text_tokens} ids has no rest reading to fit an increment to")
+    return result.rest_mb
+
+
 def _line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
     """Least-squares intercept and slope, the slope clipped at 0 (memory never falls with length)."""
     mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
@@ -470,14 +480,14 @@ def fit_constants(results: Sequence[ProbeResult], held_out: Sequence[ProbeResult
     if incremental:
         alone = [r for r in results if r.concurrency == 1] or list(results)
         tokens = [float(r.text_tokens) for r in alone]
-        ys = [(r.peak_rss_mb - r.rest_mb) / r.concurrency for r in alone]
+        ys = [(r.peak_rss_mb - _rest_mb(r)) / r.concurrency for r in alone]
         if knee:
             per_request, slope, knee_tokens = _hinge(tokens, ys)
         else:
             per_request, slope = _line([t / 100.0 for t in tokens], ys)
-        base = statistics.median(r.rest_mb for r in results)
+        base = statistics.median(_rest_mb(r) for r in results)
         lane_fit = EstimatorConstants(base, slope, None, True, None, per_request, knee_tokens)
-        shares = [(r.peak_rss_mb - r.rest_mb - lanes * increment) / (r.concurrency - lanes) / increment
+        shares = [(r.peak_rss_mb - _rest_mb(r) - lanes * increment) / (r.concurrency - lanes) / increment
                   for r in results if r.concurrency > lanes
                   and (increment := lane_increment_mb(lane_fit, r.text_tokens)) > 0]
         if shares:
@@ -486,7 +496,7 @@ def fit_constants(results: Sequence[ProbeResult], held_out: Sequence[ProbeResult
         def predict(r: ProbeResult) -> float:
             increment = lane_increment_mb(lane_fit, r.text_tokens)
             one = Reservation(increment, increment * (1.0 if share is None else share))
-            return r.rest_mb + held_mb([one] * r.concurrency, lanes)
+            return _rest_mb(r) + held_mb([one] * r.concurrency, lanes)
     else:
         base, slope = _line([r.text_tokens / 100.0 for r in results], [r.peak_rss_mb for r in results])
 

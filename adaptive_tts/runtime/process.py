@@ -153,6 +153,8 @@ class PeakMeter:
     def stop_mb(self) -> float:
         if self.mechanism == "vmhwm_clear_refs":
             return self._read_hwm() / MIB
+        if self._sampler is None:
+            raise RuntimeError("PeakMeter.stop_mb() before start()")
         self._stop.set()
         self._sampler.join()
         return self._peak / MIB

@@ -52,7 +52,7 @@ class Frontend:
         self.config = PiperConfig.from_dict(voice_config)
         # PiperVoice.phonemize never touches the ONNX session; we borrow its text handling
         # (raw [[ phoneme ]] blocks, sentence splitting) without loading a second copy of the model.
-        self._piper = PiperVoice(session=None, config=self.config)  # type: ignore[arg-type]
+        self._piper = PiperVoice(session=None, config=self.config)
 
     def sentences(self, text: str) -> list[Sentence]:
         """Split and phonemize; raises :class:`TextError` if nothing in ``text`` can be spoken."""

@@ -55,7 +55,7 @@ class ComputeLanes:
         iterator = iter(items)
         try:
             while (item := self.run(next, iterator, _DONE)) is not _DONE:
-                yield item  # type: ignore[misc]
+                yield item
         finally:
             close = getattr(iterator, "close", None)
             if close is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -84,6 +85,48 @@ class LayerNorm(nn.Module):
         x = x.transpose(1, -1)
         x = F.layer_norm(x, (self.channels,), self.gamma, self.beta, self.eps)
         return x.transpose(1, -1)
+
+
+@runtime_checkable
+class ConvGeometry(Protocol):
+    """The geometry of a 1-D convolution: what ``nn.Conv1d`` and ``nn.ConvTranspose1d`` carry and the
+    quantized layers that replace them keep (:mod:`adaptive_tts.runtime.quantize.layers`), so that
+    :func:`conv1d_as_2d` and the receptive-field code read it from whichever layer is in place."""
+
+    @property
+    def kernel_size(self) -> tuple[int, ...]: ...
+    @property
+    def stride(self) -> tuple[int, ...]: ...
+    @property
+    def padding(self) -> str | tuple[int, ...]: ...
+    @property
+    def dilation(self) -> tuple[int, ...]: ...
+    @property
+    def groups(self) -> int: ...
+
+
+@runtime_checkable
+class _OutputPadding(Protocol):
+    """The one geometry attribute a transposed convolution has beyond :class:`ConvGeometry`."""
+
+    @property
+    def output_padding(self) -> tuple[int, ...]: ...
+
+
+def _conv_geometry(module: nn.Module) -> ConvGeometry:
+    """``module``, an item of an ``nn.ModuleList`` (which types its items as bare modules), as the
+    convolution it is."""
+    if not isinstance(module, ConvGeometry):
+        raise TypeError(f"{type(module).__name__} is not a convolution")
+    return module
+
+
+def _numeric_padding(conv: ConvGeometry) -> int:
+    """``conv``'s padding on each side, in samples. Every convolution of the model pads by a number;
+    a ``"same"``/``"valid"`` padding cannot be moved into the 2-D form or summed into a receptive field."""
+    if isinstance(conv.padding, str):
+        raise ValueError(f"padding={conv.padding!r}: only numeric padding is supported")
+    return conv.padding[0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -399,11 +442,11 @@ class StochasticDurationPredictor(nn.Module):
     def forward(self, x: torch.Tensor, x_mask: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """``noise`` is ``[batch, 2, phonemes]`` already scaled by ``noise_w``; returns log-durations."""
         x = self.proj(self.convs(self.pre(x), x_mask)) * x_mask
-        flows = list(self.flows)
+        # every flow but the unused Identity at index 1, run last to first: Flip, ConvFlow, ..., Flip, affine
+        steps = [flow for flow in self.flows if isinstance(flow, (ElementwiseAffine, ConvFlow, Flip))]
         z = noise
-        for flow in reversed(flows[2:]):  # ... Flip, ConvFlow, Flip (index 1 skipped)
-            z = flow.reverse(z, x_mask, g=x)
-        z = flows[0].reverse(z, x_mask, g=x)
+        for step in reversed(steps):
+            z = step.reverse(z, x_mask, g=x)
         return z[:, :1]
 
 
@@ -476,6 +519,8 @@ class ResidualCouplingBlock(nn.Module):
 
     def reverse(self, x: torch.Tensor, x_mask: torch.Tensor) -> torch.Tensor:
         for flow in reversed(self.flows):
+            if not isinstance(flow, (ResidualCouplingLayer, Flip)):
+                raise TypeError(f"the flow holds a {type(flow).__name__}, which has no reverse pass")
             x = flow.reverse(x, x_mask)
         return x
 
@@ -487,7 +532,7 @@ class ResidualCouplingBlock(nn.Module):
             (conv.kernel_size[0] // 2) * conv.dilation[0]
             for layer in self.flows
             if isinstance(layer, ResidualCouplingLayer)
-            for conv in layer.enc.in_layers
+            for conv in map(_conv_geometry, layer.enc.in_layers)
         )
 
     @property
@@ -497,7 +542,7 @@ class ResidualCouplingBlock(nn.Module):
             (conv.kernel_size[0] // 2) * conv.dilation[0]
             for layer in self.flows
             if isinstance(layer, ResidualCouplingLayer)
-            for conv in layer.enc.in_layers
+            for conv in map(_conv_geometry, layer.enc.in_layers)
         )
         return per_layer
 
@@ -520,22 +565,26 @@ def conv_nhwc(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     The module keeps its 1-D parameters (and their names); other module types (quantized wrappers)
     run in their own layout.
     """
-    if type(module) in (nn.Conv1d, nn.ConvTranspose1d):
-        return conv1d_as_2d(x, module.weight, module.bias, module, transposed=type(module) is nn.ConvTranspose1d)
+    if type(module) is nn.Conv1d:
+        return conv1d_as_2d(x, module.weight, module.bias, module)
+    if type(module) is nn.ConvTranspose1d:
+        return conv1d_as_2d(x, module.weight, module.bias, module, transposed=True)
     return _as_image(module(x.squeeze(2)))
 
 
-def conv1d_as_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, geometry: nn.Module,
+def conv1d_as_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, geometry: ConvGeometry,
                  transposed: bool = False) -> torch.Tensor:
     """The 1-D (transposed) convolution of ``weight`` with ``geometry``'s stride, padding, dilation and
     groups (and output padding), run as a 2-D one over ``[N, C, 1, L]`` — in channels-last layout when
     ``x`` is, which is what makes it fast (see :func:`conv_nhwc`; the quantized wrappers use it too)."""
     g = geometry
+    padding = _numeric_padding(g)
     if transposed:
-        return F.conv_transpose2d(x, weight.unsqueeze(2), bias, (1, g.stride[0]), (0, g.padding[0]),
+        if not isinstance(g, _OutputPadding):
+            raise TypeError(f"{type(g).__name__} has no output_padding: not a transposed convolution")
+        return F.conv_transpose2d(x, weight.unsqueeze(2), bias, (1, g.stride[0]), (0, padding),
                                   (0, g.output_padding[0]), g.groups, (1, g.dilation[0]))
-    return F.conv2d(x, weight.unsqueeze(2), bias, (1, g.stride[0]), (0, g.padding[0]), (1, g.dilation[0]),
-                    g.groups)
+    return F.conv2d(x, weight.unsqueeze(2), bias, (1, g.stride[0]), (0, padding), (1, g.dilation[0]), g.groups)
 
 
 class ResBlock2(nn.Module):
@@ -575,6 +624,9 @@ class Generator(nn.Module):
         super().__init__()
         c0 = cfg.upsample_initial_channel
         self.num_kernels = len(cfg.resblock_kernel_sizes)
+        #: the strides of ``ups`` as ints: the forward pass scales ``valid`` by them on every chunk, and
+        #: reading them off the layers (bare modules to a type checker) would check each layer each time
+        self.upsample_rates = cfg.upsample_rates
         self.conv_pre = nn.Conv1d(cfg.hidden_channels, c0, 7, padding=3)
         self.ups = nn.ModuleList()
         self.resblocks = nn.ModuleList()
@@ -595,9 +647,9 @@ class Generator(nn.Module):
         the many lengths of short sentences to a few sizes lets them share compiled kernels.
         """
         x = _zero_tail(conv_nhwc(self.conv_pre, _as_image(x)), valid)
-        for i, up in enumerate(self.ups):
+        for i, (up, rate) in enumerate(zip(self.ups, self.upsample_rates)):
             if valid is not None:
-                valid *= up.stride[0]
+                valid *= rate
             x = _zero_tail(conv_nhwc(up, F.leaky_relu(x, LRELU_SLOPE)), valid)
             activated = F.leaky_relu(x, LRELU_SLOPE)
             blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
@@ -617,15 +669,16 @@ class Generator(nn.Module):
         Summed exactly in fractions of a frame: a stage at ``scale`` samples per frame that reaches
         ``r`` of its own samples reaches ``r / scale`` frames.
         """
-        frames = float(self.conv_pre.padding[0] * self.conv_pre.dilation[0])
+        frames = float(_numeric_padding(self.conv_pre) * self.conv_pre.dilation[0])
         scale = 1
-        for i, up in enumerate(self.ups):
-            k, stride, pad = up.kernel_size[0], up.stride[0], up.padding[0]
+        for i, up in enumerate(map(_conv_geometry, self.ups)):
+            k, stride, pad = up.kernel_size[0], up.stride[0], _numeric_padding(up)
             frames += max(k - 1 - pad, pad) / stride / scale
             scale *= stride
             blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
-            frames += max(sum(c.padding[0] for c in block.convs) for block in blocks) / scale
-        frames += self.conv_post.padding[0] / scale
+            frames += max(sum(_numeric_padding(_conv_geometry(c)) for c in block.convs)
+                          for block in blocks if isinstance(block, ResBlock2)) / scale
+        frames += _numeric_padding(self.conv_post) / scale
         return math.ceil(frames)
 
 

@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -179,6 +179,16 @@ def _cache_file(files: VoiceFiles) -> Path:
     return weights_cache_dir() / f"{files.model.stem}-{key}.pt"
 
 
+def _saved_config(fields: dict) -> VitsConfig:
+    """The :class:`VitsConfig` a converted-weights file keeps as ``asdict`` wrote it, its sequence fields
+    made tuples again (a file may hold them as lists)."""
+    config = VitsConfig(**fields)
+    return replace(config, upsample_rates=tuple(config.upsample_rates),
+                   upsample_kernel_sizes=tuple(config.upsample_kernel_sizes),
+                   resblock_kernel_sizes=tuple(config.resblock_kernel_sizes),
+                   resblock_dilation_sizes=tuple(map(tuple, config.resblock_dilation_sizes)))
+
+
 def load_vits(files: VoiceFiles | None = None, *, use_cache: bool = True) -> tuple[VitsModel, dict]:
     """Build a :class:`VitsModel` from a Piper voice; returns the model (eval mode) and its JSON config.
 
@@ -193,9 +203,7 @@ def load_vits(files: VoiceFiles | None = None, *, use_cache: bool = True) -> tup
     if cache is not None and cache.is_file():
         try:
             saved = torch.load(cache, mmap=True, weights_only=True)
-            model = VitsModel(VitsConfig(**{k: tuple(map(tuple, v)) if k == "resblock_dilation_sizes" else
-                                            tuple(v) if isinstance(v, list) else v
-                                            for k, v in saved["config"].items()}))
+            model = VitsModel(_saved_config(saved["config"]))
             model.load_state_dict(saved["state"], assign=True)
             return _ready(model, files, len(saved["state"])), voice_config
         except Exception as exc:  # a truncated or foreign file: rebuild it from the voice
