@@ -310,12 +310,11 @@ class MemoryBudgetManager:
     def margin_terms(self) -> dict[str, float | str | None]:
         """What the margin is made of, for status payloads and rows."""
         room = self.room()
-        calibrated = self.policy == "calibrated" and self._estimator_error_mb is not None
+        error = self._estimator_error_mb if self.policy == "calibrated" else None
         return {"policy": self.policy, "safety_margin_mb": round(room.safety_margin_mb, 1),
-                "estimator_error_mb": self._estimator_error_mb if self.policy == "calibrated" else None,
+                "estimator_error_mb": error,
                 "background_swing_mb": round(self.watch.swing_mb(), 1) if self.policy == "calibrated" else None,
-                "background_headroom_mb": (round(room.safety_margin_mb - self._estimator_error_mb, 1)
-                                           if calibrated else None)}
+                "background_headroom_mb": round(room.safety_margin_mb - error, 1) if error is not None else None}
 
     def close(self) -> None:
         self.watch.stop()
