@@ -45,7 +45,30 @@ _EXPORTS = {
     "create_app": "adaptive_tts.server",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "AudioCache",
+    "BackendOptions",
+    "CPUAffinityManager",
+    "CalibrationStore",
+    "Engine",
+    "EngineCapabilities",
+    "HardwareProfile",
+    "MemoryBudgetManager",
+    "MemoryEstimator",
+    "QuantizationStrategy",
+    "SmartAdaptiveBackend",
+    "SpeechEngine",
+    "Synthesis",
+    "SynthesisOptions",
+    "SynthesisRefused",
+    "SynthesisResult",
+    "SystemMonitor",
+    "create_app",
+    "detect_hardware",
+    "load_engine",
+    "quantize_",
+    "select_profile",
+]
 
 if TYPE_CHECKING:
     from .backend import SmartAdaptiveBackend

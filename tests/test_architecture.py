@@ -142,3 +142,13 @@ def _write(source: str, package: bool = False) -> Path:
     path = folder / ("__init__.py" if package else "mod.py")
     path.write_text(source)
     return path
+
+
+def test_every_package_export_resolves_to_the_class_its_module_defines() -> None:
+    import importlib
+
+    import adaptive_tts
+
+    assert sorted(adaptive_tts.__all__) == sorted(adaptive_tts._EXPORTS)
+    for name, module in adaptive_tts._EXPORTS.items():
+        assert getattr(adaptive_tts, name) is getattr(importlib.import_module(module), name)
