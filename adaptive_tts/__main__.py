@@ -66,14 +66,18 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     _check_writable(out)
     options = SynthesisOptions(
-        noise_scale=args.noise_scale, length_scale=args.length_scale, noise_w=args.noise_w,
-        seed=args.seed, chunk_length=args.chunk_length,
+        noise_scale=args.noise_scale,
+        length_scale=args.length_scale,
+        noise_w=args.noise_w,
+        seed=args.seed,
+        chunk_length=args.chunk_length,
     )
     chunks: TimedChunks | Synthesis
     try:
         if args.profile is not None or args.quantization is not None:
-            backend = SmartAdaptiveBackend(profile=args.profile or "auto",
-                                           options=BackendOptions.from_settings(vars(args)))
+            backend = SmartAdaptiveBackend(
+                profile=args.profile or "auto", options=BackendOptions.from_settings(vars(args))
+            )
             chunks = backend.stream(args.text, options)
             sample_rate = backend.sample_rate
         else:
@@ -111,8 +115,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         validate_text(args.text)
     except TextError as exc:
         raise CliError(str(exc)) from None
-    backend = SmartAdaptiveBackend(profile=args.profile or "auto",
-                                   options=BackendOptions.from_settings(vars(args), affinity=False))
+    backend = SmartAdaptiveBackend(
+        profile=args.profile or "auto", options=BackendOptions.from_settings(vars(args), affinity=False)
+    )
     print(json.dumps(backend.estimate(args.text), indent=2))
     return 0
 
@@ -134,10 +139,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     train, test = calibration_texts()
     capabilities = engine_capabilities(args.engine)
     compute = resolve_compute(args.compute) if len(capabilities.computes) > 1 else capabilities.computes[0]
-    keys = [ConfigKey(args.engine, q, c if c and capabilities.chunking else None, t, compute)
-            for q, c, t in itertools.product(args.quantization, args.chunk_length, args.threads)]
-    print(f"calibrating {len(keys)} configuration(s) on {machine}: {len(train)} training and "
-          f"{len(test)} held-out texts each, measured in this process")
+    keys = [
+        ConfigKey(args.engine, q, c if c and capabilities.chunking else None, t, compute)
+        for q, c, t in itertools.product(args.quantization, args.chunk_length, args.threads)
+    ]
+    print(
+        f"calibrating {len(keys)} configuration(s) on {machine}: {len(train)} training and "
+        f"{len(test)} held-out texts each, measured in this process"
+    )
     rows: list[tuple[ConfigKey, EstimatorConstants]] = []
     with tqdm(unit="request") as bar:
         for _, grouped in itertools.groupby(sorted(keys, key=lambda k: k.num_threads), key=lambda k: k.num_threads):
@@ -154,15 +163,22 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             rows += calibrate(backend, group, store=store, machine=machine, progress=tick).items()
             backend.close()
     print(f"\nsaved to {store.path}")
-    print(f"{'configuration':<28}{'rest MB':>9}{'MB/request':>12}{'MB/100 ids':>12}{'up to ids':>11}"
-          f"{'queued':>8}{'MAPE %':>9}{'max under MB':>14}{'max over MB':>13}")
+    print(
+        f"{'configuration':<28}{'rest MB':>9}{'MB/request':>12}{'MB/100 ids':>12}{'up to ids':>11}"
+        f"{'queued':>8}{'MAPE %':>9}{'max under MB':>14}{'max over MB':>13}"
+    )
     for key, c in rows:
         knee = "all" if c.knee_tokens is None else f"{c.knee_tokens:.0f}"
         queued = "-" if c.queued_share is None else f"{c.queued_share:.2f}"
-        fit = (f"{c.fit.mape_percent:>9.2f}{c.fit.max_under_mb:>14.1f}{c.fit.max_over_mb:>13.1f}" if c.fit
-               else f"{'-':>9}{'-':>14}{'-':>13}")
-        print(f"{str(key):<28}{c.base_model_mb:>9.1f}{c.per_request_mb:>12.1f}{c.per_100_tokens_mb:>12.2f}{knee:>11}"
-              f"{queued:>8}{fit}")
+        fit = (
+            f"{c.fit.mape_percent:>9.2f}{c.fit.max_under_mb:>14.1f}{c.fit.max_over_mb:>13.1f}"
+            if c.fit
+            else f"{'-':>9}{'-':>14}{'-':>13}"
+        )
+        print(
+            f"{str(key):<28}{c.base_model_mb:>9.1f}{c.per_request_mb:>12.1f}{c.per_100_tokens_mb:>12.2f}{knee:>11}"
+            f"{queued:>8}{fit}"
+        )
     return 0
 
 
@@ -188,9 +204,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _add_compute(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--compute", choices=["auto", "fp32", "bf16"], default="auto",
-                        help="what our engine multiplies in; auto: bf16 on CPUs with native bf16 "
-                             "(AVX512-BF16, AMX), else fp32")
+    parser.add_argument(
+        "--compute",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="what our engine multiplies in; auto: bf16 on CPUs with native bf16 (AVX512-BF16, AMX), else fp32",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,15 +250,19 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--engine", choices=["torch", "reference"], default="torch")
     cal.add_argument("--quantization", nargs="+", choices=["fp32", "int8", "int4"], default=["fp32"])
     _add_compute(cal)
-    cal.add_argument("--chunk-length", nargs="+", type=int, default=[256],
-                     help="decoder chunk lengths in frames; 0 = one pass")
+    cal.add_argument(
+        "--chunk-length", nargs="+", type=int, default=[256], help="decoder chunk lengths in frames; 0 = one pass"
+    )
     cal.add_argument("--threads", nargs="+", type=_positive_int, default=[os.cpu_count() or 1])
-    cal.add_argument("--output", default=None, help="calibration file (default: ~/.cache/adaptive-tts/calibration.json)")
+    cal.add_argument(
+        "--output", default=None, help="calibration file (default: ~/.cache/adaptive-tts/calibration.json)"
+    )
     cal.set_defaults(func=cmd_calibrate)
 
     srv = sub.add_parser("serve", help="HTTP service: the seed's API and OpenAI's /v1/audio/speech")
-    srv.add_argument("--host", default="127.0.0.1",
-                     help="interface to listen on (default 127.0.0.1: this machine only)")
+    srv.add_argument(
+        "--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)"
+    )
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--profile", default=None, help="hardware profile by name (default: auto)")
     srv.add_argument("--engine", choices=["torch", "reference"], default="torch")
@@ -247,12 +270,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compute(srv)
     srv.add_argument("--chunk-length", type=_positive_int, default=None, help="decoder chunk in latent frames")
     srv.add_argument("--threads", dest="num_threads", type=_positive_int, default=None)
-    srv.add_argument("--max-jobs", type=_positive_int, default=16,
-                     help="synthesis requests held at once, running or waiting for memory; more get 503 (default 16)")
+    srv.add_argument(
+        "--max-jobs",
+        type=_positive_int,
+        default=16,
+        help="synthesis requests held at once, running or waiting for memory; more get 503 (default 16)",
+    )
     srv.add_argument("--retry-after", type=_positive_int, default=5, help="Retry-After seconds of a 503 (default 5)")
-    srv.add_argument("--cache-limit", type=_non_negative_float, default=None, metavar="MB",
-                     help="most the audio cache may hold, in MB (default: the profile's max cache; the budget "
-                          "manager lowers it further as memory tightens)")
+    srv.add_argument(
+        "--cache-limit",
+        type=_non_negative_float,
+        default=None,
+        metavar="MB",
+        help="most the audio cache may hold, in MB (default: the profile's max cache; the budget "
+        "manager lowers it further as memory tightens)",
+    )
     srv.set_defaults(func=cmd_serve)
     return parser
 
@@ -260,8 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return args.func(args)
     except CliError as exc:

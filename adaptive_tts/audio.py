@@ -43,9 +43,15 @@ def from_pcm16(samples: np.ndarray) -> np.ndarray:
 
 def wav_header(sample_rate: int, data_bytes: int = STREAMING_DATA_SIZE) -> bytes:
     """A 44-byte mono 16-bit WAV header; with the default size it suits a stream of unknown length."""
-    return b"RIFF" + struct.pack("<I", min(data_bytes + 36, 0xFFFFFFFF)) + b"WAVE" + b"fmt " + struct.pack(
-        "<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16
-    ) + b"data" + struct.pack("<I", data_bytes)
+    return (
+        b"RIFF"
+        + struct.pack("<I", min(data_bytes + 36, 0xFFFFFFFF))
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
+        + b"data"
+        + struct.pack("<I", data_bytes)
+    )
 
 
 def write_wav(path: str | Path, chunks: Iterable[np.ndarray], sample_rate: int) -> int:

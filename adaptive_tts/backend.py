@@ -29,6 +29,8 @@ from typing import cast
 import numpy as np
 
 from .audio import from_pcm16, pcm16
+from .heap import release_free_memory, tune_heap
+from .options import BackendOptions, RuntimeConfig, default_lanes
 from .runtime.admission import AdmissionLedger
 from .runtime.affinity import CPUAffinityManager
 from .runtime.budget import MemoryBudgetManager
@@ -36,10 +38,18 @@ from .runtime.cache import AudioCache
 from .runtime.estimator import CalibrationStore, ConfigKey, MemoryEstimator, current_rss_mb, machine_key
 from .runtime.hardware import HardwareInfo, HardwareProfile, detect_hardware, hardware_payload, select_profile
 from .runtime.monitor import SystemMonitor
-from .runtime.planner import (PRECISIONS, Candidate, Plan, PlannerState, Refusal, Reservation, Wait, held_mb,
-                              plan_request, plan_warm_up)
-from .heap import release_free_memory, tune_heap
-from .options import BackendOptions, RuntimeConfig, default_lanes
+from .runtime.planner import (
+    PRECISIONS,
+    Candidate,
+    Plan,
+    PlannerState,
+    Refusal,
+    Reservation,
+    Wait,
+    held_mb,
+    plan_request,
+    plan_warm_up,
+)
 from .synthesis import Synthesis, SynthesisRefused, SynthesisResult, TextTooLong
 from .units import mib
 from .voice import load_engine
@@ -112,9 +122,12 @@ class SmartAdaptiveBackend:
             self.cache = AudioCache(budget.cache_limit_mb)
             budget.add_cache_listener(self._on_cache_limit)
         self.estimator = MemoryEstimator(
-            self.profile, self._config_key(), budget_manager=budget,
+            self.profile,
+            self._config_key(),
+            budget_manager=budget,
             token_counter=self.engine.frontend.count_tokens,
-            cache_bytes=lambda: self.cache.bytes if self.cache else 0, store=calibration,
+            cache_bytes=lambda: self.cache.bytes if self.cache else 0,
+            store=calibration,
             machine=machine_key(self.info),
         )
         self._calibrated_margin()
@@ -136,13 +149,24 @@ class SmartAdaptiveBackend:
         opts = options or SynthesisOptions()
         key = None
         if self.cache is not None:
-            key = AudioCache.key(text, engine=self.engine.name, quantization=self.config.quantization,
-                                 noise_scale=opts.noise_scale, length_scale=opts.length_scale,
-                                 noise_w=opts.noise_w, seed=opts.seed)
+            key = AudioCache.key(
+                text,
+                engine=self.engine.name,
+                quantization=self.config.quantization,
+                noise_scale=opts.noise_scale,
+                length_scale=opts.length_scale,
+                noise_w=opts.noise_w,
+                seed=opts.seed,
+            )
             hit = self.cache.get(key)
             if hit is not None:
-                return Synthesis(self._replay(hit), sample_rate=self.sample_rate, started=started,
-                                 config=self._run_config(self._chunk_length()), cached=True)
+                return Synthesis(
+                    self._replay(hit),
+                    sample_rate=self.sample_rate,
+                    started=started,
+                    config=self._run_config(self._chunk_length()),
+                    cached=True,
+                )
         sentences = self.engine.frontend.sentences(text)
         tokens = sum(len(s.ids) for s in sentences)
         job, plan, waited_s = self._admit(tokens)
@@ -154,9 +178,16 @@ class SmartAdaptiveBackend:
         except BaseException:
             self._release(job)
             raise
-        return Synthesis(self._decode(sentences, resolved, key), sample_rate=self.sample_rate, started=started,
-                         config=self._run_config(plan.chunk_length), plan=plan, tokens=tokens, waited_s=waited_s,
-                         release=functools.partial(self._release, job))
+        return Synthesis(
+            self._decode(sentences, resolved, key),
+            sample_rate=self.sample_rate,
+            started=started,
+            config=self._run_config(plan.chunk_length),
+            plan=plan,
+            tokens=tokens,
+            waited_s=waited_s,
+            release=functools.partial(self._release, job),
+        )
 
     def _check_text(self, text: str) -> str:
         validate_text(text)
@@ -196,8 +227,9 @@ class SmartAdaptiveBackend:
                     trimmed = False
                     continue
                 refusal = decision if isinstance(decision, Refusal) else self._timed_out(decision)
-                raise SynthesisRefused(refusal.reason, refusal.required_mb, refusal.available_mb,
-                                       refusal.safety_margin_mb)
+                raise SynthesisRefused(
+                    refusal.reason, refusal.required_mb, refusal.available_mb, refusal.safety_margin_mb
+                )
 
     def _decide(self, tokens: int) -> Plan | Wait | Refusal:
         """The planner's answer, or the budget manager's alone when estimation is off."""
@@ -210,8 +242,9 @@ class SmartAdaptiveBackend:
             return plan_request(self._planner_state(tokens))
         check = budget.check(0.0)
         if check.allowed:
-            return Plan(chunk, self.config.quantization, None, Reservation(0.0, 0.0),
-                        safety_margin_mb=check.safety_margin_mb)
+            return Plan(
+                chunk, self.config.quantization, None, Reservation(0.0, 0.0), safety_margin_mb=check.safety_margin_mb
+            )
         if self.ledger.reservations():
             return Wait(f"waiting for running jobs: {check.reason}")
         return Refusal(check.reason, check.required_mb, check.available_mb, check.safety_margin_mb)
@@ -219,22 +252,37 @@ class SmartAdaptiveBackend:
     def _planner_state(self, tokens: int) -> PlannerState:
         """One snapshot of everything the planner decides on (caller holds the ledger)."""
         candidates = tuple(
-            Candidate(key.chunk_length, key.quantization, self.estimator.increment_mb(tokens, key),
-                      self.estimator.peak_from_now_mb(tokens, key), self.estimator.queued_mb(tokens, key))
+            Candidate(
+                key.chunk_length,
+                key.quantization,
+                self.estimator.increment_mb(tokens, key),
+                self.estimator.peak_from_now_mb(tokens, key),
+                self.estimator.queued_mb(tokens, key),
+            )
             for key in self.candidate_keys()
         )
         room = self.memory_budget_manager.room()
-        return PlannerState(candidates, room.available_mb, room.safety_margin_mb,
-                            self.config.quantization, self.ledger.reservations(), self.lanes.count)
+        return PlannerState(
+            candidates,
+            room.available_mb,
+            room.safety_margin_mb,
+            self.config.quantization,
+            self.ledger.reservations(),
+            self.lanes.count,
+        )
 
     def _timed_out(self, wait: Wait) -> Refusal:
         room = self.memory_budget_manager.room()
-        return Refusal(f"still no memory after waiting {self.options.wait_timeout_s:g} s ({wait.reason})",
-                       held_mb(self.ledger.reservations(), self.lanes.count), room.available_mb,
-                       room.safety_margin_mb)
+        return Refusal(
+            f"still no memory after waiting {self.options.wait_timeout_s:g} s ({wait.reason})",
+            held_mb(self.ledger.reservations(), self.lanes.count),
+            room.available_mb,
+            room.safety_margin_mb,
+        )
 
-    def _decode(self, sentences: list[Sentence], options: SynthesisOptions,
-                key: Hashable | None) -> Iterator[np.ndarray]:
+    def _decode(
+        self, sentences: list[Sentence], options: SynthesisOptions, key: Hashable | None
+    ) -> Iterator[np.ndarray]:
         """The engine's chunks on a compute lane; a text decoded to its end goes into the cache."""
         kept: list[np.ndarray] = []
         for chunk in self.lanes.iterate(self.engine.stream_sentences(sentences, options)):
@@ -271,9 +319,13 @@ class SmartAdaptiveBackend:
         release_free_memory()
 
     def _run_config(self, chunk_length: int | None) -> dict:
-        return {"engine": self.engine.name, "quantization": self.config.quantization,
-                "num_threads": self.config.num_threads, "compute": self.config.compute,
-                "chunk_length": chunk_length}
+        return {
+            "engine": self.engine.name,
+            "quantization": self.config.quantization,
+            "num_threads": self.config.num_threads,
+            "compute": self.config.compute,
+            "chunk_length": chunk_length,
+        }
 
     def synthesize(self, text: str, options: SynthesisOptions | None = None) -> SynthesisResult:
         """Whole-utterance synthesis with its timings and the plan it ran under."""
@@ -295,7 +347,9 @@ class SmartAdaptiveBackend:
     def hardware(self) -> dict:
         payload = hardware_payload(self.info, self.profile)
         payload["selected_configuration"] = self.config.to_dict()
-        payload["runtime_features"] = {k: getattr(self.options, k) for k in ("budget", "affinity", "estimation", "cache")}
+        payload["runtime_features"] = {
+            k: getattr(self.options, k) for k in ("budget", "affinity", "estimation", "cache")
+        }
         payload["engine"] = self.engine.name
         return payload
 
@@ -320,8 +374,11 @@ class SmartAdaptiveBackend:
         freed = self.cache.clear() if self.cache is not None else 0
         gc.collect()
         release_free_memory()
-        return {"status": "cleared", "freed_mb": round(mib(freed), 3),
-                "freed_rss_mb": round(before - current_rss_mb(), 1)}
+        return {
+            "status": "cleared",
+            "freed_mb": round(mib(freed), 3),
+            "freed_rss_mb": round(before - current_rss_mb(), 1),
+        }
 
     def optimize_for_hardware(self) -> dict:
         """Clear caches and return free memory to the OS (its ``freed_rss_mb`` is measured as in
@@ -346,8 +403,12 @@ class SmartAdaptiveBackend:
             new["num_threads"] = max(1, previous["num_threads"] // 2)
             reasons.append("CPU maxed or thermal throttling likely: fewer threads")
         if new == previous:
-            return {"status": "optimal", "message": "No adjustments needed", "config": previous,
-                    "freed_rss_mb": freed_rss_mb}
+            return {
+                "status": "optimal",
+                "message": "No adjustments needed",
+                "config": previous,
+                "freed_rss_mb": freed_rss_mb,
+            }
         self.config.chunk_length = new["chunk_length"]
         self.config.cache_limit = new["cache_limit"]
         if new["num_threads"] != previous["num_threads"]:
@@ -355,8 +416,13 @@ class SmartAdaptiveBackend:
             self.engine.set_num_threads(new["num_threads"])
         self.estimator.set_config(self._config_key())
         logger.info("re-optimized: %s", "; ".join(reasons) or "cache limit follows memory")
-        return {"status": "adjusted", "previous_config": previous, "new_config": self.config.to_dict(),
-                "reasons": reasons, "freed_rss_mb": freed_rss_mb}
+        return {
+            "status": "adjusted",
+            "previous_config": previous,
+            "new_config": self.config.to_dict(),
+            "reasons": reasons,
+            "freed_rss_mb": freed_rss_mb,
+        }
 
     # -- weight precision -------------------------------------------------------------------
 
@@ -366,8 +432,10 @@ class SmartAdaptiveBackend:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         if not self.engine.capabilities.runs(precision):
-            raise ValueError(f"the {self.engine.name} engine runs {', '.join(self.engine.capabilities.precisions)} "
-                             f"only, not {precision}")
+            raise ValueError(
+                f"the {self.engine.name} engine runs {', '.join(self.engine.capabilities.precisions)} "
+                f"only, not {precision}"
+            )
         return self.ledger.when_idle(lambda: self._switch_precision(precision))
 
     def _switch_precision(self, precision: str) -> None:
@@ -405,8 +473,7 @@ class SmartAdaptiveBackend:
         # sentences would cost minutes (``python -m experiments.bench_quantize`` measures it).
         row = self.profile.quantization
         dynamic = row.dynamic and precision == "int8" and native_int8_dot()
-        strategy = QuantizationStrategy(mode=precision, weight_only=row.weight_only or not dynamic,
-                                        dynamic=dynamic)
+        strategy = QuantizationStrategy(mode=precision, weight_only=row.weight_only or not dynamic, dynamic=dynamic)
         quantize_(cast(QuantizableEngine, self.engine).model, strategy)  # runs() said it has weights to lower
         self.config.quantization = precision
         gc.collect()
@@ -420,8 +487,13 @@ class SmartAdaptiveBackend:
 
     def _config_key(self, chunk_length: int | None = None, quantization: str | None = None) -> ConfigKey:
         chunk = (chunk_length or self.config.chunk_length) if self.engine.capabilities.chunking else None
-        return ConfigKey(self.engine.name, quantization or self.config.quantization, chunk,
-                         self.config.num_threads, self.config.compute)
+        return ConfigKey(
+            self.engine.name,
+            quantization or self.config.quantization,
+            chunk,
+            self.config.num_threads,
+            self.config.compute,
+        )
 
     def candidate_keys(self) -> list[ConfigKey]:
         """Every configuration the planner may choose, in its preference order: the current chunk
@@ -430,8 +502,9 @@ class SmartAdaptiveBackend:
         if self.options.quantization is not None:
             precisions = [self.config.quantization]
         else:
-            precisions = [p for p in PRECISIONS[PRECISIONS.index(self.config.quantization):]
-                          if self.engine.capabilities.runs(p)]
+            precisions = [
+                p for p in PRECISIONS[PRECISIONS.index(self.config.quantization) :] if self.engine.capabilities.runs(p)
+            ]
         chunks = [self._chunk_length()]
         while chunks[-1] is not None and chunks[-1] // 2 >= MIN_CHUNK_LENGTH:
             chunks.append(chunks[-1] // 2)
@@ -479,8 +552,12 @@ class SmartAdaptiveBackend:
         # rests at 335 MB RSS instead of 750 (INT8, this VM), and requests are planned from that rest,
         # as the calibration measured them.
         release_free_memory()
-        logger.info("decoder kernels compiled up to chunk %d on %d compute lane(s) in %.2f s",
-                    self.config.chunk_length, self.lanes.count, time.perf_counter() - started)
+        logger.info(
+            "decoder kernels compiled up to chunk %d on %d compute lane(s) in %.2f s",
+            self.config.chunk_length,
+            self.lanes.count,
+            time.perf_counter() - started,
+        )
 
     def warm_up_to(self, chunk: int | None) -> None:
         """Compile the decoder's windows up to ``chunk`` frames on every compute lane, in turn."""
@@ -527,10 +604,17 @@ class SmartAdaptiveBackend:
             self.warm_up_to(warmed)
         ceiling = warmed or chunks[0]
         if ceiling != self.config.chunk_length:
-            logger.info("chunk %d, not %d: warming %d-frame windows on %d lane(s) takes %.0f MB, %.0f MB "
-                        "available less a %.0f MB margin", ceiling, self.config.chunk_length,
-                        self.config.chunk_length, self.lanes.count, cost.increment_mb(self.config.chunk_length),
-                        budget.available_mb(), budget.resident_margin_mb)
+            logger.info(
+                "chunk %d, not %d: warming %d-frame windows on %d lane(s) takes %.0f MB, %.0f MB "
+                "available less a %.0f MB margin",
+                ceiling,
+                self.config.chunk_length,
+                self.config.chunk_length,
+                self.lanes.count,
+                cost.increment_mb(self.config.chunk_length),
+                budget.available_mb(),
+                budget.resident_margin_mb,
+            )
             self.config.chunk_length = ceiling
             self.estimator.set_config(self._config_key())
         return True

@@ -23,11 +23,18 @@ import threading
 from collections.abc import Callable, Sequence
 
 from .backend import BackendOptions, SmartAdaptiveBackend
-from .runtime.estimator import (CalibrationStore, ConfigKey, EstimatorConstants, ProbeResult, StartUpCost,
-                                calibration_texts, fit_constants)
+from .heap import release_free_memory
+from .runtime.estimator import (
+    CalibrationStore,
+    ConfigKey,
+    EstimatorConstants,
+    ProbeResult,
+    StartUpCost,
+    calibration_texts,
+    fit_constants,
+)
 from .runtime.planner import PRECISIONS
 from .runtime.process import AnonPeak, PeakMeter, anon_rss_mb, current_rss_mb
-from .heap import release_free_memory
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +42,9 @@ logger = logging.getLogger(__name__)
 SIDE_BY_SIDE = 4
 
 
-def measure(backend: SmartAdaptiveBackend, text: str, concurrency: int = 1, meter: PeakMeter | None = None) -> ProbeResult:
+def measure(
+    backend: SmartAdaptiveBackend, text: str, concurrency: int = 1, meter: PeakMeter | None = None
+) -> ProbeResult:
     """Run ``concurrency`` simultaneous requests of ``text``; their peak and the rest before them."""
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -66,8 +75,9 @@ def measure(backend: SmartAdaptiveBackend, text: str, concurrency: int = 1, mete
     return ProbeResult(len(text), tokens[0], peak, rest, concurrency)
 
 
-def measure_start_up(start: Callable[[], SmartAdaptiveBackend],
-                     meter: AnonPeak | None = None) -> tuple[SmartAdaptiveBackend, StartUpCost]:
+def measure_start_up(
+    start: Callable[[], SmartAdaptiveBackend], meter: AnonPeak | None = None
+) -> tuple[SmartAdaptiveBackend, StartUpCost]:
     """Start a backend with ``start`` (one built with ``warm_up=False``), then warm its decoder up to
     each chunk it may run, smallest first, on every compute lane, reading the anonymous-memory peak of
     each step. Smallest first is exact: a warm-up to chunk *c* compiles every window a smaller chunk
@@ -82,16 +92,23 @@ def measure_start_up(start: Callable[[], SmartAdaptiveBackend],
         backend.warm_up_to(chunk)
         peaks[chunk] = meter.stop()
     cost = StartUpCost(backend.lanes.count, load_mb, rest_mb, peaks)
-    logger.info("start-up on %d lane(s): loaded %.0f MB (peak %.0f), warmed up %s", cost.lanes, rest_mb, load_mb,
-                ", ".join(f"to chunk {c}: {mb:.0f} MB" for c, mb in peaks.items()))
+    logger.info(
+        "start-up on %d lane(s): loaded %.0f MB (peak %.0f), warmed up %s",
+        cost.lanes,
+        rest_mb,
+        load_mb,
+        ", ".join(f"to chunk {c}: {mb:.0f} MB" for c, mb in peaks.items()),
+    )
     return backend, cost
 
 
 def configure(backend: SmartAdaptiveBackend, key: ConfigKey) -> None:
     """Run ``backend`` in configuration ``key`` (precision can only go down; see ``set_precision``)."""
     if key.engine != backend.options.engine or key.num_threads != backend.config.num_threads:
-        raise ValueError(f"{key} is not a configuration of this backend ({backend.options.engine}, "
-                         f"{backend.config.num_threads} threads)")
+        raise ValueError(
+            f"{key} is not a configuration of this backend ({backend.options.engine}, "
+            f"{backend.config.num_threads} threads)"
+        )
     if key.quantization != backend.config.quantization:
         backend.set_precision(key.quantization)
     if key.chunk_length is not None:
@@ -116,8 +133,10 @@ def calibrate(
     lowering the weights cannot be undone in place. ``progress(key, done, total)`` is called after
     each measurement. ``max_length`` keeps the texts a workload will send (at least the two shortest
     of each set): a sweep of short texts need not wait for 1000-character calibrations."""
-    texts = [[t for i, t in enumerate(group) if max_length is None or len(t) <= max_length or i < 2]
-             for group in calibration_texts()]
+    texts = [
+        [t for i, t in enumerate(group) if max_length is None or len(t) <= max_length or i < 2]
+        for group in calibration_texts()
+    ]
     train, held_out = _workload(texts[0]), _workload(texts[1])
     ordered = sorted(keys, key=lambda k: (PRECISIONS.index(k.quantization), -(k.chunk_length or 0)))
     total = len(ordered) * (len(train) + len(held_out))
@@ -133,17 +152,24 @@ def calibrate(
             done += 1
             if progress is not None:
                 progress(key, done, total)
-        constants = fit_constants(measured[: len(train)], measured[len(train):], lanes=backend.lanes.count,
-                                  knee=key.chunk_length is not None)
+        constants = fit_constants(
+            measured[: len(train)], measured[len(train) :], lanes=backend.lanes.count, knee=key.chunk_length is not None
+        )
         fit = constants.fit
         if fit is None:
             raise RuntimeError(f"fit_constants scored no fit for {key}")
-        logger.info("calibrated %s: rest %.0f MB, %.1f MB per request + %.2f MB per 100 ids (up to %s ids), "
-                    "%s waiting for a lane, held-out MAPE %.1f %%, worst under-prediction %.0f MB", key,
-                    constants.base_model_mb, constants.per_request_mb, constants.per_100_tokens_mb,
-                    "all" if constants.knee_tokens is None else f"{constants.knee_tokens:.0f}",
-                    "?" if constants.queued_share is None else f"{constants.queued_share:.2f} of that",
-                    fit.mape_percent, fit.max_under_mb)
+        logger.info(
+            "calibrated %s: rest %.0f MB, %.1f MB per request + %.2f MB per 100 ids (up to %s ids), "
+            "%s waiting for a lane, held-out MAPE %.1f %%, worst under-prediction %.0f MB",
+            key,
+            constants.base_model_mb,
+            constants.per_request_mb,
+            constants.per_100_tokens_mb,
+            "all" if constants.knee_tokens is None else f"{constants.knee_tokens:.0f}",
+            "?" if constants.queued_share is None else f"{constants.queued_share:.2f} of that",
+            fit.mape_percent,
+            fit.max_under_mb,
+        )
         fitted[key] = constants
         if store is not None and machine is not None:
             store.save(machine, key, constants)
@@ -152,6 +178,7 @@ def calibrate(
 
 def measuring_backend(key: ConfigKey, profile: str = "auto", warm_up: bool = True) -> SmartAdaptiveBackend:
     """A backend for measuring ``key``: no admission, no cache, no pinning, the key's settings."""
-    options = BackendOptions.from_settings(dataclasses.asdict(key), budget=False, affinity=False, estimation=False,
-                                           cache=False)
+    options = BackendOptions.from_settings(
+        dataclasses.asdict(key), budget=False, affinity=False, estimation=False, cache=False
+    )
     return SmartAdaptiveBackend(profile, options, warm_up=warm_up)

@@ -35,8 +35,12 @@ class SynthesisRefused(RuntimeError):
         self.safety_margin_mb = safety_margin_mb
 
     def to_dict(self) -> dict:
-        return {"reason": self.reason, "required_mb": round(self.required_mb, 1),
-                "available_mb": round(self.available_mb, 1), "safety_margin_mb": round(self.safety_margin_mb, 1)}
+        return {
+            "reason": self.reason,
+            "required_mb": round(self.required_mb, 1),
+            "available_mb": round(self.available_mb, 1),
+            "safety_margin_mb": round(self.safety_margin_mb, 1),
+        }
 
 
 class TextTooLong(TextError):
@@ -46,7 +50,6 @@ class TextTooLong(TextError):
         super().__init__(f"text is {length} characters; the limit on this hardware is {limit}")
         self.length = length
         self.limit = limit
-
 
 
 @dataclass(frozen=True)
@@ -194,9 +197,17 @@ class Synthesis(Iterator[np.ndarray]):
         audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
         audio_s = len(audio) / self.sample_rate
         return SynthesisResult(
-            audio=audio, sample_rate=self.sample_rate, latency_s=self.latency_s,
-            first_audio_s=self.first_audio_s or self.latency_s, audio_s=audio_s,
-            rtf=self.latency_s / audio_s if audio_s else float("nan"), text_tokens=self.tokens,
-            estimated_mb=self.estimated_mb, config=self.config, cached=self.cached, degraded=self.degraded,
-            waited_s=self.waited_s, safety_margin_mb=self.safety_margin_mb,
+            audio=audio,
+            sample_rate=self.sample_rate,
+            latency_s=self.latency_s,
+            first_audio_s=self.first_audio_s or self.latency_s,
+            audio_s=audio_s,
+            rtf=self.latency_s / audio_s if audio_s else float("nan"),
+            text_tokens=self.tokens,
+            estimated_mb=self.estimated_mb,
+            config=self.config,
+            cached=self.cached,
+            degraded=self.degraded,
+            waited_s=self.waited_s,
+            safety_margin_mb=self.safety_margin_mb,
         )

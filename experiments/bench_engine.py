@@ -53,8 +53,9 @@ class Measurement:
         return self.latency_s / self.audio_s
 
 
-def probe(engine_name: str, text: str, runs: int, threads: int, chunk_length: int | None,
-          quantization: str, compute: str) -> dict:
+def probe(
+    engine_name: str, text: str, runs: int, threads: int, chunk_length: int | None, quantization: str, compute: str
+) -> dict:
     """Child side: one engine, one text, ``runs`` timed syntheses."""
     from adaptive_tts.runtime.process import reset_peak_rss
     from adaptive_tts.voice import TimedChunks
@@ -85,17 +86,28 @@ def probe(engine_name: str, text: str, runs: int, threads: int, chunk_length: in
         stats = TimedChunks(engine.stream(text, options))
         for _ in stats:
             pass
-        results.append({"latency_s": stats.latency_s, "first_audio_s": stats.first_audio_s,
-                        "audio_s": stats.samples / engine.sample_rate})
+        results.append(
+            {
+                "latency_s": stats.latency_s,
+                "first_audio_s": stats.first_audio_s,
+                "audio_s": stats.samples / engine.sample_rate,
+            }
+        )
     from adaptive_tts.runtime.process import peak_rss_mb
 
     return {"runs": results, "peak_rss_mb": peak_rss_mb(), "peak_mechanism": mechanism}
 
 
 def measure(engine_name: str, text: str, args: argparse.Namespace) -> tuple[Measurement, str]:
-    request = {"engine": engine_name, "text": text, "runs": args.runs, "threads": args.threads,
-               "chunk_length": args.chunk_length, "quantization": args.quantization,
-               "compute": args.compute}
+    request = {
+        "engine": engine_name,
+        "text": text,
+        "runs": args.runs,
+        "threads": args.threads,
+        "chunk_length": args.chunk_length,
+        "quantization": args.quantization,
+        "compute": args.compute,
+    }
     out = run_probe(["-m", "experiments.bench_engine", "--probe"], request, what=f"{engine_name} probe")
     runs = out["runs"]
     return Measurement(
@@ -111,17 +123,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="timed syntheses per text and engine (median)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--chunk-length", type=int, default=256, help="our decoder chunk (0 = one pass)")
-    parser.add_argument("--quantization", choices=["fp32", "int8", "int4"], default="fp32",
-                        help="our weights (int8/int4: weight-only)")
-    parser.add_argument("--compute", choices=["auto", "fp32", "bf16"], default="auto",
-                        help="what our encoder, flow and decoder multiply in (auto: bf16 on CPUs with native bf16)")
+    parser.add_argument(
+        "--quantization", choices=["fp32", "int8", "int4"], default="fp32", help="our weights (int8/int4: weight-only)"
+    )
+    parser.add_argument(
+        "--compute",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="what our encoder, flow and decoder multiply in (auto: bf16 on CPUs with native bf16)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the table as JSON here")
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.probe:
         req = json.loads(sys.stdin.read())
-        print(json.dumps(probe(req["engine"], req["text"], req["runs"], req["threads"],
-                               req["chunk_length"] or None, req["quantization"], req["compute"])))
+        print(
+            json.dumps(
+                probe(
+                    req["engine"],
+                    req["text"],
+                    req["runs"],
+                    req["threads"],
+                    req["chunk_length"] or None,
+                    req["quantization"],
+                    req["compute"],
+                )
+            )
+        )
         return 0
 
     cases = texts()
@@ -139,27 +167,55 @@ def main(argv: list[str] | None = None) -> int:
 
     from adaptive_tts.voice.engine import resolve_compute
 
-    ours = (f"torch {args.quantization} weights, {resolve_compute(args.compute)} compute, "
-            f"chunk {args.chunk_length or 'one pass'}")
-    print(f"\nours = {ours}; reference = Piper's onnxruntime graph, one sentence per run; "
-          f"{args.threads} threads; median of {args.runs} runs; peak RSS = {mechanism}")
-    header = (f"{'text':<28}{'audio s':>8} | {'latency s':>19} | {'RTF':>17} | {'first audio s':>19} | "
-              f"{'peak RSS MB':>17} | {'ratios ours/ref: RTF':>20}{'first':>7}{'RSS':>7}")
+    ours = (
+        f"torch {args.quantization} weights, {resolve_compute(args.compute)} compute, "
+        f"chunk {args.chunk_length or 'one pass'}"
+    )
+    print(
+        f"\nours = {ours}; reference = Piper's onnxruntime graph, one sentence per run; "
+        f"{args.threads} threads; median of {args.runs} runs; peak RSS = {mechanism}"
+    )
+    header = (
+        f"{'text':<28}{'audio s':>8} | {'latency s':>19} | {'RTF':>17} | {'first audio s':>19} | "
+        f"{'peak RSS MB':>17} | {'ratios ours/ref: RTF':>20}{'first':>7}{'RSS':>7}"
+    )
     print(header)
-    print(f"{'':<28}{'':>8} | {'ours':>9}{'ref':>10} | {'ours':>8}{'ref':>9} | {'ours':>9}{'ref':>10} | "
-          f"{'ours':>8}{'ref':>9} |")
+    print(
+        f"{'':<28}{'':>8} | {'ours':>9}{'ref':>10} | {'ours':>8}{'ref':>9} | {'ours':>9}{'ref':>10} | "
+        f"{'ours':>8}{'ref':>9} |"
+    )
     table = []
     for name, n_chars, a, b in rows:
-        print(f"{name:<28}{a.audio_s:>8.1f} | {a.latency_s:>9.3f}{b.latency_s:>10.3f} | {a.rtf:>8.4f}{b.rtf:>9.4f} | "
-              f"{a.first_audio_s:>9.3f}{b.first_audio_s:>10.3f} | {a.peak_rss_mb:>8.0f}{b.peak_rss_mb:>9.0f} | "
-              f"{a.rtf / b.rtf:>20.2f}{a.first_audio_s / b.first_audio_s:>7.2f}{a.peak_rss_mb / b.peak_rss_mb:>7.2f}")
-        table.append({"text": name, "chars": n_chars, "audio_s": a.audio_s,
-                      "ours": a.__dict__, "reference": b.__dict__,
-                      "rtf_ratio": a.rtf / b.rtf, "first_audio_ratio": a.first_audio_s / b.first_audio_s,
-                      "peak_rss_ratio": a.peak_rss_mb / b.peak_rss_mb})
+        print(
+            f"{name:<28}{a.audio_s:>8.1f} | {a.latency_s:>9.3f}{b.latency_s:>10.3f} | {a.rtf:>8.4f}{b.rtf:>9.4f} | "
+            f"{a.first_audio_s:>9.3f}{b.first_audio_s:>10.3f} | {a.peak_rss_mb:>8.0f}{b.peak_rss_mb:>9.0f} | "
+            f"{a.rtf / b.rtf:>20.2f}{a.first_audio_s / b.first_audio_s:>7.2f}{a.peak_rss_mb / b.peak_rss_mb:>7.2f}"
+        )
+        table.append(
+            {
+                "text": name,
+                "chars": n_chars,
+                "audio_s": a.audio_s,
+                "ours": a.__dict__,
+                "reference": b.__dict__,
+                "rtf_ratio": a.rtf / b.rtf,
+                "first_audio_ratio": a.first_audio_s / b.first_audio_s,
+                "peak_rss_ratio": a.peak_rss_mb / b.peak_rss_mb,
+            }
+        )
     if args.json:
-        args.json.write_text(json.dumps({"configuration": ours, "threads": args.threads, "runs": args.runs,
-                                         "peak_mechanism": mechanism, "rows": table}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "configuration": ours,
+                    "threads": args.threads,
+                    "runs": args.runs,
+                    "peak_mechanism": mechanism,
+                    "rows": table,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

@@ -89,8 +89,9 @@ def rows(calibration_size: int) -> list[Row]:
 
     air = PROFILES["m1_air"]
     layer_wise_int8 = replace(QuantizationStrategy.for_profile(air), calibration_size=calibration_size)
-    layer_wise_int4 = replace(QuantizationStrategy.for_profile(air, available_mb=4096),
-                              calibration_size=calibration_size)
+    layer_wise_int4 = replace(
+        QuantizationStrategy.for_profile(air, available_mb=4096), calibration_size=calibration_size
+    )
     return [
         Row("fp32", asdict(QuantizationStrategy(mode="fp32"))),
         Row("int8", asdict(QuantizationStrategy(mode="int8"))),
@@ -145,7 +146,7 @@ def measure_rss(strategy: dict, threads: int, chunk_length: int | None) -> dict:
 # --------------------------------------------------------------------------------------------------
 
 
-def run(args: argparse.Namespace) -> tuple[list[Result], "QualityScore"]:
+def run(args: argparse.Namespace) -> tuple[list[Result], QualityScore]:
     import torch
 
     from adaptive_tts.runtime.quality import QualityScore, compare
@@ -159,8 +160,13 @@ def run(args: argparse.Namespace) -> tuple[list[Result], "QualityScore"]:
     engine = Engine(model=fp32, voice_config=voice_config, compute="fp32")
     frontend = engine.frontend
     calibration = CalibrationSet.default(frontend, voice_config, args.calibration_size)
-    held_out = CalibrationSet.from_texts(frontend, [cut_text(120, i) for i in range(args.eval_size)],
-                                         voice_config, size=args.eval_size, first_seed=10_000)
+    held_out = CalibrationSet.from_texts(
+        frontend,
+        [cut_text(120, i) for i in range(args.eval_size)],
+        voice_config,
+        size=args.eval_size,
+        first_seed=10_000,
+    )
     bench_rows = rows(args.calibration_size)
     chunk_length = args.chunk_length or None
     sentences = [frontend.sentences(t) for t in texts()]
@@ -169,10 +175,12 @@ def run(args: argparse.Namespace) -> tuple[list[Result], "QualityScore"]:
     with tqdm(total=work, unit="step") as bar:
         bar.set_description("fp32 references")
         references = held_out.references(fp32)
-        own_variation = QualityScore.mean([
-            compare(ref.audio, held_out.render(fp32, i, durations=ref.durations, noise_seed=20_000 + i).audio)
-            for i, ref in enumerate(references)
-        ])
+        own_variation = QualityScore.mean(
+            [
+                compare(ref.audio, held_out.render(fp32, i, durations=ref.durations, noise_seed=20_000 + i).audio)
+                for i, ref in enumerate(references)
+            ]
+        )
         models, engines = {}, {}
         for row in bench_rows:
             bar.set_description(f"quantize {row.name}")
@@ -182,19 +190,28 @@ def run(args: argparse.Namespace) -> tuple[list[Result], "QualityScore"]:
             score = held_out.score(model, references)
             models[row.name] = model
             engines[row.name] = Engine(model=model, voice_config=voice_config, compute="fp32")
-            results.append(Result(
-                row=row, weight_bytes=report.bytes_after, ratio=report.ratio, precisions=report.precisions,
-                quality_mcd_db=score.quality.mcd_db, quality_log_mel_db=score.quality.log_mel_db,
-                duration_change=score.duration_change, report_groups=report.groups, notes=report.notes,
-                latencies_s=[], latency_ratios=[],
-            ))
+            results.append(
+                Result(
+                    row=row,
+                    weight_bytes=report.bytes_after,
+                    ratio=report.ratio,
+                    precisions=report.precisions,
+                    quality_mcd_db=score.quality.mcd_db,
+                    quality_log_mel_db=score.quality.log_mel_db,
+                    duration_change=score.duration_change,
+                    report_groups=report.groups,
+                    notes=report.notes,
+                    latencies_s=[],
+                    latency_ratios=[],
+                )
+            )
             bar.update()
 
         options = engine.resolve(seed=0, chunk_length=chunk_length)
         for e in engines.values():
             list(e.stream(WARM_UP, options))
         for r in range(args.rounds):
-            order = results[r % len(results):] + results[: r % len(results)]
+            order = results[r % len(results) :] + results[: r % len(results)]
             elapsed = {}
             for result in order:
                 bar.set_description(f"latency round {r + 1}: {result.row.name}")
@@ -222,23 +239,31 @@ def run(args: argparse.Namespace) -> tuple[list[Result], "QualityScore"]:
     return results, own_variation
 
 
-def print_tables(results: list[Result], own: "QualityScore", args: argparse.Namespace) -> None:
+def print_tables(results: list[Result], own: QualityScore, args: argparse.Namespace) -> None:
     fp32 = next(r for r in results if r.row.name == "fp32")
-    print(f"\n{args.threads} thread(s); chunk {args.chunk_length or 'one pass'}; latency = median of "
-          f"{args.rounds} rotated rounds over {len(TEXT_LENGTHS)} texts ({fp32.audio_s:.1f} s of audio); "
-          f"quality on {args.eval_size} held-out samples (same noise + durations as fp32); "
-          f"layer-wise calibrated on {args.calibration_size} samples")
-    print(f"{'mode':<26}{'weights MB':>11}{'×fp32':>7} | {'latency s':>10}{'×fp32':>7} | "
-          f"{'start-up peak':>13}{'steady':>8}{'synth peak':>11}{'×fp32':>7} | "
-          f"{'MCD dB':>7}{'log-mel':>8}{'dur moved':>10}")
+    print(
+        f"\n{args.threads} thread(s); chunk {args.chunk_length or 'one pass'}; latency = median of "
+        f"{args.rounds} rotated rounds over {len(TEXT_LENGTHS)} texts ({fp32.audio_s:.1f} s of audio); "
+        f"quality on {args.eval_size} held-out samples (same noise + durations as fp32); "
+        f"layer-wise calibrated on {args.calibration_size} samples"
+    )
+    print(
+        f"{'mode':<26}{'weights MB':>11}{'×fp32':>7} | {'latency s':>10}{'×fp32':>7} | "
+        f"{'start-up peak':>13}{'steady':>8}{'synth peak':>11}{'×fp32':>7} | "
+        f"{'MCD dB':>7}{'log-mel':>8}{'dur moved':>10}"
+    )
     for r in results:
-        print(f"{r.row.name:<26}{mib(r.weight_bytes):>11.2f}{r.ratio:>7.3f} | "
-              f"{statistics.median(r.latencies_s):>10.3f}{statistics.median(r.latency_ratios):>7.2f} | "
-              f"{r.startup_peak_mb:>10.0f} MB{r.steady_rss_mb:>8.0f}{r.synthesis_peak_mb:>11.0f}"
-              f"{r.synthesis_peak_mb / fp32.synthesis_peak_mb:>7.2f} | "
-              f"{r.quality_mcd_db:>7.3f}{r.quality_log_mel_db:>8.3f}{100 * r.duration_change:>9.2f}%")
-    print(f"{'fp32, other prior noise':<26}{'':>11}{'':>7} | {'':>10}{'':>7} | {'':>13}{'':>8}{'':>11}{'':>7} | "
-          f"{own.mcd_db:>7.3f}{own.log_mel_db:>8.3f}{'':>10}   (the voice's own variation)")
+        print(
+            f"{r.row.name:<26}{mib(r.weight_bytes):>11.2f}{r.ratio:>7.3f} | "
+            f"{statistics.median(r.latencies_s):>10.3f}{statistics.median(r.latency_ratios):>7.2f} | "
+            f"{r.startup_peak_mb:>10.0f} MB{r.steady_rss_mb:>8.0f}{r.synthesis_peak_mb:>11.0f}"
+            f"{r.synthesis_peak_mb / fp32.synthesis_peak_mb:>7.2f} | "
+            f"{r.quality_mcd_db:>7.3f}{r.quality_log_mel_db:>8.3f}{100 * r.duration_change:>9.2f}%"
+        )
+    print(
+        f"{'fp32, other prior noise':<26}{'':>11}{'':>7} | {'':>10}{'':>7} | {'':>13}{'':>8}{'':>11}{'':>7} | "
+        f"{own.mcd_db:>7.3f}{own.log_mel_db:>8.3f}{'':>10}   (the voice's own variation)"
+    )
     for r in results:
         if not r.row.strategy["layer_wise"]:
             continue
@@ -246,8 +271,10 @@ def print_tables(results: list[Result], own: "QualityScore", args: argparse.Name
         print(f"{'group':<22}{'params':>10}{'chosen':>8}{'MB':>8} | {'MCD dB':>7}{'log-mel':>8}{'dur moved':>10}")
         for g in r.report_groups:
             alone = g.alone
-            print(f"{g.name:<22}{g.parameters:>10,}{g.precision:>8}{mib(g.bytes):>8.3f} | "
-                  f"{alone.mcd_db:>7.3f}{alone.log_mel_db:>8.3f}{100 * g.alone_duration_change:>9.2f}%")
+            print(
+                f"{g.name:<22}{g.parameters:>10,}{g.precision:>8}{mib(g.bytes):>8.3f} | "
+                f"{alone.mcd_db:>7.3f}{alone.log_mel_db:>8.3f}{100 * g.alone_duration_change:>9.2f}%"
+            )
         for note in r.notes:
             print(f"  note: {note}")
 
@@ -257,20 +284,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="latency rounds (median; order rotates)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--chunk-length", type=int, default=256, help="decoder chunk in frames (0 = one pass)")
-    parser.add_argument("--calibration-size", type=int, default=32,
-                        help="layer-wise calibration samples (the m1_air profile's row says 32)")
+    parser.add_argument(
+        "--calibration-size",
+        type=int,
+        default=32,
+        help="layer-wise calibration samples (the m1_air profile's row says 32)",
+    )
     parser.add_argument("--eval-size", type=int, default=12, help="held-out samples for the quality columns")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each calibration step")
-    parser.add_argument("--csv", type=Path, default=Path("results/bench_quantize.csv"),
-                        help="also write the measurements here for experiments.report (default: %(default)s)")
+    parser.add_argument(
+        "--csv",
+        type=Path,
+        default=Path("results/bench_quantize.csv"),
+        help="also write the measurements here for experiments.report (default: %(default)s)",
+    )
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.probe:
         request = json.loads(sys.stdin.read())
         print(json.dumps(probe(request["strategy"], request["threads"], request["chunk_length"])))
         return 0
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     results, own_variation = run(args)
     print_tables(results, own_variation, args)
     if args.csv is not None:
@@ -286,8 +322,9 @@ def write_csv(results: list[Result], path: Path) -> None:
         writer = csv.writer(out)
         writer.writerow(["mode", "variant", "weight_bytes", "mcd_db", "log_mel_db"])
         for r in results:
-            writer.writerow([r.row.strategy["mode"], r.row.name, r.weight_bytes, r.quality_mcd_db,
-                             r.quality_log_mel_db])
+            writer.writerow(
+                [r.row.strategy["mode"], r.row.name, r.weight_bytes, r.quality_mcd_db, r.quality_log_mel_db]
+            )
 
 
 if __name__ == "__main__":

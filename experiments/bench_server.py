@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import random
 import os
+import random
 import socket
 import statistics
 import subprocess
@@ -64,8 +64,9 @@ def distinct_texts(length: int, count: int, skip: set[str]) -> list[str]:
 
 
 @contextmanager
-def running_server(args: list[str], log: Path, timeout_s: float = 300,
-                   env: dict[str, str] | None = None, verbose: bool = False) -> Iterator[tuple[str, int]]:
+def running_server(
+    args: list[str], log: Path, timeout_s: float = 300, env: dict[str, str] | None = None, verbose: bool = False
+) -> Iterator[tuple[str, int]]:
     """``python -m adaptive_tts serve`` on a free loopback port, until the block ends.
 
     Yields the URL and the server's pid once ``/health`` answers; the server's output goes to ``log``.
@@ -75,9 +76,23 @@ def running_server(args: list[str], log: Path, timeout_s: float = 300,
         sock.bind((HOST, 0))
         port = sock.getsockname()[1]
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "adaptive_tts", *(["-v"] if verbose else []), "serve",
-                                 "--host", HOST, "--port", str(port), *args],
-                                stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "adaptive_tts",
+                *(["-v"] if verbose else []),
+                "serve",
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                *args,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     url = f"http://{HOST}:{port}"
     try:
         deadline = time.monotonic() + timeout_s
@@ -194,8 +209,17 @@ def random_text(rng: random.Random, min_words: int, max_words: int) -> str:
     return " ".join(words[(start + i) % len(words)] for i in range(count))
 
 
-def varied_traffic(count: int, rng: random.Random, text_limit: int, *, min_words: int = 5, max_words: int = 60,
-                   malformed_share: float = 0.2, repeat_share: float = 0.1, probe_share: float = 0.0) -> list[Request]:
+def varied_traffic(
+    count: int,
+    rng: random.Random,
+    text_limit: int,
+    *,
+    min_words: int = 5,
+    max_words: int = 60,
+    malformed_share: float = 0.2,
+    repeat_share: float = 0.1,
+    probe_share: float = 0.0,
+) -> list[Request]:
     """``count`` requests the way a client population sends them: texts of random length, ``/tts`` and
     ``/v1/audio/speech`` (WAV or PCM, streamed or whole, at varied speeds), a ``malformed_share`` of bad
     requests, a ``repeat_share`` of texts asked for before (UI phrases), which the cache answers, and a
@@ -210,15 +234,27 @@ def varied_traffic(count: int, rng: random.Random, text_limit: int, *, min_words
         if rng.random() < malformed_share:
             path, kwargs, status = rng.choice(MALFORMED)
             over = "a " * (text_limit // 2) + "b"
-            kwargs = {k: {f: over if v == "{limit}" else v for f, v in value.items()} if isinstance(value, dict)
-                      and k in ("data", "json") else value for k, value in kwargs.items()}
+            kwargs = {
+                k: {f: over if v == "{limit}" else v for f, v in value.items()}
+                if isinstance(value, dict) and k in ("data", "json")
+                else value
+                for k, value in kwargs.items()
+            }
             out.append(Request("POST", path, kwargs, status))
             continue
         if rng.random() < probe_share:
-            out.append(rng.choice([Request("GET", "/health", {}, 200), Request("GET", "/system-status", {}, 200),
-                                   Request("GET", "/hardware", {}, 200),
-                                   Request("POST", "/estimate-memory",
-                                           {"data": {"text": random_text(rng, min_words, max_words)}}, 200)]))
+            out.append(
+                rng.choice(
+                    [
+                        Request("GET", "/health", {}, 200),
+                        Request("GET", "/system-status", {}, 200),
+                        Request("GET", "/hardware", {}, 200),
+                        Request(
+                            "POST", "/estimate-memory", {"data": {"text": random_text(rng, min_words, max_words)}}, 200
+                        ),
+                    ]
+                )
+            )
             continue
         if seen and rng.random() < repeat_share:
             text = rng.choice(seen)
@@ -228,14 +264,21 @@ def varied_traffic(count: int, rng: random.Random, text_limit: int, *, min_words
         if rng.random() < 0.5:
             out.append(Request("POST", "/tts", {"data": {"text": text}}, 200))
         else:
-            body = {"model": "tts-1", "voice": "alloy", "input": text, "speed": rng.choice((0.9, 1.0, 1.0, 1.2)),
-                    "response_format": rng.choice(("wav", "pcm")), "stream": rng.random() < 0.5}
+            body = {
+                "model": "tts-1",
+                "voice": "alloy",
+                "input": text,
+                "speed": rng.choice((0.9, 1.0, 1.0, 1.2)),
+                "response_format": rng.choice(("wav", "pcm")),
+                "stream": rng.random() < 0.5,
+            }
             out.append(Request("POST", "/v1/audio/speech", {"json": body}, 200))
     return out
 
 
-def every_length(rng: random.Random, *, min_words: int = 5, max_words: int = 60, per_length: int = 2,
-                 **_: object) -> list[Request]:
+def every_length(
+    rng: random.Random, *, min_words: int = 5, max_words: int = 60, per_length: int = 2, **_: object
+) -> list[Request]:
     """``per_length`` ``/tts`` requests of each text length from ``min_words`` to ``max_words`` words
     (texts drawn as :func:`varied_traffic` draws them; other traffic settings are ignored).
 
@@ -244,8 +287,11 @@ def every_length(rng: random.Random, *, min_words: int = 5, max_words: int = 60,
     one run's warm level was 531 MB, others' 580, with the same levels after the bursts, so the same
     service measured +10 % above its warm level in one run and +2 % in the others.
     """
-    return [Request("POST", "/tts", {"data": {"text": random_text(rng, n, n)}}, 200)
-            for n in range(min_words, max_words + 1) for _ in range(per_length)]
+    return [
+        Request("POST", "/tts", {"data": {"text": random_text(rng, n, n)}}, 200)
+        for n in range(min_words, max_words + 1)
+        for _ in range(per_length)
+    ]
 
 
 def send_all(url: str, requests: list[Request], concurrency: int, timeout_s: float = 600) -> list[int | str]:
@@ -326,10 +372,17 @@ def _burst(url: str, pid: int, requests: list[Request], concurrency: int, idle_s
     seconds = time.perf_counter() - started
     time.sleep(idle_s)
     cache = httpx.get(url + "/system-status", timeout=60).json().get("cache") or {"mb": 0.0, "limit_mb": 0.0}
-    return Burst(len(requests), seconds, max(peak), _rss_mb(pid), cache["mb"], cache["limit_mb"],
-                 sum(1 for s in statuses if isinstance(s, int) and s >= 500),
-                 sum(1 for s in statuses if not isinstance(s, int)),
-                 sum(1 for r, s in zip(requests, statuses) if s != r.expected))
+    return Burst(
+        len(requests),
+        seconds,
+        max(peak),
+        _rss_mb(pid),
+        cache["mb"],
+        cache["limit_mb"],
+        sum(1 for s in statuses if isinstance(s, int) and s >= 500),
+        sum(1 for s in statuses if not isinstance(s, int)),
+        sum(1 for r, s in zip(requests, statuses) if s != r.expected),
+    )
 
 
 #: Requests of the soak's warm-up burst, after which the warm level is read: enough texts of every
@@ -339,8 +392,17 @@ def _burst(url: str, pid: int, requests: list[Request], concurrency: int, idle_s
 SOAK_WARMUP = 150
 
 
-def soak(url: str, pid: int, bursts: list[int], *, warmup: int = SOAK_WARMUP, concurrency: int = 8, idle_s: float = 2.0,
-         seed: int = 0, **traffic) -> SoakResult:
+def soak(
+    url: str,
+    pid: int,
+    bursts: list[int],
+    *,
+    warmup: int = SOAK_WARMUP,
+    concurrency: int = 8,
+    idle_s: float = 2.0,
+    seed: int = 0,
+    **traffic,
+) -> SoakResult:
     """A warm-up burst (every text length, :func:`every_length`, then ``warmup`` requests of
     :func:`varied_traffic`), then ``bursts`` (request counts) of :func:`varied_traffic` with ``idle_s``
     idle after each, then ``/cache/clear`` and ``idle_s`` more. The warm level is the RSS after the
@@ -357,25 +419,34 @@ def soak(url: str, pid: int, bursts: list[int], *, warmup: int = SOAK_WARMUP, co
     cleared = httpx.post(url + "/cache/clear", timeout=60).json()
     time.sleep(idle_s)
     after = _rss_mb(pid)
-    return SoakResult(warm.rss_mb, warm.cache_mb, done, after, before - after, cleared["freed_mb"],
-                      cleared.get("freed_rss_mb"))
+    return SoakResult(
+        warm.rss_mb, warm.cache_mb, done, after, before - after, cleared["freed_mb"], cleared.get("freed_rss_mb")
+    )
 
 
 def print_soak(result: SoakResult) -> None:
     """The per-burst table of a soak, and what a clear gave back."""
     print(f"warm RSS {result.warm_rss_mb:.0f} MB (after the warm-up burst, cache cleared, idle)")
-    print(f"{'burst':>5}{'requests':>9}{'s':>6}{'peak RSS':>10}{'RSS MB':>8}{'cache MB':>10}{'limit':>7}"
-          f"{'bound MB':>10}{'5xx':>5}{'dropped':>8}{'unexpected':>11}")
+    print(
+        f"{'burst':>5}{'requests':>9}{'s':>6}{'peak RSS':>10}{'RSS MB':>8}{'cache MB':>10}{'limit':>7}"
+        f"{'bound MB':>10}{'5xx':>5}{'dropped':>8}{'unexpected':>11}"
+    )
     for i, b in enumerate(result.bursts, 1):
-        print(f"{i:>5}{b.requests:>9}{b.seconds:>6.0f}{b.peak_rss_mb:>10.0f}{b.rss_mb:>8.0f}{b.cache_mb:>10.1f}"
-              f"{b.cache_limit_mb:>7.0f}{result.bound_mb(b):>10.0f}{b.server_errors:>5}{b.dropped:>8}"
-              f"{b.unexpected:>11}")
+        print(
+            f"{i:>5}{b.requests:>9}{b.seconds:>6.0f}{b.peak_rss_mb:>10.0f}{b.rss_mb:>8.0f}{b.cache_mb:>10.1f}"
+            f"{b.cache_limit_mb:>7.0f}{result.bound_mb(b):>10.0f}{b.server_errors:>5}{b.dropped:>8}"
+            f"{b.unexpected:>11}"
+        )
     if len(result.bursts) >= 2:
         print(f"RSS slope over the last {min(4, len(result.bursts))} bursts: {result.slope_mb():+.1f} MB per burst")
-    reported = "" if result.reported_freed_rss_mb is None else f", reported freed_rss_mb {result.reported_freed_rss_mb:.1f}"
-    print(f"/cache/clear freed {result.freed_cache_mb:.1f} MB of cache{reported}; RSS then and after "
-          f"2 s idle {result.cleared_rss_mb:.0f} MB ({result.cleared_rss_mb / result.warm_rss_mb:.2f}x warm, "
-          f"{result.freed_rss_mb:.0f} MB less than before the clear)")
+    reported = (
+        "" if result.reported_freed_rss_mb is None else f", reported freed_rss_mb {result.reported_freed_rss_mb:.1f}"
+    )
+    print(
+        f"/cache/clear freed {result.freed_cache_mb:.1f} MB of cache{reported}; RSS then and after "
+        f"2 s idle {result.cleared_rss_mb:.0f} MB ({result.cleared_rss_mb / result.warm_rss_mb:.2f}x warm, "
+        f"{result.freed_rss_mb:.0f} MB less than before the clear)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -387,25 +458,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quantization", choices=["fp32", "int8", "int4"], default=None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--chunk-length", type=int, default=None)
-    parser.add_argument("--cache-limit", type=float, default=None, metavar="MB",
-                        help="the server's audio cache limit (default: the profile's)")
-    parser.add_argument("--soak", action="store_true",
-                        help="measure the server's memory over bursts of varied traffic instead of latency")
-    parser.add_argument("--bursts", default="300,150,150,150,150",
-                        help=f"soak: requests per burst, after a warm-up of every text length and {SOAK_WARMUP} "
-                             "requests (default 300,150,150,150,150)")
+    parser.add_argument(
+        "--cache-limit",
+        type=float,
+        default=None,
+        metavar="MB",
+        help="the server's audio cache limit (default: the profile's)",
+    )
+    parser.add_argument(
+        "--soak",
+        action="store_true",
+        help="measure the server's memory over bursts of varied traffic instead of latency",
+    )
+    parser.add_argument(
+        "--bursts",
+        default="300,150,150,150,150",
+        help=f"soak: requests per burst, after a warm-up of every text length and {SOAK_WARMUP} "
+        "requests (default 300,150,150,150,150)",
+    )
     parser.add_argument("--concurrency", type=int, default=8, help="soak: clients at once (default 8)")
     parser.add_argument("--max-words", type=int, default=60, help="soak: longest text in words (default 60)")
     args = parser.parse_args(argv)
-    serve_args = [item for option in ("profile", "quantization", "threads", "chunk_length", "cache_limit")
-                  if getattr(args, option) is not None
-                  for item in (f"--{option.replace('_', '-')}", str(getattr(args, option)))]
+    serve_args = [
+        item
+        for option in ("profile", "quantization", "threads", "chunk_length", "cache_limit")
+        if getattr(args, option) is not None
+        for item in (f"--{option.replace('_', '-')}", str(getattr(args, option)))
+    ]
     if args.soak:
         bursts = [int(n) for n in args.bursts.split(",")]
         with tempfile.TemporaryDirectory() as tmp, running_server(serve_args, Path(tmp) / "server.log") as (url, pid):
-            print(f"soak: a warm-up of every text length and {SOAK_WARMUP} requests, then {sum(bursts)} at "
-                  f"concurrency {args.concurrency}, texts of 5-{args.max_words} words, /tts and /v1/audio/speech, "
-                  "a fifth malformed, 2 s idle after each burst")
+            print(
+                f"soak: a warm-up of every text length and {SOAK_WARMUP} requests, then {sum(bursts)} at "
+                f"concurrency {args.concurrency}, texts of 5-{args.max_words} words, /tts and /v1/audio/speech, "
+                "a fifth malformed, 2 s idle after each burst"
+            )
             result = soak(url, pid, bursts, concurrency=args.concurrency, max_words=args.max_words)
         print_soak(result)
         return 0
@@ -418,10 +505,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp, running_server(serve_args, Path(tmp) / "server.log") as (url, _):
         hardware = httpx.get(url + "/hardware", timeout=60).json()
         config = hardware["selected_configuration"]
-        print(f"server: {hardware['hardware']['cpu_model']}, {hardware['hardware']['logical_cores']} logical CPUs, "
-              f"profile {hardware['profile']}, {config['quantization']} weights, {config['compute']} compute, "
-              f"{config['num_threads']} threads, "
-              f"chunk {config['chunk_length']} frames")
+        print(
+            f"server: {hardware['hardware']['cpu_model']}, {hardware['hardware']['logical_cores']} logical CPUs, "
+            f"profile {hardware['profile']}, {config['quantization']} weights, {config['compute']} compute, "
+            f"{config['num_threads']} threads, "
+            f"chunk {config['chunk_length']} frames"
+        )
         print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         tts_latencies(url, warmup, 8)
         one = tts_latencies(url, c1, 1)
@@ -431,10 +520,12 @@ def main(argv: list[str] | None = None) -> int:
 
     mean_chars = statistics.mean(len(t) for t in c1 + c8)
     print(f"{'measure':<46}{'n':>5}{'p50 s':>9}{'p95 s':>9}")
-    rows = [(f"/tts, {mean_chars:.0f} characters, concurrency 1", one),
-            (f"/tts, {mean_chars:.0f} characters, concurrency 8", eight),
-            ("/system-status while 8 syntheses run", polls),
-            (f"first byte of a streamed {statistics.mean(len(t) for t in long_texts):.0f}-character /tts", ttfb)]
+    rows = [
+        (f"/tts, {mean_chars:.0f} characters, concurrency 1", one),
+        (f"/tts, {mean_chars:.0f} characters, concurrency 8", eight),
+        ("/system-status while 8 syntheses run", polls),
+        (f"first byte of a streamed {statistics.mean(len(t) for t in long_texts):.0f}-character /tts", ttfb),
+    ]
     for name, values in rows:
         print(f"{name:<46}{len(values):>5}{percentile(values, 50):>9.3f}{percentile(values, 95):>9.3f}")
     return 0

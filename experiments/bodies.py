@@ -12,7 +12,6 @@ import time
 from typing import Any
 
 from adaptive_tts.units import MIB
-
 from experiments.trial import TrialBody, TrialRequest
 
 #: Synthesized once when a worker loads, so no trial pays for first-call initialisation.
@@ -64,13 +63,18 @@ def tts(options: dict[str, Any]) -> TrialBody:
 
     backend = _backend(options, budget_manager=watching)
     budget = backend.memory_budget_manager
-    calibration = {"calibrated": backend.calibrated if backend.options.estimation else None,
-                   "estimator_max_under_mb": None, "estimator_mape_percent": None}
+    calibration = {
+        "calibrated": backend.calibrated if backend.options.estimation else None,
+        "estimator_max_under_mb": None,
+        "estimator_mape_percent": None,
+    }
     if backend.options.estimation:
         fits = [backend.estimator.constants_for(key).fit for key in backend.candidate_keys()]
         if all(fit is not None for fit in fits):
-            calibration.update(estimator_max_under_mb=max(f.max_under_mb for f in fits),
-                               estimator_mape_percent=max(f.mape_percent for f in fits))
+            calibration.update(
+                estimator_max_under_mb=max(f.max_under_mb for f in fits),
+                estimator_mape_percent=max(f.mape_percent for f in fits),
+            )
     try:
         backend.synthesize(WARMUP_TEXT)
     except SynthesisRefused:
@@ -100,11 +104,14 @@ def tts(options: dict[str, Any]) -> TrialBody:
         if failures:
             raise failures[0]
         kept = [r.safety_margin_mb for r in results if r.safety_margin_mb is not None]
-        common = {"requests_ok": len(results), "budget_policy": budget.policy,
-                  # the most any request kept at its admission (the margin moves with the other apps)
-                  "safety_margin_mb": (max(kept) if kept else budget.safety_margin_mb) if backend.options.budget else None,
-                  "background_swing_seen_mb": budget.watch.swing_mb() if budget.policy == "calibrated" else None,
-                  **calibration}
+        common = {
+            "requests_ok": len(results),
+            "budget_policy": budget.policy,
+            # the most any request kept at its admission (the margin moves with the other apps)
+            "safety_margin_mb": (max(kept) if kept else budget.safety_margin_mb) if backend.options.budget else None,
+            "background_swing_seen_mb": budget.watch.swing_mb() if budget.policy == "calibrated" else None,
+            **calibration,
+        }
         if results:
             common["waited_ms"] = max(r.waited_s for r in results) * 1000
             common["degraded"] = ";".join(sorted({step for r in results for step in r.degraded})) or None
@@ -129,7 +136,9 @@ def tts(options: dict[str, Any]) -> TrialBody:
             "rtf": slowest.rtf,
             "estimated_mb": slowest.estimated_mb,
             "text_tokens": slowest.text_tokens,
-            **{key: slowest.config[key] for key in ("engine", "quantization", "num_threads", "chunk_length", "compute")},
+            **{
+                key: slowest.config[key] for key in ("engine", "quantization", "num_threads", "chunk_length", "compute")
+            },
         }
 
     return run
@@ -150,8 +159,9 @@ def _room_to_start(options: dict[str, Any]) -> tuple[dict[str, Any] | None, Any]
     from adaptive_tts.runtime.process import anon_rss_mb
 
     info = detect_hardware(probe_gpu=False)
-    budget = MemoryBudgetManager(select_profile(info, options["profile"]), info=info,
-                                 policy=options.get("budget_policy", "calibrated"))
+    budget = MemoryBudgetManager(
+        select_profile(info, options["profile"]), info=info, policy=options.get("budget_policy", "calibrated")
+    )
     store, machine = CalibrationStore(options.get("calibration_path")), machine_key(info)
     if budget.policy == "calibrated":
         time.sleep(ROOM_TO_START_WATCH_S)  # the margin then holds the swing its watch saw meanwhile
@@ -159,14 +169,22 @@ def _room_to_start(options: dict[str, Any]) -> tuple[dict[str, Any] | None, Any]
     if decision is None or decision.allowed:
         return None, budget
     budget.close()
-    return {"status": "refused", "error": f"not enough memory to start the runtime: {decision.reason}",
-            "required_mb": decision.required_mb, "available_mb": decision.available_mb,
-            "safety_margin_mb": decision.safety_margin_mb, "budget_policy": budget.policy, "requests_ok": 0,
-            "calibrated": True, "estimator_max_under_mb": store.worst_under_mb(machine)}, None
+    return {
+        "status": "refused",
+        "error": f"not enough memory to start the runtime: {decision.reason}",
+        "required_mb": decision.required_mb,
+        "available_mb": decision.available_mb,
+        "safety_margin_mb": decision.safety_margin_mb,
+        "budget_policy": budget.policy,
+        "requests_ok": 0,
+        "calibrated": True,
+        "estimator_max_under_mb": store.worst_under_mb(machine),
+    }, None
 
 
 def _refused_at_start(refusal: dict[str, Any]) -> TrialBody:
     """The body of a worker whose runtime refused to start: each trial is refused with the numbers."""
+
     def run(request: TrialRequest) -> dict[str, Any]:
         return dict(refusal)
 
@@ -186,11 +204,13 @@ def calibrate(options: dict[str, Any]) -> TrialBody:
     from adaptive_tts.runtime.process import AnonPeak
 
     meter = AnonPeak()  # from before torch is imported
-    from adaptive_tts.calibration import calibrate as fit, measure_start_up, measuring_backend
+    from adaptive_tts.calibration import calibrate as fit
+    from adaptive_tts.calibration import measure_start_up, measuring_backend
     from adaptive_tts.runtime.estimator import CalibrationStore
 
     planner, startup = measure_start_up(
-        lambda: _backend({**options, "estimator_constants": "calibrated"}, warm_up=False), meter)
+        lambda: _backend({**options, "estimator_constants": "calibrated"}, warm_up=False), meter
+    )
     store = CalibrationStore(options["calibration_path"])
     machine = planner.estimator.machine
     store.save_start_up(machine, startup)
@@ -200,12 +220,21 @@ def calibrate(options: dict[str, Any]) -> TrialBody:
 
     def run(request: TrialRequest) -> dict[str, Any]:
         if missing:
-            fit(measuring_backend(missing[0], options["profile"]), missing, store=store, machine=machine,
-                max_length=options.get("calibration_max_length"))
+            fit(
+                measuring_backend(missing[0], options["profile"]),
+                missing,
+                store=store,
+                machine=machine,
+                max_length=options.get("calibration_max_length"),
+            )
         fits = [store.load(machine, key).fit for key in missing]
-        return {"engine": options["engine"], "requests_ok": len(missing), "required_mb": startup.frugal_peak_mb,
-                "estimator_max_under_mb": max((f.max_under_mb for f in fits), default=None),
-                "estimator_mape_percent": max((f.mape_percent for f in fits), default=None)}
+        return {
+            "engine": options["engine"],
+            "requests_ok": len(missing),
+            "required_mb": startup.frugal_peak_mb,
+            "estimator_max_under_mb": max((f.max_under_mb for f in fits), default=None),
+            "estimator_mape_percent": max((f.mape_percent for f in fits), default=None),
+        }
 
     return run
 

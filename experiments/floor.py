@@ -39,24 +39,41 @@ def frugal_options(body_options: dict[str, Any]) -> dict[str, Any]:
     from adaptive_tts.backend import MIN_CHUNK_LENGTH
     from adaptive_tts.runtime.planner import PRECISIONS
 
-    return {**body_options, "budget": False, "affinity": False, "estimation": False,
-            "quantization": PRECISIONS[-1], "chunk_length": MIN_CHUNK_LENGTH}
+    return {
+        **body_options,
+        "budget": False,
+        "affinity": False,
+        "estimation": False,
+        "quantization": PRECISIONS[-1],
+        "chunk_length": MIN_CHUNK_LENGTH,
+    }
 
 
-def probe_free(device: Device, free_mb: float, options: dict[str, Any], text: str, log_dir: Path,
-               timeout_s: float) -> str:
+def probe_free(
+    device: Device, free_mb: float, options: dict[str, Any], text: str, log_dir: Path, timeout_s: float
+) -> str:
     """Run one frugal request in a fresh worker with ``free_mb`` of the device free; its status."""
     device.set_background(device.spec.with_background(device.spec.mem_cap_mb - free_mb))
-    with Supervisor(device, "experiments.bodies:tts", options, log_dir,
-                    timeout_s=timeout_s, startup_timeout_s=timeout_s) as supervisor:
+    with Supervisor(
+        device, "experiments.bodies:tts", options, log_dir, timeout_s=timeout_s, startup_timeout_s=timeout_s
+    ) as supervisor:
         outcome = supervisor.run(TrialRequest(0, text, 1))
     logger.info("floor probe: %.0f MB free -> %s", free_mb, outcome["status"])
     return outcome["status"]
 
 
-def measure_floor(device: DeviceSpec, body_options: dict[str, Any], text: str, log_dir: Path, *,
-                  low_mb: float = 64.0, high_mb: float = 2048.0, resolution_mb: float = 16.0,
-                  confirmations: int = 2, timeout_s: float = 300.0) -> Floor:
+def measure_floor(
+    device: DeviceSpec,
+    body_options: dict[str, Any],
+    text: str,
+    log_dir: Path,
+    *,
+    low_mb: float = 64.0,
+    high_mb: float = 2048.0,
+    resolution_mb: float = 16.0,
+    confirmations: int = 2,
+    timeout_s: float = 300.0,
+) -> Floor:
     """Bisect free memory between ``low_mb`` (must fail) and ``high_mb`` (must succeed), then confirm
     the answer ``confirmations`` more times, stepping up by ``resolution_mb`` while a confirmation
     fails (the threshold is a little noisy: page cache, allocator state)."""
@@ -92,8 +109,9 @@ def measure_floor(device: DeviceSpec, body_options: dict[str, Any], text: str, l
     return Floor(round(high, 1), resolution_mb, len(text), options, tuple(probes))
 
 
-def load_or_measure_floor(run_dir: Path, device: DeviceSpec, body_options: dict[str, Any], text: str,
-                          **kwargs: Any) -> Floor:
+def load_or_measure_floor(
+    run_dir: Path, device: DeviceSpec, body_options: dict[str, Any], text: str, **kwargs: Any
+) -> Floor:
     """The run's floor from ``run_dir/floor.json``, measured first if the run has none yet."""
     path = run_dir / FLOOR_FILE
     if path.exists():

@@ -313,8 +313,16 @@ class BackgroundLoad:
             return
         size = self.size_mb or self.mb + self.swing_mb
         self.process = subprocess.Popen(
-            [sys.executable, "-c", _HOG_CODE, self.confinement.to_json(), str(int(size)),
-             str(self.step_s[0]), str(self.step_s[1]), str(self.seed)],
+            [
+                sys.executable,
+                "-c",
+                _HOG_CODE,
+                self.confinement.to_json(),
+                str(int(size)),
+                str(self.step_s[0]),
+                str(self.step_s[1]),
+                str(self.seed),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -400,13 +408,16 @@ class DeviceSpec:
         if self.mem_cap_mb is not None and self.background_mb + self.background_swing_mb / 2 >= self.mem_cap_mb:
             raise ValueError(
                 f"background of {self.background_mb:.0f} MB (+{self.background_swing_mb / 2:.0f} MB swing) does not "
-                f"fit the {self.profile} device's {self.mem_cap_mb:.0f} MB of RAM")
+                f"fit the {self.profile} device's {self.mem_cap_mb:.0f} MB of RAM"
+            )
 
-    def with_background(self, mb: float, *, swing_mb: float = 0.0, step_s: tuple[float, float] = (0.2, 1.0),
-                        seed: int = 0) -> DeviceSpec:
+    def with_background(
+        self, mb: float, *, swing_mb: float = 0.0, step_s: tuple[float, float] = (0.2, 1.0), seed: int = 0
+    ) -> DeviceSpec:
         """The same device with another background app (a memory sweep's level)."""
-        return replace(self, background_mb=mb, background_swing_mb=swing_mb, background_step_s=tuple(step_s),
-                       background_seed=seed)
+        return replace(
+            self, background_mb=mb, background_swing_mb=swing_mb, background_step_s=tuple(step_s), background_seed=seed
+        )
 
     @classmethod
     def for_profile(
@@ -432,7 +443,12 @@ class DeviceSpec:
         mem_cap_mb = PROFILES[profile].memory_budget.total_ram_gb * 1024
         host_mb = host_memory_mb()
         if mem_cap_mb > host_mb:
-            logger.warning("profile %s has %.0f MB; this host has only %.0f MB, so the cap cannot bind", profile, mem_cap_mb, host_mb)
+            logger.warning(
+                "profile %s has %.0f MB; this host has only %.0f MB, so the cap cannot bind",
+                profile,
+                mem_cap_mb,
+                host_mb,
+            )
         return cls(profile, True, mem_cap_mb, tuple(host[:cores]), background_mb, mechanism)
 
 
@@ -464,7 +480,11 @@ class Device:
         """Move the background app to ``spec``'s level (same device, another background), starting
         it if there is none yet. Workers started after this see the new level."""
         if (spec.profile, spec.mem_cap_mb, spec.cpus, spec.mechanism) != (
-                self.spec.profile, self.spec.mem_cap_mb, self.spec.cpus, self.spec.mechanism):
+            self.spec.profile,
+            self.spec.mem_cap_mb,
+            self.spec.cpus,
+            self.spec.mechanism,
+        ):
             raise ValueError(f"{spec} is another device than {self.spec}")
         self.spec = spec
         if self.background is None:
@@ -473,8 +493,14 @@ class Device:
                 cgroup_procs=str(cgroup / "cgroup.procs") if cgroup is not None else None,
                 cpus=spec.cpus if spec.simulated else None,
             )
-            self.background = BackgroundLoad(spec.background_mb, joined, spec.background_swing_mb,
-                                             spec.background_step_s, spec.background_seed, size_mb=spec.mem_cap_mb)
+            self.background = BackgroundLoad(
+                spec.background_mb,
+                joined,
+                spec.background_swing_mb,
+                spec.background_step_s,
+                spec.background_seed,
+                size_mb=spec.mem_cap_mb,
+            )
             self.background.start()
         else:
             self.background.set(spec.background_mb, spec.background_swing_mb)

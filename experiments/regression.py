@@ -71,8 +71,7 @@ def rtf_vs_reference(short: bool, threads: int) -> tuple[float, str]:
     from experiments.bench_engine import measure
     from experiments.workload import cut_text
 
-    args = Namespace(runs=3 if short else 5, threads=threads, chunk_length=256, quantization="fp32",
-                     compute="auto")
+    args = Namespace(runs=3 if short else 5, threads=threads, chunk_length=256, quantization="fp32", compute="auto")
     ratios, lines = [], []
     # Three texts even when short: the median of two ratios is their mean, which one noisy text moves
     # (the short figure read 0.995-1.308 over five runs of the same code with two).
@@ -128,14 +127,16 @@ def quantization_ratios(threads: int, short: bool) -> tuple[float, float, str]:
     times: dict[str, list[float]] = {"fp32": [], "int8": []}
     for i in range(3 if short else 5):
         pair = (("fp32", fp32), ("int8", int8))
-        for name, engine in (pair if i % 2 == 0 else pair[::-1]):
+        for name, engine in pair if i % 2 == 0 else pair[::-1]:
             start = time.perf_counter()
             engine.synthesize(text, opts)
             times[name].append(time.perf_counter() - start)
     t = {k: statistics.median(v) for k, v in times.items()}
-    return (bytes_int8 / bytes_fp32, t["int8"] / t["fp32"],
-            f"weights {mib(bytes_fp32):.1f} MB -> {mib(bytes_int8):.1f} MB; "
-            f"latency {t['fp32']:.3f} s -> {t['int8']:.3f} s")
+    return (
+        bytes_int8 / bytes_fp32,
+        t["int8"] / t["fp32"],
+        f"weights {mib(bytes_fp32):.1f} MB -> {mib(bytes_int8):.1f} MB; latency {t['fp32']:.3f} s -> {t['int8']:.3f} s",
+    )
 
 
 def default_quality(short: bool) -> tuple[float, float, str]:
@@ -149,8 +150,11 @@ def default_quality(short: bool) -> tuple[float, float, str]:
     default = Engine(model=copy.deepcopy(fp32.model), voice_config=fp32.voice_config)
     calibration = CalibrationSet.default(fp32.frontend, fp32.voice_config, 8 if short else 32)
     score = calibration.score(default.model, calibration.references(fp32.model))
-    return (score.quality.mcd_db, score.duration_change,
-            f"{default.compute} compute vs fp32, {len(calibration)} samples; log-mel {score.quality.log_mel_db:.2f} dB")
+    return (
+        score.quality.mcd_db,
+        score.duration_change,
+        f"{default.compute} compute vs fp32, {len(calibration)} samples; log-mel {score.quality.log_mel_db:.2f} dB",
+    )
 
 
 def estimator_mape(threads: int) -> tuple[float, str]:
@@ -162,8 +166,10 @@ def estimator_mape(threads: int) -> tuple[float, str]:
 
     key = ConfigKey("torch", "fp32", 256, threads, resolve_compute("auto"))
     fit = calibrate(measuring_backend(key), [key])[key].fit
-    return fit.mape_percent, (f"{fit.n_train} training / {fit.n_test} held-out measurements; max "
-                              f"under-prediction {fit.max_under_mb:.0f} MB, max over {fit.max_over_mb:.0f} MB")
+    return fit.mape_percent, (
+        f"{fit.n_train} training / {fit.n_test} held-out measurements; max "
+        f"under-prediction {fit.max_under_mb:.0f} MB, max over {fit.max_over_mb:.0f} MB"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,10 +212,16 @@ def main(argv: list[str] | None = None) -> int:
     streamed = peak_rss_mb("torch", long_text, 256, args.threads, runs)
     one_pass = peak_rss_mb("torch", long_text, None, args.threads, runs)
     reference = peak_rss_mb("reference", _texts(True)[1], None, args.threads, runs)
-    add("streaming_peak_vs_one_pass", streamed / one_pass,
-        f"streamed {streamed:.0f} MB, one pass {one_pass:.0f} MB (1000-character sentence)")
-    add("streaming_peak_vs_reference", streamed / reference,
-        f"streamed 1000 chars {streamed:.0f} MB, reference per-sentence {reference:.0f} MB")
+    add(
+        "streaming_peak_vs_one_pass",
+        streamed / one_pass,
+        f"streamed {streamed:.0f} MB, one pass {one_pass:.0f} MB (1000-character sentence)",
+    )
+    add(
+        "streaming_peak_vs_reference",
+        streamed / reference,
+        f"streamed 1000 chars {streamed:.0f} MB, reference per-sentence {reference:.0f} MB",
+    )
 
     bytes_ratio, latency_ratio, detail = quantization_ratios(args.threads, args.short)
     add("int8_weight_bytes", bytes_ratio, detail)
@@ -220,8 +232,10 @@ def main(argv: list[str] | None = None) -> int:
 
     failed = [f for f in figures if not f.ok]
     for f in failed:
-        print(f"REGRESSION: {f.name} = {f.value:.3f}, bound {'<=' if f.kind == 'max' else '>='} {f.bound}",
-              file=sys.stderr)
+        print(
+            f"REGRESSION: {f.name} = {f.value:.3f}, bound {'<=' if f.kind == 'max' else '>='} {f.bound}",
+            file=sys.stderr,
+        )
     print(f"{len(figures) - len(failed)} passed, {len(failed)} failed")
     return 1 if failed else 0
 

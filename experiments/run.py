@@ -42,7 +42,8 @@ def main(cfg: DictConfig) -> None:
     wl, dev = spec.workload, spec.device
     print(
         f"\nrun {spec.run_id} ({result.run_dir}): {result.ran} trials run, {result.skipped} already done\n"
-        f"device: {dev.profile}, simulated={dev.simulated}, mem cap {dev.mem_cap_mb or 'none'} MB, cpus {list(dev.cpus)}\n"
+        f"device: {dev.profile}, simulated={dev.simulated}, mem cap {dev.mem_cap_mb or 'none'} MB, "
+        f"cpus {list(dev.cpus)}\n"
         f"workload {wl.name}: lengths {list(wl.lengths)} x {wl.iterations} iterations, "
         f"concurrency {wl.concurrency}, background {wl.background_mb:g} MB"
     )

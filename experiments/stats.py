@@ -15,8 +15,9 @@ reader) can recompute any interval from the rows with nothing but numpy.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from statistics import NormalDist
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 

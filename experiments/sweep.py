@@ -120,7 +120,9 @@ class SweepSpec:
                 iterations=wl.iterations,
                 concurrency=concurrency,
                 background_mb=wl.background_mb,
-                memory=None if levels is None else MemoryLevels(
+                memory=None
+                if levels is None
+                else MemoryLevels(
                     free_above_floor_mb=tuple(levels.free_above_floor_mb),
                     kinds=tuple(levels.kinds),
                     swing_mb=levels.swing_mb,
@@ -177,7 +179,11 @@ class SweepSpec:
     @property
     def calibrates(self) -> bool:
         """Whether this condition fits the estimator on the device before its trials."""
-        return self.ablation.estimation and self.memory.estimator_constants == "calibrated" and self.trial.body == "experiments.bodies:tts"
+        return (
+            self.ablation.estimation
+            and self.memory.estimator_constants == "calibrated"
+            and self.trial.body == "experiments.bodies:tts"
+        )
 
 
 @cache
@@ -244,16 +250,23 @@ def _calibrate(spec: SweepSpec, device: DeviceSpec, settings: TrialSettings) -> 
     may choose, unless the calibration file has them all; a worker of its own does it."""
     quiet = device.with_background(0.0)
     options = {**spec.body_options(), "calibration_max_length": max(spec.workload.lengths)}
-    with Device(quiet) as live, Supervisor(
-        live, "experiments.bodies:calibrate", options,
-        log_dir=spec.run_dir / "workers" / "calibration",
-        timeout_s=settings.timeout_s * 10, startup_timeout_s=settings.startup_timeout_s,
-    ) as supervisor:
+    with (
+        Device(quiet) as live,
+        Supervisor(
+            live,
+            "experiments.bodies:calibrate",
+            options,
+            log_dir=spec.run_dir / "workers" / "calibration",
+            timeout_s=settings.timeout_s * 10,
+            startup_timeout_s=settings.startup_timeout_s,
+        ) as supervisor,
+    ):
         outcome = supervisor.run(TrialRequest(0, "", 1))
     if outcome["status"] != "ok":
         raise RuntimeError(f"calibrating the estimator on {device.profile} failed: {outcome.get('error')}")
-    logger.info("estimator calibration: %d configuration(s) fitted now (file %s)", outcome["requests_ok"],
-                spec.calibration_path)
+    logger.info(
+        "estimator calibration: %d configuration(s) fitted now (file %s)", outcome["requests_ok"], spec.calibration_path
+    )
     return outcome
 
 
@@ -265,30 +278,39 @@ def _level_device(spec: SweepSpec, trial: PlannedTrial, floor_mb: float | None) 
     free = floor_mb + trial.free_above_floor_mb
     swing = levels.swing_mb if trial.background_kind == "dynamic" else 0.0
     if free + swing / 2 > spec.device.mem_cap_mb:
-        raise ValueError(f"memory level free_above_floor_mb={trial.free_above_floor_mb:g} leaves {free:.0f} MB free "
-                         f"(floor {floor_mb:.0f} MB{f', swing {swing:.0f} MB' if swing else ''}), more than the "
-                         f"device's {spec.device.mem_cap_mb:.0f} MB of RAM")
+        raise ValueError(
+            f"memory level free_above_floor_mb={trial.free_above_floor_mb:g} leaves {free:.0f} MB free "
+            f"(floor {floor_mb:.0f} MB{f', swing {swing:.0f} MB' if swing else ''}), more than the "
+            f"device's {spec.device.mem_cap_mb:.0f} MB of RAM"
+        )
     # A level is the least memory left free: a dynamic app peaks at the static app's size.
-    return spec.device.with_background(spec.device.mem_cap_mb - free - swing / 2, swing_mb=swing,
-                                       step_s=levels.step_s, seed=levels.seed)
+    return spec.device.with_background(
+        spec.device.mem_cap_mb - free - swing / 2, swing_mb=swing, step_s=levels.step_s, seed=levels.seed
+    )
 
 
 def _check_memory_sweep(spec: SweepSpec) -> None:
     """A memory sweep means something only under a cap the kernel enforces on resident memory."""
     dev = spec.device
     if not dev.simulated or dev.mem_cap_mb is None:
-        raise ValueError(f"workload {spec.workload.name!r} sweeps memory levels: it needs a simulated device "
-                         "(hardware=m1_air, say, or +experiment=memory_sweep)")
+        raise ValueError(
+            f"workload {spec.workload.name!r} sweeps memory levels: it needs a simulated device "
+            "(hardware=m1_air, say, or +experiment=memory_sweep)"
+        )
     if dev.mechanism == "rlimit":
-        raise ValueError("mem_cap_mechanism=rlimit caps address space, not resident memory: a memory sweep "
-                         "needs cgroup_v2 or cgroup_v1")
+        raise ValueError(
+            "mem_cap_mechanism=rlimit caps address space, not resident memory: a memory sweep "
+            "needs cgroup_v2 or cgroup_v1"
+        )
     host_mb = host_memory_mb()
     if dev.mem_cap_mb > host_mb:
         raise ValueError(f"a {dev.mem_cap_mb:.0f} MB cap cannot bind on this {host_mb:.0f} MB host")
     for level in spec.workload.memory.free_above_floor_mb:  # the floor is >= 0: caught before measuring it
         if level >= dev.mem_cap_mb:
-            raise ValueError(f"memory level free_above_floor_mb={level:g} leaves more free than the device's "
-                             f"{dev.mem_cap_mb:.0f} MB of RAM")
+            raise ValueError(
+                f"memory level free_above_floor_mb={level:g} leaves more free than the device's "
+                f"{dev.mem_cap_mb:.0f} MB of RAM"
+            )
 
 
 def run_sweep(spec: SweepSpec, *, resolved_config: str | None = None, progress: bool = True) -> SweepResult:
@@ -307,7 +329,9 @@ def run_sweep(spec: SweepSpec, *, resolved_config: str | None = None, progress: 
     trials = [(trial_id(key), key, t) for key, t in keyed]
     done = store.done()
     todo = [trial for trial in trials if trial[0] not in done]
-    logger.info("run %s, %s: %d trials, %d already done", spec.run_id, spec.condition_name, len(trials), len(trials) - len(todo))
+    logger.info(
+        "run %s, %s: %d trials, %d already done", spec.run_id, spec.condition_name, len(trials), len(trials) - len(todo)
+    )
     statuses: Counter[str] = Counter()
     if not todo:
         return SweepResult(spec.run_dir, len(trials), len(trials), 0, statuses)
@@ -318,8 +342,9 @@ def run_sweep(spec: SweepSpec, *, resolved_config: str | None = None, progress: 
     if spec.workload.memory is not None:
         _check_memory_sweep(spec)
         longest = cut_text(max(spec.workload.lengths), 0)
-        floor_mb = load_or_measure_floor(spec.run_dir, dev, spec.body_options(), longest,
-                                         timeout_s=settings.startup_timeout_s).floor_mb
+        floor_mb = load_or_measure_floor(
+            spec.run_dir, dev, spec.body_options(), longest, timeout_s=settings.startup_timeout_s
+        ).floor_mb
     if spec.calibrates:
         _calibrate(spec, dev, settings)
     base = {
@@ -368,8 +393,11 @@ def run_sweep(spec: SweepSpec, *, resolved_config: str | None = None, progress: 
                             "background_mb": level.background_mb,
                             "background_swing_mb": level.background_swing_mb,
                             "background_kind": planned.background_kind if spec.workload.memory else None,
-                            "free_mb": (level.mem_cap_mb - level.background_mb - level.background_swing_mb / 2
-                                        if level.mem_cap_mb else None),
+                            "free_mb": (
+                                level.mem_cap_mb - level.background_mb - level.background_swing_mb / 2
+                                if level.mem_cap_mb
+                                else None
+                            ),
                             "free_above_floor_mb": planned.free_above_floor_mb,
                             "concurrency": planned.concurrency,
                             **{column: value for column, value in outcome.items() if value is not None},

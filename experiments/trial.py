@@ -24,10 +24,11 @@ import signal
 import subprocess
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, Pipe
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from adaptive_tts.runtime.process import PeakMeter
 from experiments.limits import Confinement, Device, confine_current_process
@@ -164,9 +165,13 @@ class Worker:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [
-                    sys.executable, "-m", "experiments.trial",
-                    "--fd", str(child.fileno()),
-                    "--confinement", self.device.worker_confinement().to_json(),
+                    sys.executable,
+                    "-m",
+                    "experiments.trial",
+                    "--fd",
+                    str(child.fileno()),
+                    "--confinement",
+                    self.device.worker_confinement().to_json(),
                 ],
                 pass_fds=[child.fileno()],
                 stdout=log,
@@ -219,11 +224,17 @@ class Worker:
         self.conn.close()
         oom_after = self.device.oom_kills()
         if code == -signal.SIGKILL and oom_before is not None and oom_after is not None and oom_after > oom_before:
-            return {"status": "oom", "error": f"worker OOM-killed by the kernel while {doing} (oom_kill +{oom_after - oom_before})"}
+            return {
+                "status": "oom",
+                "error": f"worker OOM-killed by the kernel while {doing} (oom_kill +{oom_after - oom_before})",
+            }
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
         if code == -signal.SIGKILL:
             how += " (no OOM kill recorded)" if oom_after is not None else " (OOM kills not observable here)"
-        return {"status": "error", "error": f"worker {how} while {doing}; log: {self.log_path}\n{self._log_tail()}".strip()}
+        return {
+            "status": "error",
+            "error": f"worker {how} while {doing}; log: {self.log_path}\n{self._log_tail()}".strip(),
+        }
 
     def _log_tail(self, lines: int = 8) -> str:
         try:
@@ -277,7 +288,9 @@ class Supervisor:
             cap.reset_peak()
         oom_before = self.device.oom_kills()
         if self.worker is not None and self.worker.process.poll() is not None:
-            logger.warning("worker %d died between trials (exit %s); replacing it", self.worker.pid, self.worker.process.returncode)
+            logger.warning(
+                "worker %d died between trials (exit %s); replacing it", self.worker.pid, self.worker.process.returncode
+            )
             self.worker.kill()
             self.worker = None
         worker_trials = self.worker.trials_served if self.worker is not None else 0
@@ -292,7 +305,11 @@ class Supervisor:
             logger.warning("trial %d: %s", request.trial_id, died.fields["error"].splitlines()[0])
             outcome = died.fields
             self.worker = None
-        if self.worker is not None and self.max_trials_per_worker and self.worker.trials_served >= self.max_trials_per_worker:
+        if (
+            self.worker is not None
+            and self.max_trials_per_worker
+            and self.worker.trials_served >= self.max_trials_per_worker
+        ):
             self.close_worker()
         if background is not None and (background.mb > 0 or background.swing_mb > 0):
             # The app died during this trial, or while this worker served earlier ones (the kernel may

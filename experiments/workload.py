@@ -16,7 +16,8 @@ from pathlib import Path
 CORPUS_DIR = Path(__file__).with_name("corpus")
 # Words ending in a period that do not end a sentence (the corpus uses them on purpose).
 _ABBREVIATIONS = frozenset(
-    "Dr. Mr. Mrs. Ms. Prof. St. No. Ave. Sq. e.g. i.e. a.m. p.m. hrs. sq. ft. Jan. Nov. Dec. Mon.-Fri. Mon.-Thu.".split()
+    "Dr. Mr. Mrs. Ms. Prof. St. No. Ave. Sq. e.g. i.e. a.m. p.m. hrs. sq. ft. Jan. Nov. Dec. "
+    "Mon.-Fri. Mon.-Thu.".split()
 )
 
 
@@ -45,11 +46,15 @@ class MemoryLevels:
             raise ValueError("a memory sweep needs at least one level (free_above_floor_mb)")
         unknown = [k for k in self.kinds if k not in BACKGROUND_KINDS]
         if unknown or not self.kinds:
-            raise ValueError(f"unknown background kind(s) {unknown or self.kinds}; valid: {', '.join(BACKGROUND_KINDS)}")
+            raise ValueError(
+                f"unknown background kind(s) {unknown or self.kinds}; valid: {', '.join(BACKGROUND_KINDS)}"
+            )
         if "dynamic" in self.kinds and self.swing_mb <= 0:
             raise ValueError(f"a dynamic background needs swing_mb > 0, got {self.swing_mb}")
         if self.swing_mb < 0 or len(self.step_s) != 2 or not 0 < self.step_s[0] <= self.step_s[1]:
-            raise ValueError(f"swing_mb must be >= 0 and step_s a range (low, high) > 0, got {self.swing_mb}, {self.step_s}")
+            raise ValueError(
+                f"swing_mb must be >= 0 and step_s a range (low, high) > 0, got {self.swing_mb}, {self.step_s}"
+            )
 
 
 @dataclass(frozen=True)

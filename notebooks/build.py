@@ -34,7 +34,7 @@ RUNTIME_DEMO = [
     new_markdown_cell("## The backend and the configuration it selected for this machine"),
     new_code_cell(
         'backend = SmartAdaptiveBackend(options=BackendOptions(quantization="fp32", affinity=False))\n'
-        'hardware = backend.hardware()\n'
+        "hardware = backend.hardware()\n"
         '{key: hardware[key] for key in ("profile", "memory_budget", "selected_configuration", "runtime_features")}'
     ),
     new_markdown_cell("## Memory estimate before synthesis\nThe seed's `/estimate-memory` payload for `TEXT`."),
@@ -85,9 +85,7 @@ THESIS_FIGURES = [
     ),
     new_markdown_cell("## Tables"),
     new_code_cell(
-        "for path in report.written:\n"
-        '    if path.suffix == ".md":\n'
-        "        display(Markdown(path.read_text()))"
+        'for path in report.written:\n    if path.suffix == ".md":\n        display(Markdown(path.read_text()))'
     ),
     new_markdown_cell("## Figures\nEach with its caption file: what is drawn, n, runs and the machine."),
     new_code_cell(

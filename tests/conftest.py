@@ -65,8 +65,9 @@ def no_cgroup() -> CgroupMemory:
     return CgroupMemory(None, None, None, None)
 
 
-def simulated_budget(profile: HardwareProfile, memory: Memory, cgroup: CgroupMemory | None = None,
-                     **kwargs) -> MemoryBudgetManager:
+def simulated_budget(
+    profile: HardwareProfile, memory: Memory, cgroup: CgroupMemory | None = None, **kwargs
+) -> MemoryBudgetManager:
     """A budget manager for ``profile`` that reads ``memory`` instead of this machine, and ``cgroup``
     (default: none) instead of this process's cgroup, which must not cap the simulated machine."""
     return MemoryBudgetManager(profile, system_memory=memory, cgroup_memory=lambda: cgroup or no_cgroup(), **kwargs)
@@ -79,7 +80,8 @@ def simulated_backend(directory: Path, memory: Memory | None = None, **options):
     from adaptive_tts.runtime.estimator import CalibrationStore
 
     return SmartAdaptiveBackend(
-        "m1_air", BackendOptions(**{"affinity": False, "quantization": "fp32", **options}),
+        "m1_air",
+        BackendOptions(**{"affinity": False, "quantization": "fp32", **options}),
         calibration=CalibrationStore(directory / "cal.json"),
         budget_manager=None if memory is None else simulated_budget(M1, memory),
     )
@@ -88,8 +90,13 @@ def simulated_backend(directory: Path, memory: Memory | None = None, **options):
 def linux_fixture(name: str) -> HardwareInfo:
     """What detection finds on a captured Linux machine (``fixtures/<name>``: its sys, proc and cgroup)."""
     root = FIXTURES / name
-    return detect_hardware(sysfs_root=root / "sys", proc_root=root / "proc", cgroup_root=root / "cgroup",
-                           platform_system="Linux", probe_gpu=False)
+    return detect_hardware(
+        sysfs_root=root / "sys",
+        proc_root=root / "proc",
+        cgroup_root=root / "cgroup",
+        platform_system="Linux",
+        probe_gpu=False,
+    )
 
 
 # ------------------------------------------------------------------------------------------------

@@ -90,8 +90,9 @@ def test_the_graph_sees_the_modules_and_their_imports() -> None:
 
 
 def test_no_module_imports_upwards() -> None:
-    upward = sorted(f"{a} -> {b}" for a, targets in graph().items() for b in targets
-                    if layer(b) > layer(a) and a != "adaptive_tts")
+    upward = sorted(
+        f"{a} -> {b}" for a, targets in graph().items() for b in targets if layer(b) > layer(a) and a != "adaptive_tts"
+    )
     assert upward == []
 
 
@@ -99,9 +100,14 @@ def test_the_package_root_imports_only_lazily() -> None:
     """``from adaptive_tts import X`` resolves on first use (PEP 562): the root imports nothing of the
     project at import time, so it cannot close a cycle."""
     tree = ast.parse((ROOT / "adaptive_tts" / "__init__.py").read_text())
-    eager = [ast.unparse(node) for node in tree.body
-             if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("adaptive_tts"))
-             or isinstance(node, ast.Import) and any(a.name.startswith("adaptive_tts") for a in node.names)]
+    eager = [
+        ast.unparse(node)
+        for node in tree.body
+        if isinstance(node, ast.ImportFrom)
+        and (node.level or (node.module or "").startswith("adaptive_tts"))
+        or isinstance(node, ast.Import)
+        and any(a.name.startswith("adaptive_tts") for a in node.names)
+    ]
     assert eager == []
 
 
@@ -116,7 +122,7 @@ def test_no_import_cycles() -> None:
         stack.append(node)
         for nxt in sorted(edges.get(node, ())):
             if state.get(nxt) == 1:
-                cycles.append(stack[stack.index(nxt):] + [nxt])
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt)
         stack.pop()

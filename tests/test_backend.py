@@ -11,13 +11,13 @@ import time
 
 import numpy as np
 import pytest
+from conftest import M1, Memory, simulated_backend, simulated_budget
 
 from adaptive_tts.audio import to_pcm16
 from adaptive_tts.backend import BackendOptions, SmartAdaptiveBackend, SynthesisRefused, TextTooLong
 from adaptive_tts.runtime.budget import SystemMemory
 from adaptive_tts.runtime.estimator import ConfigKey, EstimatorConstants, current_rss_mb, machine_key
 from adaptive_tts.voice.engine import resolve_compute
-from conftest import M1, Memory, simulated_backend, simulated_budget
 
 TEXT = "The adaptive runtime decides before it synthesizes."
 
@@ -29,8 +29,9 @@ def make(tmp_path, memory: Memory | None = None, calibrate: dict[int, float] | N
     if calibrate:
         for chunk, base in calibrate.items():
             key = ConfigKey("torch", "fp32", chunk, backend.config.num_threads, backend.config.compute)
-            backend.estimator.store.save(machine_key(backend.info), key,
-                                         EstimatorConstants(current_rss_mb() + base, 0.0, None, True))
+            backend.estimator.store.save(
+                machine_key(backend.info), key, EstimatorConstants(current_rss_mb() + base, 0.0, None, True)
+            )
         backend.estimator.reload()
         backend._calibrated_margin()
     return backend
@@ -43,12 +44,18 @@ def test_synthesize_reports_timings_and_plan(tmp_path):
     assert result.audio_s == pytest.approx(len(result.audio) / 22050)
     assert 0 < result.first_audio_s <= result.latency_s
     assert result.rtf == pytest.approx(result.latency_s / result.audio_s)
-    assert result.config == {"engine": "torch", "quantization": "fp32", "num_threads": backend.config.num_threads,
-                             "chunk_length": 128, "compute": resolve_compute("auto")}
+    assert result.config == {
+        "engine": "torch",
+        "quantization": "fp32",
+        "num_threads": backend.config.num_threads,
+        "chunk_length": 128,
+        "compute": resolve_compute("auto"),
+    }
     assert result.text_tokens > 40
     d = M1.estimates  # uncalibrated: the plan's peak is the profile's seed formula for this text
     assert result.estimated_mb == pytest.approx(
-        d.base_model_mb + result.text_tokens / 100 * d.per_100_tokens_mb + d.cache_overhead_mb)
+        d.base_model_mb + result.text_tokens / 100 * d.per_100_tokens_mb + d.cache_overhead_mb
+    )
 
 
 def test_cache_hit_returns_the_same_16_bit_audio(tmp_path):
@@ -141,7 +148,8 @@ def test_seed_payloads(tmp_path):
     backend = make(tmp_path, memory)
     hw = backend.hardware()
     assert {"chunk_length", "num_threads", "cache_limit", "max_text_length", "quantization"} <= set(
-        hw["selected_configuration"])
+        hw["selected_configuration"]
+    )
     est = backend.estimate("How much memory will this take?")
     assert est["estimate"]["text_length"] == 31
     # 6000 MB free: the seed estimate (< 2.3 GB) and the 1.5 GB safety margin fit
@@ -224,8 +232,9 @@ def test_calibrated_policy_keeps_the_fits_error_and_plans_from_increments(tmp_pa
     backend = make(tmp_path, memory, budget_policy="calibrated", wait_timeout_s=0)
     fit = FitQuality(6, 5, 2.0, 25.0, 10.0)
     for key in backend.candidate_keys():
-        backend.estimator.store.save(machine_key(backend.info), key,
-                                     EstimatorConstants(500.0, 1.0, None, True, fit, per_request_mb=60.0))
+        backend.estimator.store.save(
+            machine_key(backend.info), key, EstimatorConstants(500.0, 1.0, None, True, fit, per_request_mb=60.0)
+        )
     backend.estimator.reload()
     backend._calibrated_margin()
     watch = backend.memory_budget_manager.watch
@@ -304,15 +313,22 @@ def test_warm_up_chooses_the_largest_chunk_whose_measured_start_up_fits(tmp_path
         """The machine's available memory falls by what the warm-ups so far are measured to take."""
 
         def __call__(self) -> SystemMemory:
-            return SystemMemory(8192.0, self.available_mb - (increments[max(warmed)] if warmed and not handed_back else 0.0))
+            return SystemMemory(
+                8192.0, self.available_mb - (increments[max(warmed)] if warmed and not handed_back else 0.0)
+            )
 
     def start(available_mb: float) -> SmartAdaptiveBackend:
         warmed.clear()
         budget = simulated_budget(M1, Growing(available_mb))
         budget.watch.stop()
-        return SmartAdaptiveBackend("m1_air", BackendOptions(affinity=False, quantization="fp32", compute_lanes=2,
-                                                             budget_policy="calibrated", wait_timeout_s=0),
-                                    calibration=store, budget_manager=budget)
+        return SmartAdaptiveBackend(
+            "m1_air",
+            BackendOptions(
+                affinity=False, quantization="fp32", compute_lanes=2, budget_policy="calibrated", wait_timeout_s=0
+            ),
+            calibration=store,
+            budget_manager=budget,
+        )
 
     short = start(300.0)
     assert warmed == [64, 64, 128, 128]  # each step on both lanes

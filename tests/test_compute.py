@@ -7,11 +7,11 @@ import copy
 import numpy as np
 import pytest
 import torch
+from texts import PARITY_SENTENCES
 
 from adaptive_tts.runtime.quality import MCD_BOUND_DB, compare
 from adaptive_tts.runtime.quantize import DURATION_CHANGE_BOUND, CalibrationSet, QuantizationStrategy, quantize_
 from adaptive_tts.voice.engine import Engine, native_bf16, resolve_compute
-from texts import PARITY_SENTENCES
 
 
 @pytest.fixture(scope="module")

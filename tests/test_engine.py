@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from texts import LONG_UNPUNCTUATED, PARITY_SENTENCES
 
 from adaptive_tts.voice.engine import SynthesisOptions, _chunks
 from adaptive_tts.voice.frontend import TextError
-from texts import LONG_UNPUNCTUATED, PARITY_SENTENCES
 
 DETERMINISTIC = SynthesisOptions(noise_scale=0.0, noise_w=0.0)
 
@@ -155,7 +155,9 @@ def test_chunks_cover_the_sentence_in_chunk_length_steps():
             assert [r[0] for r in ranges[1:]] == [r[1] for r in ranges[:-1]]
             assert ((ranges[0][0], ranges[-1][1]) == (0, frames)) if frames else (ranges == [])
             sizes = [size for _, _, size in ranges]
-            assert sizes == ([first] if first and frames else []) + [chunk_length] * (len(ranges) - bool(first and frames))
+            assert sizes == ([first] if first and frames else []) + [chunk_length] * (
+                len(ranges) - bool(first and frames)
+            )
             assert all(end - start <= size for start, end, size in ranges)
             assert all(end - start == size for start, end, size in ranges[:-1])
 
@@ -185,9 +187,7 @@ def test_bad_text_is_rejected_with_a_reason(engine, bad):
         engine.synthesize(bad)
 
 
-@pytest.mark.parametrize(
-    "field, value", [("noise_scale", -1.0), ("length_scale", 0.0), ("chunk_length", 0)]
-)
+@pytest.mark.parametrize("field, value", [("noise_scale", -1.0), ("length_scale", 0.0), ("chunk_length", 0)])
 def test_bad_options_are_rejected(field, value):
     with pytest.raises(ValueError, match=field):
         SynthesisOptions(**{field: value})

@@ -8,12 +8,12 @@ import pytest
 from conftest import Memory, simulated_budget
 
 from adaptive_tts.runtime.estimator import (
+    START_UP_SAMPLES,
     CalibrationStore,
     ConfigKey,
     EstimatorConstants,
     FitQuality,
     MemoryEstimator,
-    START_UP_SAMPLES,
     ProbeResult,
     StartUpCost,
     calibration_texts,
@@ -31,8 +31,14 @@ def estimator(tmp_path, available_mb: float = 8000, constants: EstimatorConstant
     if constants is not None:
         store.save("test-machine", KEY, constants)
     budget = simulated_budget(PROFILES["m1_air"], Memory(available_mb))
-    return MemoryEstimator(PROFILES["m1_air"], KEY, budget_manager=budget, token_counter=lambda t: tokens,
-                           store=store, machine="test-machine")
+    return MemoryEstimator(
+        PROFILES["m1_air"],
+        KEY,
+        budget_manager=budget,
+        token_counter=lambda t: tokens,
+        store=store,
+        machine="test-machine",
+    )
 
 
 def test_fit_recovers_a_line_and_scores_held_out_texts():
@@ -57,7 +63,9 @@ def test_uncalibrated_uses_profile_defaults_and_says_so(tmp_path, caplog):
     est = estimator(tmp_path, tokens=200)
     payload = est.estimate("some text")
     d = PROFILES["m1_air"].estimates
-    assert payload["estimate"]["estimated_mb"] == pytest.approx(d.base_model_mb + 2 * d.per_100_tokens_mb + d.cache_overhead_mb)
+    assert payload["estimate"]["estimated_mb"] == pytest.approx(
+        d.base_model_mb + 2 * d.per_100_tokens_mb + d.cache_overhead_mb
+    )
     assert payload["estimate"]["calibrated"] is False
     assert "uncalibrated" in caplog.text
     assert set(payload) == {"status", "estimate", "recommendation"}
@@ -99,6 +107,7 @@ def test_calibration_texts_are_disjoint_and_span_lengths():
 
 def test_fit_on_increments_adds_requests_side_by_side():
     """With rest readings the fit is per request: peak = rest + concurrency * (a + b * tokens / 100)."""
+
     def measured(tokens: int, concurrency: int, rest: float = 400.0) -> ProbeResult:
         return ProbeResult(tokens // 2, tokens, rest + concurrency * (60 + 0.5 * tokens / 100), rest, concurrency)
 
@@ -127,6 +136,7 @@ def test_a_chunked_decoders_increment_stops_growing_at_a_fitted_knee():
 
 def test_requests_beyond_the_lanes_hold_a_fitted_share_of_their_increment():
     """Four requests side by side on two lanes: two compute, two wait, holding 10 % of theirs."""
+
     def measured(tokens: int, concurrency: int, lanes: int = 2, share: float = 0.1) -> ProbeResult:
         one = 50 + 2.0 * tokens / 100
         held = (min(concurrency, lanes) + share * max(0, concurrency - lanes)) * one
@@ -148,7 +158,9 @@ def test_the_knee_and_the_queued_share_survive_the_calibration_file(tmp_path):
 
 
 def test_increment_is_calibrated_or_the_seed_peak_less_what_the_process_holds(tmp_path):
-    est = estimator(tmp_path, tokens=200, constants=EstimatorConstants(400.0, 1.0, None, True, None, per_request_mb=50.0))
+    est = estimator(
+        tmp_path, tokens=200, constants=EstimatorConstants(400.0, 1.0, None, True, None, per_request_mb=50.0)
+    )
     assert est.increment_mb(200) == pytest.approx(52.0)
     assert est.predict_mb(200) == pytest.approx(452.0)  # from the calibration's rest
     from adaptive_tts.runtime.process import current_rss_mb as rss
@@ -201,8 +213,11 @@ def test_start_up_store_plans_the_largest_of_the_last_measurements_per_lane_coun
 def test_start_up_entry_of_an_older_file_loads_as_one_measurement(tmp_path):
     """Files written before measurements were kept hold one figure per chunk: read as one sample."""
     path = tmp_path / "cal.json"
-    path.write_text(json.dumps({"m": {"startup": {"2": {"load_mb": 215.0, "rest_mb": 205.0,
-                                                        "warm_up_mb": {"64": 287.0, "256": 667.0}}}}}))
+    path.write_text(
+        json.dumps(
+            {"m": {"startup": {"2": {"load_mb": 215.0, "rest_mb": 205.0, "warm_up_mb": {"64": 287.0, "256": 667.0}}}}}
+        )
+    )
     assert CalibrationStore(path).load_start_up("m") == StartUpCost(2, 215.0, 205.0, {64: 287.0, 256: 667.0})
 
 

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from adaptive_tts.runtime.estimator import CalibrationStore, ConfigKey, EstimatorConstants, FitQuality, StartUpCost, machine_key
+from adaptive_tts.runtime.estimator import (
+    CalibrationStore,
+    ConfigKey,
+    EstimatorConstants,
+    FitQuality,
+    StartUpCost,
+    machine_key,
+)
 from adaptive_tts.runtime.hardware import detect_hardware
 from experiments.bodies import _room_to_start
 
@@ -14,8 +21,14 @@ def _options(tmp_path, start_up_mb: float) -> dict:
     machine = machine_key(detect_hardware(probe_gpu=False))
     store.save(machine, KEY, EstimatorConstants(500.0, 1.0, None, True, FitQuality(3, 3, 5.0, 12.0, 30.0), 20.0))
     store.save_start_up(machine, StartUpCost(2, start_up_mb, start_up_mb, {64: start_up_mb}))
-    return {"budget": True, "estimation": True, "profile": "m1_air", "budget_policy": "calibrated",
-            "estimator_constants": "calibrated", "calibration_path": str(tmp_path / "cal.json")}
+    return {
+        "budget": True,
+        "estimation": True,
+        "profile": "m1_air",
+        "budget_policy": "calibrated",
+        "estimator_constants": "calibrated",
+        "calibration_path": str(tmp_path / "cal.json"),
+    }
 
 
 def test_a_start_that_fits_hands_on_the_budget_manager_still_watching(tmp_path):

@@ -70,9 +70,21 @@ def test_engines() -> None:
 
 
 def test_plus_and_plain_spellings_choose_the_same_option() -> None:
-    args = ["-m", "+ablation=baseline,budget", "+workload=smoke", "hardware=auto", "+experiment=memory_sweep", "+trial.options={a: 1}"]
+    args = [
+        "-m",
+        "+ablation=baseline,budget",
+        "+workload=smoke",
+        "hardware=auto",
+        "+experiment=memory_sweep",
+        "+trial.options={a: 1}",
+    ]
     assert accept_plus_for_default_groups(args) == [
-        "-m", "ablation=baseline,budget", "workload=smoke", "hardware=auto", "+experiment=memory_sweep", "+trial.options={a: 1}",
+        "-m",
+        "ablation=baseline,budget",
+        "workload=smoke",
+        "hardware=auto",
+        "+experiment=memory_sweep",
+        "+trial.options={a: 1}",
     ]
     assert config(*accept_plus_for_default_groups(["+ablation=affinity"])).ablation.name == "affinity"
 
@@ -95,7 +107,9 @@ def test_memory_sweep_is_a_curve_on_the_8gb_device() -> None:
     spec = SweepSpec.from_config(config("+experiment=memory_sweep", "ablation=estimation"))
     assert spec.device.simulated and spec.device.mem_cap_mb == 8 * 1024
     levels = spec.workload.memory
-    assert len(levels.free_above_floor_mb) >= 6 and min(levels.free_above_floor_mb) < 0 < max(levels.free_above_floor_mb)
+    assert len(levels.free_above_floor_mb) >= 6 and min(levels.free_above_floor_mb) < 0 < max(
+        levels.free_above_floor_mb
+    )
     assert set(levels.kinds) == {"static", "dynamic"} and levels.swing_mb > 0
     assert set(spec.workload.concurrencies) == {1, 4, 8} and len(spec.workload.lengths) == 2
     assert spec.memory.budget_policy == "calibrated" and spec.memory.estimator_constants == "calibrated"
@@ -118,15 +132,17 @@ def test_bad_memory_settings_name_the_value() -> None:
 def test_a_memory_sweep_needs_a_cap_the_kernel_enforces(tmp_path: Path) -> None:
     from experiments.sweep import run_sweep
 
-    rlimit = SweepSpec.from_config(config("+experiment=memory_sweep", "hardware.mem_cap_mechanism=rlimit",
-                                          f"results_dir={tmp_path}"))
+    rlimit = SweepSpec.from_config(
+        config("+experiment=memory_sweep", "hardware.mem_cap_mechanism=rlimit", f"results_dir={tmp_path}")
+    )
     with pytest.raises(ValueError, match="rlimit"):
         run_sweep(rlimit, progress=False)
     native = SweepSpec.from_config(config("workload=memory_sweep", f"results_dir={tmp_path}"))
     with pytest.raises(ValueError, match="simulated device"):
         run_sweep(native, progress=False)
-    roomy = SweepSpec.from_config(config("+experiment=memory_sweep", "workload.memory.free_above_floor_mb=[50,9000]",
-                                         f"results_dir={tmp_path}"))
+    roomy = SweepSpec.from_config(
+        config("+experiment=memory_sweep", "workload.memory.free_above_floor_mb=[50,9000]", f"results_dir={tmp_path}")
+    )
     with pytest.raises(ValueError, match="free_above_floor_mb=9000 leaves more free than the device's 8192 MB"):
         run_sweep(roomy, progress=False)  # before the floor is measured
     assert not list(tmp_path.rglob("*.parquet"))  # nothing ran, nothing was written

@@ -45,10 +45,21 @@ def core_columns_from_docs() -> dict[str, pa.DataType]:
 
 def make_row(trial_id: int, **overrides: object) -> dict[str, object]:
     row: dict[str, object] = {
-        "run_id": "r1", "trial_id": trial_id, "started_at": datetime.now(timezone.utc),
-        "profile": "m1_air", "simulated": True, "ablation": "baseline", "budget_on": False,
-        "affinity_on": False, "estimation_on": False, "text_length": 100, "concurrency": 1,
-        "status": "ok", "latency_ms": 100.0 + trial_id, "peak_rss_mb": 300.0, "workload": "smoke",
+        "run_id": "r1",
+        "trial_id": trial_id,
+        "started_at": datetime.now(timezone.utc),
+        "profile": "m1_air",
+        "simulated": True,
+        "ablation": "baseline",
+        "budget_on": False,
+        "affinity_on": False,
+        "estimation_on": False,
+        "text_length": 100,
+        "concurrency": 1,
+        "status": "ok",
+        "latency_ms": 100.0 + trial_id,
+        "peak_rss_mb": 300.0,
+        "workload": "smoke",
     }
     row.update(overrides)
     return row
@@ -119,8 +130,12 @@ def test_nullable_ints_stay_ints(tmp_path: Path) -> None:
 
 def test_summary_per_ablation_in_cumulative_order(tmp_path: Path) -> None:
     store = RowStore(tmp_path)
-    store.write(make_row(1, ablation="estimation", budget_on=True, affinity_on=True, estimation_on=True, latency_ms=100.0))
-    store.write(make_row(2, ablation="estimation", budget_on=True, affinity_on=True, estimation_on=True, latency_ms=300.0))
+    store.write(
+        make_row(1, ablation="estimation", budget_on=True, affinity_on=True, estimation_on=True, latency_ms=100.0)
+    )
+    store.write(
+        make_row(2, ablation="estimation", budget_on=True, affinity_on=True, estimation_on=True, latency_ms=300.0)
+    )
     store.write(make_row(3, ablation="baseline", status="oom", error="killed", peak_rss_mb=None))
     store.write(make_row(4, ablation="baseline", latency_ms=50.0))
     summary = summarize(read_rows(tmp_path)).set_index("ablation")

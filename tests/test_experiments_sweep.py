@@ -20,7 +20,10 @@ from experiments.results import RowStore, read_rows
 def cli(tmp_path: Path, *overrides: str, multirun: bool = False) -> list[str]:
     """The real CLI with the memory probe as trial body (the TTS is exercised by the slow suite)."""
     return [
-        sys.executable, "-m", "experiments.run", *(["-m"] if multirun else []),
+        sys.executable,
+        "-m",
+        "experiments.run",
+        *(["-m"] if multirun else []),
         "trial.body=experiments.bodies:memory_probe",
         f"results_dir={tmp_path / 'runs'}",
         f"hydra.run.dir={tmp_path / 'hydra'}",
@@ -42,8 +45,13 @@ def wait_for_rows(rows_dir: Path, n: int, process: subprocess.Popen, timeout_s: 
 def test_an_interrupted_sweep_resumes_to_exactly_one_row_per_trial(tmp_path: Path, how: signal.Signals) -> None:
     """On a simulated device (a cgroup here), with a background app: nothing may be left behind."""
     run_args = cli(
-        tmp_path, "run_id=resume-me", "hardware=m1_air", "workload=smoke", "workload.iterations=2",
-        "workload.background_mb=20", "+trial.options={hold_s: 0.2}",
+        tmp_path,
+        "run_id=resume-me",
+        "hardware=m1_air",
+        "workload=smoke",
+        "workload.iterations=2",
+        "workload.background_mb=20",
+        "+trial.options={hold_s: 0.2}",
     )
     rows_dir = tmp_path / "runs" / "resume-me" / "rows"
     driver = subprocess.Popen(run_args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -78,8 +86,17 @@ def test_an_interrupted_sweep_resumes_to_exactly_one_row_per_trial(tmp_path: Pat
 
 def test_a_multirun_over_all_ablations_lands_in_one_run(tmp_path: Path) -> None:
     done = subprocess.run(
-        cli(tmp_path, "+ablation=baseline,budget,affinity,estimation", "workload=smoke", "workload.lengths=[100,300]", multirun=True),
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cli(
+            tmp_path,
+            "+ablation=baseline,budget,affinity,estimation",
+            "workload=smoke",
+            "workload.lengths=[100,300]",
+            multirun=True,
+        ),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
@@ -100,7 +117,13 @@ def test_a_multirun_over_all_ablations_lands_in_one_run(tmp_path: Path) -> None:
 
 
 def test_default_invocation_needs_no_overrides(tmp_path: Path) -> None:
-    done = subprocess.run(cli(tmp_path, "workload.lengths=[100]", "workload.iterations=1"), cwd=REPO, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        cli(tmp_path, "workload.lengths=[100]", "workload.iterations=1"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     rows = read_rows(tmp_path / "runs")
     assert list(rows["ablation"]) == ["estimation"] and list(rows["simulated"]) == [False]

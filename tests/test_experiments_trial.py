@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import cgroup_mechanism
 
 from experiments.limits import Device, DeviceSpec, host_cpus

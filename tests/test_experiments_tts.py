@@ -19,9 +19,20 @@ pytestmark = pytest.mark.slow
 
 def sweep(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
-        [sys.executable, "-m", "experiments.run", "-m", f"results_dir={tmp_path / 'runs'}",
-         f"hydra.sweep.dir={tmp_path / 'hydra'}", "progress=false", *overrides],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "experiments.run",
+            "-m",
+            f"results_dir={tmp_path / 'runs'}",
+            f"hydra.sweep.dir={tmp_path / 'hydra'}",
+            "progress=false",
+            *overrides,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -49,9 +60,15 @@ def test_memory_sweep_turns_the_baselines_ooms_into_refusals(tmp_path: Path) -> 
     baseline is OOM-killed and the whole runtime refuses with the numbers; with ample memory both
     serve eight requests at once. The floor is measured once per run, the estimator calibrated on
     the device before the trials, and rows say so."""
-    done = sweep(tmp_path, "+experiment=memory_sweep", "workload=memory_sweep_short", "+ablation=baseline,estimation",
-                 "workload.memory.free_above_floor_mb=[-100,1200]", "workload.memory.kinds=[static]",
-                 "workload.concurrency=[1,8]")
+    done = sweep(
+        tmp_path,
+        "+experiment=memory_sweep",
+        "workload=memory_sweep_short",
+        "+ablation=baseline,estimation",
+        "workload.memory.free_above_floor_mb=[-100,1200]",
+        "workload.memory.kinds=[static]",
+        "workload.concurrency=[1,8]",
+    )
     rows = read_rows(tmp_path / "runs")
     run = next((tmp_path / "runs").glob("*/floor.json"))
     assert (tmp_path / "runs" / "calibration.json").exists() and run.exists()

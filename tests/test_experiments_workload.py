@@ -27,11 +27,17 @@ def test_cut_is_at_most_the_length_and_ends_on_word_boundaries(length: int) -> N
 
 def test_cut_is_deterministic_across_processes() -> None:
     """Python randomises str hashing per process; the text of a trial must not depend on it."""
-    code = "from experiments.workload import cut_text; print(repr([cut_text(L, i) for L in (100, 1000) for i in range(5)]))"
+    code = (
+        "from experiments.workload import cut_text; "
+        "print(repr([cut_text(L, i) for L in (100, 1000) for i in range(5)]))"
+    )
     outputs = {
         subprocess.run(
             [sys.executable, "-c", code],
-            capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
         ).stdout
         for seed in ("1", "2")
     }
@@ -69,7 +75,11 @@ def test_memory_levels_are_outer_loops_with_their_own_keys() -> None:
     trials = plan(Workload("m", (100, 400), iterations=2, concurrency=(1, 4), memory=levels))
     assert len(trials) == 2 * 2 * 2 * 2 * 2
     assert [(t.background_kind, t.free_above_floor_mb) for t in trials[:: len(trials) // 4]] == [
-        ("static", -100), ("static", 300), ("dynamic", -100), ("dynamic", 300)]
+        ("static", -100),
+        ("static", 300),
+        ("dynamic", -100),
+        ("dynamic", 300),
+    ]
     keys = [t.key for t in trials]
     assert len(set(keys)) == len(keys)
     assert keys[0] == "L100/i0/f-100/static" and keys[1] == "L100/i0/c4/f-100/static"

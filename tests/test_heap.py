@@ -31,8 +31,9 @@ ctypes.CDLL(None).malloc_stats()
 
 def _arenas(mode: str) -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    run = subprocess.run([sys.executable, "-c", PROGRAM, mode], capture_output=True, text=True, env=env,
-                         timeout=60, check=True)
+    run = subprocess.run(
+        [sys.executable, "-c", PROGRAM, mode], capture_output=True, text=True, env=env, timeout=60, check=True
+    )
     return sum(1 for line in run.stderr.splitlines() if line.startswith("Arena "))
 
 

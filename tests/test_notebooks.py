@@ -10,7 +10,6 @@ import nbformat
 import pytest
 from conftest import REPO
 from nbclient import NotebookClient
-
 from test_report import run_harness
 
 NOTEBOOKS = REPO / "notebooks"
@@ -41,7 +40,9 @@ def test_committed_notebooks_are_generated_and_carry_no_outputs() -> None:
         assert committed == build.render(name), f"{name} differs from notebooks/build.py: run it"
         nb = nbformat.reads(committed, as_version=4)
         nbformat.validate(nb)
-        assert not outputs(nb) and all(cell.get("execution_count") is None for cell in nb.cells if cell.cell_type == "code")
+        assert not outputs(nb) and all(
+            cell.get("execution_count") is None for cell in nb.cells if cell.cell_type == "code"
+        )
 
 
 def test_runtime_demo_synthesizes_and_plays() -> None:
@@ -51,8 +52,9 @@ def test_runtime_demo_synthesizes_and_plays() -> None:
     assert any("latency" in o.get("text", "") for o in outputs(nb))
 
 
-def test_thesis_figures_notebook_renders_a_real_dataset(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_thesis_figures_notebook_renders_a_real_dataset(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run = run_harness(tmp_path_factory.getbasetemp() / "harness")
     build = _build_module()
     monkeypatch.setenv(build.DATASET_ENV, str(run))
@@ -72,5 +74,7 @@ def test_the_notebook_default_dataset_is_real_harness_rows() -> None:
     # notebooks/data/README.md: one run, 5 text lengths x 1 iteration x 2 ablations, every trial served
     assert list(rows["run_id"].unique()) == ["20261127-214652"]
     assert sorted(rows.groupby("ablation")["text_length"].apply(sorted).items()) == [
-        ("baseline", [100, 300, 500, 800, 1000]), ("estimation", [100, 300, 500, 800, 1000])]
+        ("baseline", [100, 300, 500, 800, 1000]),
+        ("estimation", [100, 300, 500, 800, 1000]),
+    ]
     assert set(rows["status"]) == {"ok"}

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from adaptive_tts.runtime.planner import (Candidate, Plan, PlannerState, Refusal, Reservation, Wait, held_mb, plan_request,
-                                          plan_warm_up)
+from adaptive_tts.runtime.planner import (
+    Candidate,
+    Plan,
+    PlannerState,
+    Refusal,
+    Reservation,
+    Wait,
+    held_mb,
+    plan_request,
+    plan_warm_up,
+)
 
 # increments measured-like: int8 chunks 256/128/64, then int4 (weights 7 MB smaller, same activations)
 INT8 = (Candidate(256, "int8", 120.0, 640.0), Candidate(128, "int8", 90.0, 610.0), Candidate(64, "int8", 75.0, 595.0))
@@ -13,8 +22,9 @@ INT4 = (Candidate(256, "int4", 113.0, 633.0), Candidate(128, "int4", 83.0, 603.0
 ALL = INT8 + INT4
 
 
-def state(available: float, running: tuple[float, ...] = (), margin: float = 20.0, candidates=ALL, now="int8",
-          lanes: int = 1):
+def state(
+    available: float, running: tuple[float, ...] = (), margin: float = 20.0, candidates=ALL, now="int8", lanes: int = 1
+):
     """A planner state whose running jobs each hold ``running[i]`` MB, computing or not."""
     return PlannerState(candidates, available, margin, now, tuple(Reservation(mb, mb) for mb in running), lanes)
 
@@ -39,8 +49,9 @@ def test_running_reservations_count_until_their_jobs_end():
 
 def test_lower_precision_only_when_no_job_runs():
     # Alone, int8's most frugal plan (75 + 20) does not fit 90 MB; int4's (60 + 20) does.
-    assert plan_request(state(available=90.0)) == Plan(64, "int4", 580.0, Reservation(60.0, 60.0),
-                                                        ("quantization int4", "chunk_length 64"), 20.0)
+    assert plan_request(state(available=90.0)) == Plan(
+        64, "int4", 580.0, Reservation(60.0, 60.0), ("quantization int4", "chunk_length 64"), 20.0
+    )
     waiting = plan_request(state(available=40.0, running=(50.0,)))  # with the job's 50 MB back: int4 fits
     assert isinstance(waiting, Wait) and waiting.switch_to == "int4"
 
@@ -75,8 +86,9 @@ def test_requests_beyond_the_lanes_reserve_what_they_hold_while_waiting():
     # On one lane the second already waits: 200 + 10 + 20 <= 230.
     assert isinstance(plan_request(PlannerState(lean, 230.0, 20.0, "int8", two[:1], 1)), Plan)
     # With queued cost unknown, every request counts as computing.
-    assert isinstance(plan_request(PlannerState((Candidate(256, "int8", 200.0, 600.0),), 430.0, 20.0, "int8",
-                                                two, 2)), Wait)
+    assert isinstance(
+        plan_request(PlannerState((Candidate(256, "int8", 200.0, 600.0),), 430.0, 20.0, "int8", two, 2)), Wait
+    )
 
 
 def test_held_memory_counts_the_largest_computing_requests():

@@ -109,13 +109,17 @@ def test_a_quantized_model_goes_lower_in_place_never_higher(fp32, quantized):
     originals = dict(fp32.named_modules())
     for path in layer_groups(fp32)["flow.0"]:
         error = (model.get_submodule(path).packed_weight.dequantize() - originals[path].weight).abs()
-        bound = int8_layers[path].packed_weight.max_error_bound() + model.get_submodule(path).packed_weight.max_error_bound()
+        bound = (
+            int8_layers[path].packed_weight.max_error_bound()
+            + model.get_submodule(path).packed_weight.max_error_bound()
+        )
         assert torch.all(error.reshape(error.shape[0], -1).amax(dim=1) <= bound * (1 + 1e-5))
     with pytest.raises(ValueError, match="cannot raise it to int8"):
         quantize_(model, QuantizationStrategy(mode="int8"))
     with pytest.raises(ValueError, match="already"):
-        quantize_(model, QuantizationStrategy(mode="int4", layer_wise=True),
-                  CalibrationSet(ids=((1, 2, 3),), seeds=(0,)))
+        quantize_(
+            model, QuantizationStrategy(mode="int4", layer_wise=True), CalibrationSet(ids=((1, 2, 3),), seeds=(0,))
+        )
 
 
 def test_time_major_input_gives_the_same_output(fp32, quantized):
@@ -188,7 +192,12 @@ def test_int4_below_6_gb_available(caplog):
     assert QuantizationStrategy.for_profile(air).mode == "int8"  # nothing known: the profile's row
     high = QuantizationStrategy.for_profile(PROFILES["high_end"], available_mb=64 * 1024)
     assert (high.mode, high.dynamic, high.weight_only, high.layer_wise, high.calibration_size) == (
-        "int8", True, False, False, 128)
+        "int8",
+        True,
+        False,
+        False,
+        128,
+    )
     assert QuantizationStrategy.for_profile(PROFILES["high_end"], available_mb=4096).weight_only  # INT4 needs it
 
 
@@ -197,10 +206,12 @@ def tight_layer_wise(fp32, engine):
     """INT8 layer-wise on two short samples with a bound no model but fp32 meets: promotions run until
     the memory target (0.6× fp32, room for the biggest group) leaves no room."""
     model = copy.deepcopy(fp32)
-    strategy = QuantizationStrategy(mode="int8", layer_wise=True, mcd_bound_db=0.01, calibration_size=2,
-                                    memory_target_ratio=TIGHT_TARGET)
-    calibration = CalibrationSet.from_texts(engine.frontend, SHORT_SENTENCES, engine.voice_config,
-                                            size=strategy.calibration_size)
+    strategy = QuantizationStrategy(
+        mode="int8", layer_wise=True, mcd_bound_db=0.01, calibration_size=2, memory_target_ratio=TIGHT_TARGET
+    )
+    calibration = CalibrationSet.from_texts(
+        engine.frontend, SHORT_SENTENCES, engine.voice_config, size=strategy.calibration_size
+    )
     return model, quantize_(model, strategy, calibration)
 
 
@@ -231,7 +242,8 @@ def test_layer_wise_keeps_the_most_sensitive_group_at_higher_precision(fp32, tig
     # bytes are consistent: the report's, the groups', the model's, and within the target
     assert report.bytes_after == weight_bytes(model) <= TIGHT_TARGET * report.bytes_before
     fixed = report.bytes_before - sum(
-        weight_bytes(fp32.get_submodule(p)) for paths in layer_groups(fp32).values() for p in paths)
+        weight_bytes(fp32.get_submodule(p)) for paths in layer_groups(fp32).values() for p in paths
+    )
     assert report.bytes_after == fixed + sum(g.bytes for g in report.groups)
 
 
@@ -260,8 +272,16 @@ def test_every_quantizable_layer_is_in_exactly_one_group(fp32):
     paths = [p for ps in groups.values() for p in ps]
     assert len(paths) == len(set(paths)) == sum(isinstance(m, QUANTIZABLE) for m in fp32.modules())
     assert all(groups.values())
-    assert {"encoder.attention", "encoder.ffn", "duration_predictor", "flow.0", "flow.3",
-            "decoder.conv_pre", "decoder.stage.2", "decoder.conv_post"} <= set(groups)
+    assert {
+        "encoder.attention",
+        "encoder.ffn",
+        "duration_predictor",
+        "flow.0",
+        "flow.3",
+        "decoder.conv_pre",
+        "decoder.stage.2",
+        "decoder.conv_post",
+    } <= set(groups)
 
 
 @pytest.mark.slow
@@ -270,8 +290,9 @@ def test_profile_layer_wise_int4_beats_uniform_int4(fp32, engine):
     within 0.15× and closer to fp32 than uniform INT4 on sentences it was not calibrated on."""
     strategy = replace(QuantizationStrategy.for_profile(PROFILES["m1_air"], available_mb=4096), calibration_size=8)
     calibration = CalibrationSet.default(engine.frontend, engine.voice_config, strategy.calibration_size)
-    held_out = CalibrationSet.from_texts(engine.frontend, TWO_SENTENCES[::-1] + ("Rain again, sadly.",),
-                                         engine.voice_config, first_seed=1000)
+    held_out = CalibrationSet.from_texts(
+        engine.frontend, TWO_SENTENCES[::-1] + ("Rain again, sadly.",), engine.voice_config, first_seed=1000
+    )
     references = held_out.references(fp32)
     layer_wise = copy.deepcopy(fp32)
     report = quantize_(layer_wise, strategy, calibration)

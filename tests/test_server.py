@@ -24,6 +24,9 @@ import httpx
 import psutil
 import pytest
 import schemathesis
+import uvicorn
+from conftest import CLI, HOST, Memory, free_port, simulated_backend
+from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -31,11 +34,6 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-import uvicorn
-
-from conftest import CLI, HOST, Memory, free_port, simulated_backend
-from experiments.bench_server import running_server
-from hypothesis import HealthCheck, given, settings
 from texts import LONG_UNPUNCTUATED
 
 from adaptive_tts.audio import STREAMING_DATA_SIZE
@@ -43,10 +41,19 @@ from adaptive_tts.backend import SmartAdaptiveBackend
 from adaptive_tts.runtime.monitor import ACTION_OK
 from adaptive_tts.server import ESTIMATE_LENGTH_FACTOR, MAX_BODY_BYTES, create_app
 from adaptive_tts.voice.engine import resolve_compute
+from experiments.bench_server import running_server
 
 SHORT = "Hello there, this is the server speaking."
-SEED_ENDPOINTS = ["/tts", "/hardware", "/estimate-memory", "/system-status", "/optimize-for-hardware",
-                  "/cache/clear", "/health", "/v1/audio/speech"]
+SEED_ENDPOINTS = [
+    "/tts",
+    "/hardware",
+    "/estimate-memory",
+    "/system-status",
+    "/optimize-for-hardware",
+    "/cache/clear",
+    "/health",
+    "/v1/audio/speech",
+]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -138,8 +145,9 @@ def test_serves_every_endpoint_with_openapi_docs(client):
 
 
 def test_serve_rejects_an_unknown_profile_in_one_line():
-    result = subprocess.run([*CLI, "serve", "--profile", "nope", "--port", str(free_port())],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [*CLI, "serve", "--profile", "nope", "--port", str(free_port())], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 1
     assert "unknown hardware profile 'nope'" in result.stderr and "Traceback" not in result.stderr
 
@@ -214,8 +222,17 @@ def test_openai_speech_formats_speed_and_streaming(client):
 
 def _multipart(field: str, value: bytes) -> dict:
     boundary = b"fuzzboundary"
-    body = (b"--" + boundary + b"\r\nContent-Disposition: form-data; name=\"" + field.encode() + b"\"\r\n\r\n"
-            + value + b"\r\n--" + boundary + b"--\r\n")
+    body = (
+        b"--"
+        + boundary
+        + b'\r\nContent-Disposition: form-data; name="'
+        + field.encode()
+        + b'"\r\n\r\n'
+        + value
+        + b"\r\n--"
+        + boundary
+        + b"--\r\n"
+    )
     return {"content": body, "headers": {"content-type": "multipart/form-data; boundary=fuzzboundary"}}
 
 
@@ -233,23 +250,43 @@ BAD_REQUESTS = [
     ("tts-raw-invalid-utf8", "/tts", {"content": b"text=\xff\xfehello", "headers": FORM}, 400, "not valid UTF-8"),
     ("tts-escaped-invalid-utf8", "/tts", {"content": b"text=%C3%28", "headers": FORM}, 400, "not valid UTF-8"),
     ("tts-multipart-invalid-utf8", "/tts", _multipart("text", b"caf\xe9"), 400, "not valid UTF-8"),
-    ("tts-broken-multipart", "/tts", {"content": b"garbage", "headers": {"content-type": "multipart/form-data"}},
-     400, "multipart"),
+    (
+        "tts-broken-multipart",
+        "/tts",
+        {"content": b"garbage", "headers": {"content-type": "multipart/form-data"}},
+        400,
+        "multipart",
+    ),
     ("tts-length-scale-type", "/tts", {"data": {"text": "hi", "length_scale": "fast"}}, 422, "length_scale"),
     ("tts-length-scale-nan", "/tts", {"data": {"text": "hi", "length_scale": "nan"}}, 422, "finite"),
     ("tts-seed-range", "/tts", {"data": {"text": "hi", "seed": "-1"}}, 422, "seed"),
     ("tts-json-body", "/tts", {"json": {"text": "hi"}}, 422, "text"),
     ("body-too-large", "/tts", {"content": b"text=" + b"a" * MAX_BODY_BYTES, "headers": FORM}, 413, "limit"),
-    ("speech-unknown-format", "/v1/audio/speech", {"json": {"input": "hi", "response_format": "flac"}}, 422,
-     "response_format"),
+    (
+        "speech-unknown-format",
+        "/v1/audio/speech",
+        {"json": {"input": "hi", "response_format": "flac"}},
+        422,
+        "response_format",
+    ),
     ("speech-input-type", "/v1/audio/speech", {"json": {"input": 123}}, 422, "valid string"),
     ("speech-missing-input", "/v1/audio/speech", {"json": {"model": "tts-1"}}, 422, "input"),
     ("speech-speed-range", "/v1/audio/speech", {"json": {"input": "hi", "speed": 10}}, 422, "speed"),
     ("speech-stream-type", "/v1/audio/speech", {"json": {"input": "hi", "stream": "maybe"}}, 422, "stream"),
-    ("speech-lone-surrogate", "/v1/audio/speech", {"content": b'{"input": "a\\ud800b"}', "headers": JSON}, 422,
-     "U+D800"),
-    ("speech-invalid-utf8", "/v1/audio/speech", {"content": b'{"input": "\xff"}', "headers": JSON}, 400,
-     "not valid UTF-8"),
+    (
+        "speech-lone-surrogate",
+        "/v1/audio/speech",
+        {"content": b'{"input": "a\\ud800b"}', "headers": JSON},
+        422,
+        "U+D800",
+    ),
+    (
+        "speech-invalid-utf8",
+        "/v1/audio/speech",
+        {"content": b'{"input": "\xff"}', "headers": JSON},
+        400,
+        "not valid UTF-8",
+    ),
     ("speech-broken-json", "/v1/audio/speech", {"content": b'{"input": "hi"', "headers": JSON}, 422, "JSON"),
     ("speech-json-array", "/v1/audio/speech", {"content": b"[1, 2]", "headers": JSON}, 422, "valid dictionary"),
     ("speech-too-long", "/v1/audio/speech", {"json": {"input": "{limit}"}}, 413, "the limit on this hardware is"),
@@ -274,8 +311,9 @@ def text_limit(live) -> int:
     return httpx.get(live[0] + "/hardware", timeout=60).json()["selected_configuration"]["max_text_length"]
 
 
-@pytest.mark.parametrize("path, kwargs, status, words", [case[1:] for case in BAD_REQUESTS],
-                         ids=[case[0] for case in BAD_REQUESTS])
+@pytest.mark.parametrize(
+    "path, kwargs, status, words", [case[1:] for case in BAD_REQUESTS], ids=[case[0] for case in BAD_REQUESTS]
+)
 def test_bad_input_is_a_4xx_json_error_naming_the_problem(client, text_limit, path, kwargs, status, words):
     response = client.post(path, **fill(kwargs, text_limit))
     assert response.status_code == status, response.text
@@ -414,8 +452,10 @@ def held_stream(c: httpx.Client, text: str) -> Iterator[None]:
 
 def test_full_queue_is_a_503_at_once(device):
     backend, _ = device
-    with serve_app(create_app(backend, max_jobs=1, retry_after_s=3, warmup=False)) as url, \
-            httpx.Client(base_url=url, timeout=300) as c:
+    with (
+        serve_app(create_app(backend, max_jobs=1, retry_after_s=3, warmup=False)) as url,
+        httpx.Client(base_url=url, timeout=300) as c,
+    ):
         with held_stream(c, LONG_UNPUNCTUATED[:900]):
             started = time.perf_counter()
             busy = c.post("/tts", data={"text": SHORT})
@@ -475,8 +515,9 @@ FUZZED = [
     pytest.param(path, method.upper(), mode, id=f"{method.upper()} {path} {mode.value}")
     for path, item in create_app().openapi()["paths"].items()
     for method, operation in item.items()
-    for mode in ([GenerationMode.POSITIVE, GenerationMode.NEGATIVE] if "requestBody" in operation
-                 else [GenerationMode.POSITIVE])
+    for mode in (
+        [GenerationMode.POSITIVE, GenerationMode.NEGATIVE] if "requestBody" in operation else [GenerationMode.POSITIVE]
+    )
 ]
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
@@ -500,4 +541,3 @@ def test_openapi_fuzz_finds_no_server_error(api_schema, path, method, mode):
         case.validate_response(response, checks=CHECKS)
 
     fuzz()
-

@@ -41,12 +41,31 @@ def good_requests(count: int) -> list[tuple[str, str, dict]]:
         if kind < 4:
             out.append(("POST", "/tts", {"data": {"text": text}}))
         elif kind < 6:
-            out.append(("POST", "/v1/audio/speech", {"json": {
-                "model": "tts-1", "voice": "alloy", "input": text, "speed": (1.0, 1.25)[i % 2],
-                "response_format": ("wav", "pcm")[(i // 2) % 2], "stream": i % 3 == 0}}))
+            out.append(
+                (
+                    "POST",
+                    "/v1/audio/speech",
+                    {
+                        "json": {
+                            "model": "tts-1",
+                            "voice": "alloy",
+                            "input": text,
+                            "speed": (1.0, 1.25)[i % 2],
+                            "response_format": ("wav", "pcm")[(i // 2) % 2],
+                            "stream": i % 3 == 0,
+                        }
+                    },
+                )
+            )
         else:
-            out.append([("POST", "/estimate-memory", {"data": {"text": text}}), ("GET", "/health", {}),
-                        ("GET", "/system-status", {}), ("GET", "/hardware", {})][i % 4])
+            out.append(
+                [
+                    ("POST", "/estimate-memory", {"data": {"text": text}}),
+                    ("GET", "/health", {}),
+                    ("GET", "/system-status", {}),
+                    ("GET", "/hardware", {}),
+                ][i % 4]
+            )
     return out
 
 
@@ -67,8 +86,10 @@ def load_run(tmp_path_factory) -> LoadRun:
     with serve_cli(log_path) as (url, server):
         limit = httpx.get(url + "/hardware", timeout=60).json()["selected_configuration"]["max_text_length"]
         bad_count = int(REQUESTS * BAD_SHARE)
-        bad = [(("POST", path, fill(kwargs, limit)), status)
-               for _, path, kwargs, status, _ in itertools.islice(itertools.cycle(BAD_REQUESTS), bad_count)]
+        bad = [
+            (("POST", path, fill(kwargs, limit)), status)
+            for _, path, kwargs, status, _ in itertools.islice(itertools.cycle(BAD_REQUESTS), bad_count)
+        ]
         load = [(request, 200) for request in good_requests(REQUESTS - bad_count)] + bad
         random.Random(0).shuffle(load)
         local = threading.local()
@@ -98,10 +119,13 @@ def load_run(tmp_path_factory) -> LoadRun:
         while server.memory_info().rss > 1.10 * rss_warm and time.monotonic() < deadline:
             time.sleep(0.5)
         rss_after = server.memory_info().rss
-    print(f"\n{len(load)} requests at concurrency {CONCURRENCY} in {seconds:.1f} s; server RSS after warm-up "
-          f"{rss_warm / 2**20:.0f} MB, after the measured pass {rss_after / 2**20:.0f} MB")
-    return LoadRun([want for _, want in load], statuses, seconds, alive, rss_warm / 2**20, rss_after / 2**20,
-                   log_path.read_text())
+    print(
+        f"\n{len(load)} requests at concurrency {CONCURRENCY} in {seconds:.1f} s; server RSS after warm-up "
+        f"{rss_warm / 2**20:.0f} MB, after the measured pass {rss_after / 2**20:.0f} MB"
+    )
+    return LoadRun(
+        [want for _, want in load], statuses, seconds, alive, rss_warm / 2**20, rss_after / 2**20, log_path.read_text()
+    )
 
 
 def test_300_requests_no_5xx_no_crash_every_reply_as_expected(load_run):
@@ -138,8 +162,7 @@ SOAK_MAX_WORDS = 30
 def soak_run(tmp_path_factory) -> tuple[SoakResult, str]:
     log_path = tmp_path_factory.mktemp("soak") / "server.log"
     with serve_cli(log_path, "--cache-limit", str(SOAK_CACHE_LIMIT_MB)) as (url, server):
-        result = soak(url, server.pid, SOAK_BURSTS, concurrency=CONCURRENCY, max_words=SOAK_MAX_WORDS,
-                      probe_share=0.2)
+        result = soak(url, server.pid, SOAK_BURSTS, concurrency=CONCURRENCY, max_words=SOAK_MAX_WORDS, probe_share=0.2)
     print()
     print_soak(result)
     return result, log_path.read_text()

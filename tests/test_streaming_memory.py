@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from texts import LONG_UNPUNCTUATED
 
 PROBE = """
@@ -39,8 +38,15 @@ print(*peaks)
 
 
 def peaks_mb(short: str, long: str) -> tuple[float, float]:
-    out = subprocess.run([sys.executable, "-c", PROBE], input=f"{short}\n{long}", capture_output=True,
-                         text=True, timeout=300, check=True, cwd=Path(__file__).parent)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        input=f"{short}\n{long}",
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+        cwd=Path(__file__).parent,
+    )
     small, large = out.stdout.strip().splitlines()[-1].split()
     return float(small), float(large)
 
@@ -78,8 +84,9 @@ def test_compiled_kernels_do_not_grow_with_every_new_length():
     decoder windows to a few lengths, so meeting ever new sentence lengths (a service) does not grow
     the process. Measured over these 44 lengths: +85-93 MB padded; unpadded +273 MB with the engine's
     cache bound and +441 MB with oneDNN's default one."""
-    out = subprocess.run([sys.executable, "-c", KERNEL_CACHE_PROBE], capture_output=True, text=True,
-                         timeout=300, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", KERNEL_CACHE_PROBE], capture_output=True, text=True, timeout=300, check=True
+    )
     growth_mb = float(out.stdout.strip().splitlines()[-1])
     print(f"RSS growth over 44 decoder window lengths: {growth_mb:.0f} MB")
     assert growth_mb < 150

@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from adaptive_tts.runtime.hardware import HardwareInfo
 
@@ -92,8 +92,7 @@ class CPUAffinityManager:
             unknown = [c for c in cpus if c not in self._machine_cpus]
             if not cpus or unknown:
                 raise ValueError(
-                    f"CPU list {list(strategy)} names CPUs this machine lacks ({unknown}); "
-                    f"it has {self._machine_cpus}"
+                    f"CPU list {list(strategy)} names CPUs this machine lacks ({unknown}); it has {self._machine_cpus}"
                 )
             self.strategy = cpus
         self._saved_affinity: set[int] | None = None
@@ -166,7 +165,9 @@ class CPUAffinityManager:
         if after != cpus or mismatched:
             logger.warning(
                 "CPU affinity only partly applied: asked for %s, calling thread has %s, %d other threads differ",
-                cpus, after, len(mismatched),
+                cpus,
+                after,
+                len(mismatched),
             )
             return False, after, f"partly applied: asked for {cpus}, got {after}"
         return True, after, f"affinity set to CPUs {after}"

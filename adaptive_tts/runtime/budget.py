@@ -10,7 +10,8 @@ Two policies set the safety margin kept free (``BUDGET_POLICIES``):
   model of gigabytes; this voice's whole process peaks at well under 1 GB, so the seed's margin alone
   refuses most requests that would fit.
 - ``calibrated``: the margin is what measurements say can go wrong between admission and the
-  request's peak: the worst under-prediction in the estimator's calibration (:meth:`MemoryBudgetManager.set_estimator_error`)
+  request's peak: the worst under-prediction in the estimator's calibration
+  (:meth:`MemoryBudgetManager.set_estimator_error`)
   plus how far other processes' memory has swung while we watched (:class:`MemoryWatch`). On a quiet
   device that is tens of MB; beside an app whose memory rises and falls, it grows to that app's swing.
 """
@@ -21,8 +22,8 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import psutil
 
@@ -132,8 +133,14 @@ class MemoryWatch:
     :data:`WATCH_INTERVAL_S`; :meth:`swing_mb` and :meth:`headroom_mb` are 0 until two samples exist.
     """
 
-    def __init__(self, read: Callable[[], MemoryReading], own_rss: Callable[[], float] = anon_rss_mb,
-                 *, window_s: float = WATCH_WINDOW_S, interval_s: float = WATCH_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        read: Callable[[], MemoryReading],
+        own_rss: Callable[[], float] = anon_rss_mb,
+        *,
+        window_s: float = WATCH_WINDOW_S,
+        interval_s: float = WATCH_INTERVAL_S,
+    ) -> None:
         self._read = read
         self._own_rss = own_rss
         self.window_s = window_s
@@ -301,8 +308,10 @@ class MemoryBudgetManager:
         0 when nothing is predicted (estimation off); ``None`` when uncalibrated (then the calibrated
         policy falls back to the seed's margin, and logs it)."""
         if under_mb is None and self.policy == "calibrated":
-            logger.warning("calibrated budget policy without a calibration: keeping the seed's %.0f MB "
-                           "safety margin", self.profile.memory_budget.safety_margin_mb)
+            logger.warning(
+                "calibrated budget policy without a calibration: keeping the seed's %.0f MB safety margin",
+                self.profile.memory_budget.safety_margin_mb,
+            )
         if under_mb is not None and under_mb < 0:
             raise ValueError(f"an under-prediction is >= 0 MB, got {under_mb}")
         self._estimator_error_mb = under_mb
@@ -311,10 +320,13 @@ class MemoryBudgetManager:
         """What the margin is made of, for status payloads and rows."""
         room = self.room()
         error = self._estimator_error_mb if self.policy == "calibrated" else None
-        return {"policy": self.policy, "safety_margin_mb": round(room.safety_margin_mb, 1),
-                "estimator_error_mb": error,
-                "background_swing_mb": round(self.watch.swing_mb(), 1) if self.policy == "calibrated" else None,
-                "background_headroom_mb": round(room.safety_margin_mb - error, 1) if error is not None else None}
+        return {
+            "policy": self.policy,
+            "safety_margin_mb": round(room.safety_margin_mb, 1),
+            "estimator_error_mb": error,
+            "background_swing_mb": round(self.watch.swing_mb(), 1) if self.policy == "calibrated" else None,
+            "background_headroom_mb": round(room.safety_margin_mb - error, 1) if error is not None else None,
+        }
 
     def close(self) -> None:
         self.watch.stop()

@@ -28,9 +28,7 @@ import numpy as np
 from ..audio import PCM16
 from ..units import MIB, mib
 
-
 logger = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -42,8 +40,13 @@ class CacheStats:
     misses: int
 
     def to_dict(self) -> dict:
-        return {"entries": self.entries, "mb": round(self.bytes / MIB, 3), "limit_mb": round(self.limit_mb, 1),
-                "hits": self.hits, "misses": self.misses}
+        return {
+            "entries": self.entries,
+            "mb": round(self.bytes / MIB, 3),
+            "limit_mb": round(self.limit_mb, 1),
+            "hits": self.hits,
+            "misses": self.misses,
+        }
 
 
 def entry_cost(key: Hashable, samples: int) -> int:

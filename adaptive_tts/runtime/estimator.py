@@ -39,12 +39,11 @@ from pathlib import Path
 
 import psutil
 
+from ..units import mib
 from .budget import BudgetDecision, MemoryBudgetManager
 from .hardware import HardwareInfo, HardwareProfile
 from .planner import Reservation, held_mb
-from ..units import mib
 from .process import current_rss_mb
-
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +91,9 @@ class StartUpCost:
 
 
 def _start_up_sample(lanes: int, entry: dict) -> StartUpCost:
-    return StartUpCost(lanes, entry["load_mb"], entry["rest_mb"],
-                       {int(chunk): mb for chunk, mb in entry["warm_up_mb"].items()})
+    return StartUpCost(
+        lanes, entry["load_mb"], entry["rest_mb"], {int(chunk): mb for chunk, mb in entry["warm_up_mb"].items()}
+    )
 
 
 @dataclass(frozen=True)
@@ -180,8 +180,16 @@ class CalibrationStore:
         if entry is None:
             return None
         fit = FitQuality(**entry["fit"]) if entry.get("fit") else None
-        return EstimatorConstants(entry["base_model_mb"], entry["per_100_tokens_mb"], None, True, fit,
-                                  entry.get("per_request_mb"), entry.get("knee_tokens"), entry.get("queued_share"))
+        return EstimatorConstants(
+            entry["base_model_mb"],
+            entry["per_100_tokens_mb"],
+            None,
+            True,
+            fit,
+            entry.get("per_request_mb"),
+            entry.get("knee_tokens"),
+            entry.get("queued_share"),
+        )
 
     def save(self, machine: str, key: ConfigKey, constants: EstimatorConstants) -> None:
         data = self._read()
@@ -213,8 +221,10 @@ class CalibrationStore:
         if not isinstance(entry, dict):
             return None
         samples = [_start_up_sample(int(name), sample) for sample in entry.get("samples", [entry])]
-        warm = {chunk: max(s.warm_up_mb[chunk] for s in samples if chunk in s.warm_up_mb)
-                for chunk in sorted({chunk for s in samples for chunk in s.warm_up_mb})}
+        warm = {
+            chunk: max(s.warm_up_mb[chunk] for s in samples if chunk in s.warm_up_mb)
+            for chunk in sorted({chunk for s in samples for chunk in s.warm_up_mb})
+        }
         return StartUpCost(int(name), max(s.load_mb for s in samples), min(s.rest_mb for s in samples), warm)
 
     def save_start_up(self, machine: str, cost: StartUpCost) -> None:
@@ -228,20 +238,28 @@ class CalibrationStore:
             entries[STARTUP_KEY] = {}
         old = entries[STARTUP_KEY].get(str(cost.lanes))
         samples = (old.get("samples", [old]) if isinstance(old, dict) else []) + [
-            {"load_mb": cost.load_mb, "rest_mb": cost.rest_mb,
-             "warm_up_mb": {str(c): mb for c, mb in sorted(cost.warm_up_mb.items())}}]
+            {
+                "load_mb": cost.load_mb,
+                "rest_mb": cost.rest_mb,
+                "warm_up_mb": {str(c): mb for c, mb in sorted(cost.warm_up_mb.items())},
+            }
+        ]
         entries[STARTUP_KEY][str(cost.lanes)] = {"samples": samples[-START_UP_SAMPLES:]}
         self._write(data)
 
     def worst_under_mb(self, machine: str) -> float | None:
         """The largest under-prediction of any configuration fitted on ``machine``."""
-        fits = [entry["fit"]["max_under_mb"] for name, entry in self._read().get(machine, {}).items()
-                if name != STARTUP_KEY and isinstance(entry, dict) and entry.get("fit")]
+        fits = [
+            entry["fit"]["max_under_mb"]
+            for name, entry in self._read().get(machine, {}).items()
+            if name != STARTUP_KEY and isinstance(entry, dict) and entry.get("fit")
+        ]
         return max(fits) if fits else None
 
 
-def room_to_start(store: CalibrationStore, budget: MemoryBudgetManager, machine: str,
-                  anon_now_mb: float) -> BudgetDecision | None:
+def room_to_start(
+    store: CalibrationStore, budget: MemoryBudgetManager, machine: str, anon_now_mb: float
+) -> BudgetDecision | None:
     """May the runtime be started here at all? Checked *before* torch is imported (importing it alone
     takes ~130 MB): a start where even the most frugal measured start-up (loading, then warming the
     smallest chunk on every lane) does not fit is an OOM kill, not a slow request. ``None`` when
@@ -327,8 +345,11 @@ class MemoryEstimator:
                 self._others[key] = self._load(key)
             c = self._others[key]
         if not c.calibrated and not self._warned:
-            logger.warning("memory estimator uncalibrated for %s on this machine: using the profile's "
-                           "conservative defaults (run `python -m adaptive_tts calibrate`)", key or self.key)
+            logger.warning(
+                "memory estimator uncalibrated for %s on this machine: using the profile's "
+                "conservative defaults (run `python -m adaptive_tts calibrate`)",
+                key or self.key,
+            )
             self._warned = True
         return c
 
@@ -373,10 +394,14 @@ class MemoryEstimator:
         estimated = self.peak_from_now_mb(tokens)
         required = self.increment_mb(tokens)
         decision = self.budget_manager.check(required)
-        recommendation = "OK" if decision.allowed else (
-            f"Text may be too long for this hardware: needs {required:.0f} MB more plus a "
-            f"{decision.safety_margin_mb:.0f} MB safety margin, {decision.available_mb:.0f} MB available. "
-            "Shorten the text, clear the cache, or close other applications."
+        recommendation = (
+            "OK"
+            if decision.allowed
+            else (
+                f"Text may be too long for this hardware: needs {required:.0f} MB more plus a "
+                f"{decision.safety_margin_mb:.0f} MB safety margin, {decision.available_mb:.0f} MB available. "
+                "Shorten the text, clear the cache, or close other applications."
+            )
         )
         return {
             "status": "ok" if decision.allowed else "warning",
@@ -404,16 +429,24 @@ def calibration_texts() -> tuple[list[str], list[str]]:
 
     Paragraphs are disjoint between the two sets, so the held-out error is an honest one.
     """
-    paragraphs = [p for p in resources.files("adaptive_tts").joinpath("data", "calibration.txt")
-                  .read_text(encoding="utf-8").splitlines() if p.strip()]
+    paragraphs = [
+        p
+        for p in resources.files("adaptive_tts")
+        .joinpath("data", "calibration.txt")
+        .read_text(encoding="utf-8")
+        .splitlines()
+        if p.strip()
+    ]
     train_src, test_src = " ".join(paragraphs[::2]), " ".join(paragraphs[1::2])
 
     def cut(source: str, length: int) -> str:
         source = (source + " ") * (length // max(1, len(source)) + 1)
         return source[: length + 1].rsplit(" ", 1)[0].strip()
 
-    return ([cut(train_src, n) for n in (50, 150, 300, 500, 750, 1000)],
-            [cut(test_src, n) for n in (100, 300, 500, 800, 1000)])
+    return (
+        [cut(train_src, n) for n in (50, 150, 300, 500, 750, 1000)],
+        [cut(test_src, n) for n in (100, 300, 500, 800, 1000)],
+    )
 
 
 @dataclass(frozen=True)
@@ -458,8 +491,9 @@ def _hinge(tokens: Sequence[float], ys: Sequence[float]) -> tuple[float, float, 
     return best[1], best[2], best[3]
 
 
-def fit_constants(results: Sequence[ProbeResult], held_out: Sequence[ProbeResult], *, lanes: int = 1,
-                  knee: bool = False) -> EstimatorConstants:
+def fit_constants(
+    results: Sequence[ProbeResult], held_out: Sequence[ProbeResult], *, lanes: int = 1, knee: bool = False
+) -> EstimatorConstants:
     """Fit the formula on ``results`` and score it on ``held_out``.
 
     With rest readings: the increment of one request alone against its ids, a straight line or, with
@@ -487,9 +521,11 @@ def fit_constants(results: Sequence[ProbeResult], held_out: Sequence[ProbeResult
             per_request, slope = _line([t / 100.0 for t in tokens], ys)
         base = statistics.median(_rest_mb(r) for r in results)
         lane_fit = EstimatorConstants(base, slope, None, True, None, per_request, knee_tokens)
-        shares = [(r.peak_rss_mb - _rest_mb(r) - lanes * increment) / (r.concurrency - lanes) / increment
-                  for r in results if r.concurrency > lanes
-                  and (increment := lane_increment_mb(lane_fit, r.text_tokens)) > 0]
+        shares = [
+            (r.peak_rss_mb - _rest_mb(r) - lanes * increment) / (r.concurrency - lanes) / increment
+            for r in results
+            if r.concurrency > lanes and (increment := lane_increment_mb(lane_fit, r.text_tokens)) > 0
+        ]
         if shares:
             share = min(1.0, max(0.0, statistics.fmean(shares)))
 
@@ -502,13 +538,16 @@ def fit_constants(results: Sequence[ProbeResult], held_out: Sequence[ProbeResult
 
         def predict(r: ProbeResult) -> float:
             return base + slope * r.text_tokens / 100.0
+
     errors = [predict(r) - r.peak_rss_mb for r in held_out]
     # The worst under-prediction is taken over every measurement, training ones too: with a handful of
     # held-out texts the held-out worst alone can be 0, and it is what the calibrated policy keeps free.
     worst = min(errors + [predict(r) - r.peak_rss_mb for r in results])
     fit = FitQuality(
-        n_train=len(results), n_test=len(held_out),
+        n_train=len(results),
+        n_test=len(held_out),
         mape_percent=100.0 * statistics.fmean(abs(e) / r.peak_rss_mb for e, r in zip(errors, held_out)),
-        max_under_mb=max(0.0, -worst), max_over_mb=max(0.0, max(errors)),
+        max_under_mb=max(0.0, -worst),
+        max_over_mb=max(0.0, max(errors)),
     )
     return EstimatorConstants(base, slope, None, True, fit, per_request, knee_tokens, share)

@@ -16,8 +16,9 @@ import logging
 import shutil
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psutil
 
@@ -78,7 +79,10 @@ def read_nvidia_gpu_util() -> float | None:
     try:
         out = subprocess.run(
             [smi, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "--id=0"],
-            capture_output=True, text=True, timeout=2, check=True,
+            capture_output=True,
+            text=True,
+            timeout=2,
+            check=True,
         ).stdout
         return float(out.strip().splitlines()[0])
     except (OSError, subprocess.SubprocessError, ValueError, IndexError) as exc:

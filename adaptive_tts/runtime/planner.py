@@ -150,8 +150,14 @@ def plan_request(state: PlannerState) -> Plan | Wait | Refusal:
         return held_mb((*beside, candidate.reservation), state.lanes) + state.margin_mb <= state.available_mb + back
 
     def plan(candidate: Candidate) -> Plan:
-        return Plan(candidate.chunk_length, candidate.precision, candidate.estimated_mb, candidate.reservation,
-                    _describe(preferred, candidate), state.margin_mb)
+        return Plan(
+            candidate.chunk_length,
+            candidate.precision,
+            candidate.estimated_mb,
+            candidate.reservation,
+            _describe(preferred, candidate),
+            state.margin_mb,
+        )
 
     # 1-2: the preferred configuration, else the largest chunk that saves memory and fits now.
     tried = float("inf")
@@ -169,8 +175,10 @@ def plan_request(state: PlannerState) -> Plan | Wait | Refusal:
     if state.running:
         for candidate in lower:
             if candidate.increment_mb < least_now and not any(fits(c, ()) for c in now) and fits(candidate, ()):
-                return Wait(f"lowering weights to {candidate.precision} once {len(state.running)} running "
-                            f"job(s) end", switch_to=candidate.precision)
+                return Wait(
+                    f"lowering weights to {candidate.precision} once {len(state.running)} running job(s) end",
+                    switch_to=candidate.precision,
+                )
         return Wait(f"waiting for {len(state.running)} running job(s) holding {reserved:.0f} MB")
     for candidate in lower:
         if candidate.increment_mb < least_now and fits(candidate, ()):
@@ -182,7 +190,9 @@ def plan_request(state: PlannerState) -> Plan | Wait | Refusal:
         f"{frugal.increment_mb:.0f} MB required (most frugal plan: {frugal.precision}, chunk "
         f"{frugal.chunk_length}) + {state.margin_mb:.0f} MB safety margin exceeds {available:.0f} MB available "
         f"by {frugal.increment_mb + state.margin_mb - available:.0f} MB",
-        frugal.increment_mb, available, state.margin_mb,
+        frugal.increment_mb,
+        available,
+        state.margin_mb,
     )
 
 
@@ -204,9 +214,21 @@ def plan_warm_up(increments_mb: Mapping[int, float], available_mb: float, margin
     return Refusal(
         f"warming the decoder up to chunk {smallest} takes {need:.0f} MB + {margin_mb:.0f} MB safety margin, "
         f"more than the {available_mb:.0f} MB available by {need + margin_mb - available_mb:.0f} MB",
-        need, available_mb, margin_mb,
+        need,
+        available_mb,
+        margin_mb,
     )
 
 
-__all__ = ["PRECISIONS", "Candidate", "Plan", "PlannerState", "Refusal", "Reservation", "Wait", "held_mb",
-           "plan_request", "plan_warm_up"]
+__all__ = [
+    "PRECISIONS",
+    "Candidate",
+    "Plan",
+    "PlannerState",
+    "Refusal",
+    "Reservation",
+    "Wait",
+    "held_mb",
+    "plan_request",
+    "plan_warm_up",
+]

@@ -59,8 +59,14 @@ def run_probe(args: list[str], request: Any = None, *, timeout_s: float = 1800, 
     process carries their heap, arenas and compiled kernels. A failure raises ``RuntimeError`` with the
     end of the probe's stderr (``what`` names it), not a JSON error about an empty line.
     """
-    done = subprocess.run([sys.executable, *args], input=None if request is None else json.dumps(request),
-                          capture_output=True, text=True, timeout=timeout_s, check=False)
+    done = subprocess.run(
+        [sys.executable, *args],
+        input=None if request is None else json.dumps(request),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"{what} failed (exit {done.returncode}): {done.stderr.strip()[-800:]}")
@@ -160,5 +166,13 @@ class PeakMeter:
         return self._peak / MIB
 
 
-__all__ = ["MIB", "AnonPeak", "PeakMeter", "anon_rss_mb", "current_rss_mb", "peak_rss_mb", "reset_peak_rss",
-           "run_probe"]
+__all__ = [
+    "MIB",
+    "AnonPeak",
+    "PeakMeter",
+    "anon_rss_mb",
+    "current_rss_mb",
+    "peak_rss_mb",
+    "reset_peak_rss",
+    "run_probe",
+]

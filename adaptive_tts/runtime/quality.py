@@ -69,7 +69,7 @@ class QualityScore:
     mcd_db: float
 
     @staticmethod
-    def mean(scores: list["QualityScore"]) -> "QualityScore":
+    def mean(scores: list[QualityScore]) -> QualityScore:
         """Average of several scores (each sentence weighs the same, whatever its length)."""
         if not scores:
             raise ValueError("no scores to average")
@@ -102,8 +102,9 @@ def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=4)
-def mel_filterbank(sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int = N_MELS,
-                   f_min: float = F_MIN, f_max: float = F_MAX) -> torch.Tensor:
+def mel_filterbank(
+    sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int = N_MELS, f_min: float = F_MIN, f_max: float = F_MAX
+) -> torch.Tensor:
     """``[n_mels, n_fft // 2 + 1]`` triangular, area-normalised (Slaney) mel filters."""
     fft_hz = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
     edges = _mel_to_hz(np.linspace(_hz_to_mel(np.array([f_min]))[0], _hz_to_mel(np.array([f_max]))[0], n_mels + 2))
@@ -119,8 +120,9 @@ def mel_power(audio: np.ndarray | torch.Tensor, sample_rate: int = SAMPLE_RATE) 
     x = torch.as_tensor(np.asarray(audio, dtype=np.float32)).flatten()
     if x.numel() < N_FFT // 2 + 1:  # reflect padding needs more than half a window
         x = torch.nn.functional.pad(x, (0, N_FFT // 2 + 1 - x.numel()))
-    spec = torch.stft(x, N_FFT, HOP_LENGTH, window=torch.hann_window(N_FFT), center=True,
-                      pad_mode="reflect", return_complex=True)
+    spec = torch.stft(
+        x, N_FFT, HOP_LENGTH, window=torch.hann_window(N_FFT), center=True, pad_mode="reflect", return_complex=True
+    )
     power = spec.abs().pow(2)  # [freqs, frames]
     return (mel_filterbank(sample_rate) @ power).T
 
@@ -162,8 +164,9 @@ def _cepstrum_basis(n_mels: int, order: int) -> torch.Tensor:
     return torch.cos(math.pi * m[:, None] * d[None, :] / n_mels) / n_mels
 
 
-def mel_cepstral_distortion(reference: np.ndarray, test: np.ndarray, sample_rate: int = SAMPLE_RATE,
-                            order: int = MCD_ORDER) -> float:
+def mel_cepstral_distortion(
+    reference: np.ndarray, test: np.ndarray, sample_rate: int = SAMPLE_RATE, order: int = MCD_ORDER
+) -> float:
     """Frame-averaged MCD in dB over ``c1..c{order}``. Symmetric; ignores gain (``c0`` is left out)."""
     return _mel_cepstral_distortion(*_log_mels_db(reference, test, sample_rate), order)
 

@@ -32,5 +32,14 @@ def load_engine(name: str = "torch", num_threads: int | None = None, compute: st
     return ReferenceEngine(num_threads=num_threads)
 
 
-__all__ = ["ENGINES", "Engine", "EngineCapabilities", "ReferenceEngine", "SpeechEngine", "SynthesisOptions",
-           "TimedChunks", "engine_capabilities", "load_engine"]
+__all__ = [
+    "ENGINES",
+    "Engine",
+    "EngineCapabilities",
+    "ReferenceEngine",
+    "SpeechEngine",
+    "SynthesisOptions",
+    "TimedChunks",
+    "engine_capabilities",
+    "load_engine",
+]

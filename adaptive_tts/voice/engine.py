@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..heap import release_free_memory, tune_heap
 from .frontend import Frontend, Sentence
 from .speech import BaseEngine, EngineCapabilities, SynthesisOptions, voice_defaults
 from .vits import VitsModel
 from .weights import VoiceFiles, load_vits
-from ..heap import release_free_memory, tune_heap
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +143,9 @@ class Engine(BaseEngine):
     """
 
     name = "torch"
-    capabilities = EngineCapabilities(chunking=True, precisions=("fp32", "int8", "int4"), warm_up=True,
-                                      computes=("fp32", "bf16"))
+    capabilities = EngineCapabilities(
+        chunking=True, precisions=("fp32", "int8", "int4"), warm_up=True, computes=("fp32", "bf16")
+    )
 
     def __init__(
         self,
@@ -206,8 +207,9 @@ class Engine(BaseEngine):
         yield from self._stream_prior(self._encode([ids], opts, generator)[0], opts, first_sentence)
 
     @torch.inference_mode()
-    def _encode(self, sentences: list[tuple[int, ...] | list[int]], opts: SynthesisOptions,
-                generator: torch.Generator | None) -> list[Prior]:
+    def _encode(
+        self, sentences: list[tuple[int, ...] | list[int]], opts: SynthesisOptions, generator: torch.Generator | None
+    ) -> list[Prior]:
         """Each sentence's :class:`Prior`, encoded as one batch padded to a multiple of
         ``LENGTH_GRANULE`` (see ``VitsModel.encode_batch``). Every sentence's duration noise is drawn
         first, in order, then each one's prior noise: with a seed, the batches (which depend only on
@@ -215,8 +217,10 @@ class Engine(BaseEngine):
         dev = self.device
         noise_scale, length_scale, noise_w = _scales(opts)
         ids = [torch.as_tensor(list(s), dtype=torch.long, device=dev) for s in sentences]
-        noise = [torch.zeros(2, len(t)) if noise_w == 0
-                 else torch.randn(2, len(t), generator=generator) * noise_w for t in ids]
+        noise = [
+            torch.zeros(2, len(t)) if noise_w == 0 else torch.randn(2, len(t), generator=generator) * noise_w
+            for t in ids
+        ]
         padded = _granular(max(len(t) for t in ids))
         encoded = self.model.encode_batch(ids, [t.to(dev) for t in noise], length_scale, padded)
         if padded * len(ids) > LONG_SENTENCE_IDS:
@@ -225,8 +229,7 @@ class Engine(BaseEngine):
             release_free_memory()
         priors = []
         for m_p, logs_p, durations in encoded:
-            frame_to_phoneme = torch.repeat_interleave(torch.arange(len(durations), device=dev),
-                                                       durations.clamp_min(0))
+            frame_to_phoneme = torch.repeat_interleave(torch.arange(len(durations), device=dev), durations.clamp_min(0))
             # Noise is drawn frame-major for the whole sentence up front, so any chunking sees the same
             # numbers as a one-pass decode with the same seed. It is 192 floats a frame: negligible.
             eps = None
@@ -235,8 +238,9 @@ class Engine(BaseEngine):
             priors.append(Prior(m_p, logs_p, frame_to_phoneme, eps, noise_scale))
         return priors
 
-    def _encoded(self, sentences: list[Sentence], opts: SynthesisOptions,
-                 generator: torch.Generator | None) -> Iterator[Prior]:
+    def _encoded(
+        self, sentences: list[Sentence], opts: SynthesisOptions, generator: torch.Generator | None
+    ) -> Iterator[Prior]:
         """Each sentence encoded, in order: the first alone, since its audio is awaited; the ones
         after it a batch at a time, as each batch's audio is needed (:func:`_batches`), with the flow
         run once over the batch's short sentences (:meth:`_flow_together`)."""
@@ -358,8 +362,9 @@ class Engine(BaseEngine):
         granules = max(1, -(-(frames - edges) // LENGTH_GRANULE))
         return granules * LENGTH_GRANULE + edges
 
-    def _flow_block(self, prior: Prior, d0: int, d1: int, frames: int, chunk_length: int | None,
-                    exact: bool = False) -> tuple[int, int, torch.Tensor]:
+    def _flow_block(
+        self, prior: Prior, d0: int, d1: int, frames: int, chunk_length: int | None, exact: bool = False
+    ) -> tuple[int, int, torch.Tensor]:
         """Run the flow over a block of frames covering ``[d0, d1)`` (exactly that, if ``exact``) and
         return ``(b0, b1, z)``.
 
@@ -422,8 +427,9 @@ def _window(start: int, end: int, margin: int, frames: int, size: int | None) ->
     return lo, min(frames, lo + size + 2 * margin)
 
 
-def _chunks(frames: int, chunk_length: int | None,
-            first_chunk_length: int | None) -> Iterator[tuple[int, int, int | None]]:
+def _chunks(
+    frames: int, chunk_length: int | None, first_chunk_length: int | None
+) -> Iterator[tuple[int, int, int | None]]:
     """Frame ranges ``(start, end, size)`` covering ``[0, frames)``: one range if unchunked (``size``
     ``None``), else ``chunk_length`` steps, the first one ``first_chunk_length`` long so that the first
     audio comes sooner; ``size`` is the chunk size the range's decoder window is built for.

@@ -39,8 +39,9 @@ class ReferenceEngine(BaseEngine):
         if num_threads is not None:
             options.intra_op_num_threads = num_threads
             options.inter_op_num_threads = 1
-        return onnxruntime.InferenceSession(str(self.files.model), sess_options=options,
-                                            providers=["CPUExecutionProvider"])
+        return onnxruntime.InferenceSession(
+            str(self.files.model), sess_options=options, providers=["CPUExecutionProvider"]
+        )
 
     def set_num_threads(self, num_threads: int) -> None:
         """onnxruntime fixes a session's threads when it is made: a new session, same graph."""

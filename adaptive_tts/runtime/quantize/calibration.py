@@ -102,8 +102,9 @@ class CalibrationSet:
             raise ValueError("a calibration set needs at least one sample and one seed per sample")
 
     @classmethod
-    def from_texts(cls, frontend: Frontend, texts: Sequence[str], voice_config: dict, size: int | None = None,
-                   first_seed: int = 0) -> CalibrationSet:
+    def from_texts(
+        cls, frontend: Frontend, texts: Sequence[str], voice_config: dict, size: int | None = None, first_seed: int = 0
+    ) -> CalibrationSet:
         """``size`` samples (default: one per sentence) cycling over the sentences of ``texts``."""
         sentences = [s.ids for text in texts for s in frontend.sentences(text)]
         size = len(sentences) if size is None else size
@@ -128,8 +129,9 @@ class CalibrationSet:
         return len(self.ids)
 
     @torch.inference_mode()
-    def render(self, model: VitsModel, index: int, durations: torch.Tensor | None = None,
-               noise_seed: int | None = None) -> Rendering:
+    def render(
+        self, model: VitsModel, index: int, durations: torch.Tensor | None = None, noise_seed: int | None = None
+    ) -> Rendering:
         """Sample ``index`` in one pass, drawing noise in :class:`~adaptive_tts.voice.engine.Engine`'s
         order (duration noise, then prior noise frame-major). With ``durations`` given, the model's own
         are computed (and returned) but the audio uses the given ones. ``noise_seed`` overrides the

@@ -42,8 +42,11 @@ def layer_groups(model: VitsModel) -> dict[str, list[str]]:
     for path, module in model.named_modules():
         if not isinstance(module, QUANTIZABLE):
             continue
-        owners = [name for name, starts in prefixes.items()
-                  if any(path == s or path.startswith(s if s.endswith(".") else s + ".") for s in starts)]
+        owners = [
+            name
+            for name, starts in prefixes.items()
+            if any(path == s or path.startswith(s if s.endswith(".") else s + ".") for s in starts)
+        ]
         if len(owners) != 1:
             raise ValueError(f"layer {path} belongs to {len(owners)} calibration groups: {owners}")
         groups[owners[0]].append(path)

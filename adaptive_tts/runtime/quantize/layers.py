@@ -80,8 +80,9 @@ def _time_major(x: torch.Tensor) -> bool:
     return x.dim() == 3 and x.shape[1] > 1 and x.stride(1) == 1
 
 
-def _dequantized(layer: WeightOnlyConv1d | WeightOnlyConvTranspose1d,
-                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _dequantized(
+    layer: WeightOnlyConv1d | WeightOnlyConvTranspose1d, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A weight-only layer's weight and bias in ``dtype``, its input's: the model computes a stage in
     bf16 where the CPU has native bf16 (``VitsModel.set_compute_dtype``), and the scales stay fp32
     until the weight is dequantized."""
@@ -124,8 +125,17 @@ class WeightOnlyConv1d(nn.Module):
     def as_float(self) -> nn.Conv1d:
         """An ``nn.Conv1d`` with the dequantized weight (to re-quantize at a lower precision)."""
         weight = self.packed_weight.dequantize()
-        conv = nn.Conv1d(weight.shape[1] * self.groups, weight.shape[0], self.kernel_size, self.stride,
-                         self.padding, self.dilation, self.groups, bias=self.bias is not None, device="meta")
+        conv = nn.Conv1d(
+            weight.shape[1] * self.groups,
+            weight.shape[0],
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            bias=self.bias is not None,
+            device="meta",
+        )
         return _with_weights(conv, weight, self.bias)
 
 
@@ -156,14 +166,24 @@ class WeightOnlyConvTranspose1d(nn.Module):
         weight, bias = _dequantized(self, x.dtype)
         if _time_major(x):
             return conv1d_as_2d(x.unsqueeze(2), weight, bias, self, transposed=True).squeeze(2)
-        return F.conv_transpose1d(x, weight, bias, self.stride, self.padding, self.output_padding,
-                                  self.groups, self.dilation)
+        return F.conv_transpose1d(
+            x, weight, bias, self.stride, self.padding, self.output_padding, self.groups, self.dilation
+        )
 
     def as_float(self) -> nn.ConvTranspose1d:
         weight = self.packed_weight.dequantize()
-        conv = nn.ConvTranspose1d(weight.shape[0], weight.shape[1] * self.groups, self.kernel_size, self.stride,
-                                  self.padding, self.output_padding, self.groups, bias=self.bias is not None,
-                                  dilation=self.dilation, device="meta")
+        conv = nn.ConvTranspose1d(
+            weight.shape[0],
+            weight.shape[1] * self.groups,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.output_padding,
+            self.groups,
+            bias=self.bias is not None,
+            dilation=self.dilation,
+            device="meta",
+        )
         return _with_weights(conv, weight, self.bias)
 
 
@@ -210,8 +230,16 @@ class DynamicInt8Conv1d(nn.Module):
 
     def as_float(self) -> nn.Conv1d:
         weight = self.packed_weight.dequantize()
-        conv = nn.Conv1d(weight.shape[1], weight.shape[0], self.kernel_size, self.stride, self.padding,
-                         self.dilation, bias=self.bias is not None, device="meta")
+        conv = nn.Conv1d(
+            weight.shape[1],
+            weight.shape[0],
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            bias=self.bias is not None,
+            device="meta",
+        )
         return _with_weights(conv, weight, self.bias)
 
     def _columns(self, x: torch.Tensor) -> torch.Tensor:
@@ -261,8 +289,14 @@ def quantized_layer(path: str, layer: nn.Module, precision: str, dynamic: bool, 
         raise ValueError(f"{path} is {current}: cannot raise it to {precision} in place (the fp32 weights are gone)")
     if isinstance(layer, QUANTIZED_LAYERS):
         layer = layer.as_float()
-    if (dynamic and precision == "int8" and path.startswith(DYNAMIC_SCOPE) and type(layer) is nn.Conv1d
-            and layer.groups == 1 and layer.in_channels * layer.kernel_size[0] >= DYNAMIC_MIN_ROW_LENGTH):
+    if (
+        dynamic
+        and precision == "int8"
+        and path.startswith(DYNAMIC_SCOPE)
+        and type(layer) is nn.Conv1d
+        and layer.groups == 1
+        and layer.in_channels * layer.kernel_size[0] >= DYNAMIC_MIN_ROW_LENGTH
+    ):
         return DynamicInt8Conv1d(layer)
     if not weight_only:
         return layer

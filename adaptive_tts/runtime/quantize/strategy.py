@@ -81,11 +81,20 @@ class QuantizationStrategy:
         row = profile.quantization
         mode = row.quantization
         if available_mb is not None and available_mb < INT4_BELOW_GB * 1024 and mode != "int4":
-            logger.warning("Aggressive quantization: INT4 instead of %s (%.0f MB available < %.0f GB)",
-                           mode.upper(), available_mb, INT4_BELOW_GB)
+            logger.warning(
+                "Aggressive quantization: INT4 instead of %s (%.0f MB available < %.0f GB)",
+                mode.upper(),
+                available_mb,
+                INT4_BELOW_GB,
+            )
             mode = "int4"
-        return cls(mode=mode, weight_only=row.weight_only or mode == "int4", dynamic=row.dynamic,
-                   layer_wise=row.layer_wise, calibration_size=row.calibration_size)
+        return cls(
+            mode=mode,
+            weight_only=row.weight_only or mode == "int4",
+            dynamic=row.dynamic,
+            layer_wise=row.layer_wise,
+            calibration_size=row.calibration_size,
+        )
 
 
 @dataclass(frozen=True)
