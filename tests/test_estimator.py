@@ -170,7 +170,9 @@ def test_increment_is_calibrated_or_the_seed_peak_less_what_the_process_holds(tm
     from adaptive_tts.runtime.process import current_rss_mb
 
     d = PROFILES["m1_air"].estimates
-    expected = d.base_model_mb + 2 * d.per_100_tokens_mb + d.cache_overhead_mb - current_rss_mb()
+    # what the seed's peak leaves above what this process holds; none once the process holds more (late
+    # in a full test run, with torch and several models loaded, it does)
+    expected = max(0.0, d.base_model_mb + 2 * d.per_100_tokens_mb + d.cache_overhead_mb - current_rss_mb())
     assert seed.increment_mb(200) == pytest.approx(expected, abs=20)
 
 
