@@ -23,7 +23,14 @@ import pytest
 
 from experiments import report
 from experiments.results import SCHEMA, RowStore
-from experiments.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_interval, min_n_for_quantile, tail_quantile, wilson_interval
+from experiments.stats import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    bootstrap_interval,
+    min_n_for_quantile,
+    tail_quantile,
+    wilson_interval,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_ID = "report-tests"
@@ -35,10 +42,24 @@ def run_harness(base: Path) -> Path:
     """The session's real dataset: ``base/runs/report-tests``. Rerunning is nearly free — the harness
     skips trials already on disk — so test modules share the run through this function."""
     done = subprocess.run(
-        [sys.executable, "-m", "experiments.run", "-m", "+ablation=baseline,estimation", "workload=smoke",
-         "workload.lengths=[40,80]", "workload.iterations=2", f"results_dir={base / 'runs'}", f"run_id={RUN_ID}",
-         f"hydra.sweep.dir={base / 'hydra'}", "progress=false"],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "experiments.run",
+            "-m",
+            "+ablation=baseline,estimation",
+            "workload=smoke",
+            "workload.lengths=[40,80]",
+            "workload.iterations=2",
+            f"results_dir={base / 'runs'}",
+            f"run_id={RUN_ID}",
+            f"hydra.sweep.dir={base / 'hydra'}",
+            "progress=false",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return base / "runs" / RUN_ID
@@ -88,9 +109,12 @@ def check_ablation_row(row: pd.Series, group: pd.DataFrame) -> None:
     assert row["lat_std_ms"] == pytest.approx(ok.std()) if len(ok) > 1 else math.isnan(row["lat_std_ms"])
     assert row["peak_rss_mb"] == pytest.approx(group["peak_rss_mb"].max())
     if len(ok) > 1:
-        assert (row["lat_mean_ms_lo"], row["lat_mean_ms_hi"]) == pytest.approx(bootstrap_by_recipe(ok.to_numpy(), np.mean))
+        assert (row["lat_mean_ms_lo"], row["lat_mean_ms_hi"]) == pytest.approx(
+            bootstrap_by_recipe(ok.to_numpy(), np.mean)
+        )
         assert (row["lat_median_ms_lo"], row["lat_median_ms_hi"]) == pytest.approx(
-            bootstrap_by_recipe(ok.to_numpy(), np.median))
+            bootstrap_by_recipe(ok.to_numpy(), np.median)
+        )
         assert row["lat_mean_ms_lo"] <= row["lat_mean_ms"] <= row["lat_mean_ms_hi"]
     for q, column in ((0.95, "lat_p95_ms"), (0.99, "lat_p99_ms")):
         if len(ok) >= {0.95: 20, 0.99: 100}[q]:
@@ -157,8 +181,11 @@ def test_other_tables_recompute_from_the_real_rows(real_rows: pd.DataFrame) -> N
 
     quantization = report.quantization_table(real_rows).data
     for _, row in quantization.iterrows():
-        ok = real_rows[(real_rows["status"] == "ok") & (real_rows["ablation"] == row["ablation"])
-                       & (real_rows["quantization"] == row["quantization"])]
+        ok = real_rows[
+            (real_rows["status"] == "ok")
+            & (real_rows["ablation"] == row["ablation"])
+            & (real_rows["quantization"] == row["quantization"])
+        ]
         assert row["n_ok"] == len(ok) and row["lat_mean_ms"] == pytest.approx(ok["latency_ms"].mean())
         assert row["peak_rss_mb"] == pytest.approx(ok["peak_rss_mb"].max())
 
@@ -180,7 +207,10 @@ def test_cli_renders_the_latest_run_with_captions(harness_run: Path, real_rows: 
     out = tmp_path / "report"
     done = subprocess.run(
         [sys.executable, "-m", "experiments.report", "--results-dir", str(harness_run.parent), "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     printed = {Path(line.removeprefix("wrote ")) for line in done.stdout.splitlines() if line.startswith("wrote ")}
@@ -202,9 +232,20 @@ def test_cli_renders_the_latest_run_with_captions(harness_run: Path, real_rows: 
 
 def test_cli_finds_a_run_by_id_and_a_bench_file_beside_a_parquet_dataset(harness_run: Path, tmp_path: Path) -> None:
     by_id = subprocess.run(
-        [sys.executable, "-m", "experiments.report", RUN_ID, "--results-dir", str(harness_run.parent),
-         "--out", str(tmp_path / "by-id")],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "experiments.report",
+            RUN_ID,
+            "--results-dir",
+            str(harness_run.parent),
+            "--out",
+            str(tmp_path / "by-id"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert by_id.returncode == 0 and f"dataset: {harness_run}" in by_id.stdout, by_id.stderr[-3000:]
 
@@ -212,10 +253,15 @@ def test_cli_finds_a_run_by_id_and_a_bench_file_beside_a_parquet_dataset(harness
     pq.write_table(pq.ParquetDataset(harness_run / "rows").read(), dataset)
     bench = tmp_path / "bench_quantize.csv"
     # Test values for the merge: weight bytes and MCD per mode, as the bench would write them.
-    pd.DataFrame({"mode": ["fp32", "int8", "int4"], "weight_bytes": [60e6, 16e6, 9e6], "mcd_db": [0.0, 0.4, 1.9]}).to_csv(
-        bench, index=False)
+    pd.DataFrame(
+        {"mode": ["fp32", "int8", "int4"], "weight_bytes": [60e6, 16e6, 9e6], "mcd_db": [0.0, 0.4, 1.9]}
+    ).to_csv(bench, index=False)
     beside = subprocess.run(
-        [sys.executable, "-m", "experiments.report", str(dataset)], cwd=REPO, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "experiments.report", str(dataset)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert beside.returncode == 0, beside.stderr[-3000:]
     assert f"quantization bench: {bench}" in beside.stdout
@@ -253,9 +299,16 @@ def _counted(real_rows: pd.DataFrame, tmp_path: Path) -> pd.DataFrame:
                 for i in range(count):
                     row = dict(templates[trial % len(templates)])
                     trial += 1
-                    row |= {"trial_id": trial, "trial_key": f"{ablation}-{profile}/L{row['text_length']}/i{i}",
-                            "profile": profile, "simulated": True, "mem_cap_mb": cap, "mem_cap_mechanism": "cgroup_v2",
-                            "ablation": ablation, "status": status}
+                    row |= {
+                        "trial_id": trial,
+                        "trial_key": f"{ablation}-{profile}/L{row['text_length']}/i{i}",
+                        "profile": profile,
+                        "simulated": True,
+                        "mem_cap_mb": cap,
+                        "mem_cap_mechanism": "cgroup_v2",
+                        "ablation": ablation,
+                        "status": status,
+                    }
                     # A latency per trial (real ones scaled per position), so intervals have spread.
                     row["latency_ms"] = row["latency_ms"] * (1 + 0.01 * i) if status == "ok" else None
                     if status != "ok":
@@ -279,15 +332,18 @@ def test_set_counts_give_the_expected_rates_intervals_and_changes(real_rows: pd.
     stability = report.memory_stability_table(rows).data.set_index("profile")
     assert stability.loc["m1_air", "oom_before"] == pytest.approx(7 / 20)
     assert (stability.loc["m1_air", "oom_before_lo"], stability.loc["m1_air", "oom_before_hi"]) == pytest.approx(
-        wilson_by_roots(7, 20))
+        wilson_by_roots(7, 20)
+    )
     assert stability.loc["m1_air", "oom_after"] == 0 and stability.loc["m1_air", "oom_after_hi"] > 0
     assert stability.loc["m1_air", "refused_after"] == pytest.approx(2 / 20)
     assert stability.loc["m1_air", "oom_change_pp"] == pytest.approx(-35.0)
 
     affinity = report.affinity_table(rows).data.set_index("profile")
     for profile in ("m1_air", "intel_i5"):
-        lat = {a: rows.loc[(rows["profile"] == profile) & (rows["ablation"] == a), "latency_ms"].mean()
-               for a in ("budget", "affinity")}
+        lat = {
+            a: rows.loc[(rows["profile"] == profile) & (rows["ablation"] == a), "latency_ms"].mean()
+            for a in ("budget", "affinity")
+        }
         assert affinity.loc[profile, "change_pct"] == pytest.approx(100 * (lat["affinity"] / lat["budget"] - 1))
 
     platform = report.cross_platform_table(rows)
@@ -321,8 +377,13 @@ def _thesis_sized(real_rows: pd.DataFrame, path: Path, n: int, profiles: tuple[s
     records = []
     for i in range(n):
         row = dict(templates[i % len(templates)])
-        row |= {"trial_id": i, "text_length": lengths[i % 5], "ablation": report.ABLATION_ORDER[(i // 5) % 4],
-                "profile": profiles[(i // 20) % len(profiles)], "trial_key": f"c{(i // 5) % 4}-{(i // 20) % len(profiles)}/L/i"}
+        row |= {
+            "trial_id": i,
+            "text_length": lengths[i % 5],
+            "ablation": report.ABLATION_ORDER[(i // 5) % 4],
+            "profile": profiles[(i // 20) % len(profiles)],
+            "trial_key": f"c{(i // 5) % 4}-{(i // 20) % len(profiles)}/L/i",
+        }
         records.append(row)
     pq.write_table(pa.Table.from_pylist(records, schema=SCHEMA), path)
     return path
@@ -335,15 +396,18 @@ def _timed_render(dataset: Path, out: Path) -> tuple[float, report.Report]:
 
 
 def test_a_thesis_sized_dataset_renders(real_rows: pd.DataFrame, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    seconds, rendered = _timed_render(_thesis_sized(real_rows, tmp_path / "thesis.parquet", 1040, ("generic",)), tmp_path / "out")
+    seconds, rendered = _timed_render(
+        _thesis_sized(real_rows, tmp_path / "thesis.parquet", 1040, ("generic",)), tmp_path / "out"
+    )
     assert len(rendered.written) == 3 * len(TABLES) + 3 * len(ROW_FIGURES)
     with capsys.disabled():
         print(f"\nreport of 1040 rows rendered in {seconds:.1f} s")
 
 
 @pytest.mark.slow
-def test_a_two_machine_thesis_dataset_renders_within_a_minute(real_rows: pd.DataFrame, tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture) -> None:
+def test_a_two_machine_thesis_dataset_renders_within_a_minute(
+    real_rows: pd.DataFrame, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     dataset = _thesis_sized(real_rows, tmp_path / "thesis.parquet", 2000, ("m1_air", "intel_i5"))
     seconds, rendered = _timed_render(dataset, tmp_path / "out")
     assert len(rendered.written) == 3 * len(TABLES) + 2 * 3 * len(ROW_FIGURES)  # figures per profile
@@ -369,16 +433,28 @@ def _swept(real_rows: pd.DataFrame, tmp_path: Path) -> pd.DataFrame:
             row = dict(templates[trial % len(templates)])
             trial += 1
             concurrency = 1 if i < 2 else 4
-            row |= {"trial_id": trial, "trial_key": f"{ablation}-{policy}/{level}/{i}", "ablation": ablation,
-                    "budget_policy": policy, "status": status, "concurrency": concurrency, "text_length": 100,
-                    "floor_mb": 250.0, "free_above_floor_mb": level, "free_mb": 250.0 + level, "mem_cap_mb": 8192.0,
-                    "background_kind": "static", "waited_ms": 500.0 * (i % 2) if status == "ok" else None,
-                    "latency_ms": (row["latency_ms"] + 500.0 * (i % 2)) if status == "ok" else None,
-                    "estimated_mb": row["peak_rss_mb"] * (1.1 if ablation == "estimation" else 1.0)
-                    if status == "ok" and ablation == "estimation" else None,
-                    "estimator_constants": "calibrated" if ablation == "estimation" else None,
-                    "safety_margin_mb": 120.0 if ablation == "estimation" else None,
-                    "estimator_max_under_mb": 40.0 if ablation == "estimation" else None}
+            row |= {
+                "trial_id": trial,
+                "trial_key": f"{ablation}-{policy}/{level}/{i}",
+                "ablation": ablation,
+                "budget_policy": policy,
+                "status": status,
+                "concurrency": concurrency,
+                "text_length": 100,
+                "floor_mb": 250.0,
+                "free_above_floor_mb": level,
+                "free_mb": 250.0 + level,
+                "mem_cap_mb": 8192.0,
+                "background_kind": "static",
+                "waited_ms": 500.0 * (i % 2) if status == "ok" else None,
+                "latency_ms": (row["latency_ms"] + 500.0 * (i % 2)) if status == "ok" else None,
+                "estimated_mb": row["peak_rss_mb"] * (1.1 if ablation == "estimation" else 1.0)
+                if status == "ok" and ablation == "estimation"
+                else None,
+                "estimator_constants": "calibrated" if ablation == "estimation" else None,
+                "safety_margin_mb": 120.0 if ablation == "estimation" else None,
+                "estimator_max_under_mb": 40.0 if ablation == "estimation" else None,
+            }
             if status != "ok":
                 row |= {"error": f"{status} in test", "first_audio_ms": None, "audio_s": None, "rtf": None}
             store.write(row)
@@ -386,14 +462,15 @@ def _swept(real_rows: pd.DataFrame, tmp_path: Path) -> pd.DataFrame:
 
 
 def test_memory_sweep_tables_recompute_from_rows(real_rows: pd.DataFrame, tmp_path: Path) -> None:
-    from experiments.report_memory import memory_tables, outcome_vs_free_memory
+    from experiments.report.memory import memory_tables, outcome_vs_free_memory
 
     rows = _swept(real_rows, tmp_path)
     levels, seed, waiting, estimator = memory_tables(rows)
     data = levels.data.set_index(["budget_policy", "ablation", "free_above_floor_mb"])
     assert data.loc[("calibrated", "baseline", 500.0), "oom"] == pytest.approx(0.25)
-    assert (data.loc[("calibrated", "baseline", 500.0), ["oom_lo", "oom_hi"]].tolist()
-            == pytest.approx(wilson_by_roots(1, 4)))
+    assert data.loc[("calibrated", "baseline", 500.0), ["oom_lo", "oom_hi"]].tolist() == pytest.approx(
+        wilson_by_roots(1, 4)
+    )
     assert data.loc[("calibrated", "estimation", -100.0), "refused"] == 1.0
     # The margin kept (120 MB) tells which levels the runtime should serve in full; the baseline keeps none.
     assert data.loc[("calibrated", "estimation", -100.0), "above_margin"] is False
@@ -417,11 +494,12 @@ def test_memory_sweep_tables_recompute_from_rows(real_rows: pd.DataFrame, tmp_pa
 
 
 def test_repeated_sweeps_are_compared_per_ablation_and_under_predictions_against_their_margin(
-        real_rows: pd.DataFrame, tmp_path: Path) -> None:
+    real_rows: pd.DataFrame, tmp_path: Path
+) -> None:
     """Two runs of one sweep: identical baselines agree; an estimation that went from 4/8 ok to 0/8 does
     not (0.5 lies outside 0/8's interval). One trial under-predicted by 200 MB with a 120 MB margin is
     counted; the others, over-predicted by 10 %, are not."""
-    from experiments.report_memory import memory_tables
+    from experiments.report.memory import memory_tables
 
     rows = _swept(real_rows, tmp_path)
     assert len(memory_tables(rows)) == 4  # a single run: no repeats table
@@ -429,8 +507,9 @@ def test_repeated_sweeps_are_compared_per_ablation_and_under_predictions_against
     first["run_id"], second["run_id"] = "r1", "r2"
     whole = (second["ablation"] == "estimation") & (second["budget_policy"] == "calibrated")
     second.loc[whole & (second["free_above_floor_mb"] == 500.0), "status"] = "oom"
-    under = first.index[(first["ablation"] == "estimation") & (first["status"] == "ok")
-                        & (first["concurrency"] == 1)][0]
+    under = first.index[(first["ablation"] == "estimation") & (first["status"] == "ok") & (first["concurrency"] == 1)][
+        0
+    ]
     first.loc[under, "estimated_mb"] = first.loc[under, "peak_rss_mb"] - 200.0
     *_, estimator, repeats = memory_tables(pd.concat([first, second], ignore_index=True))
     agree = repeats.data.set_index(["budget_policy", "ablation"])["agree"]

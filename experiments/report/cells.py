@@ -1,0 +1,218 @@
+"""What a cell says: the statistics of a group of rows, their formatting, and the provenance every
+caption carries — shared by the tables, the figures and the memory sweep's report, so that a number
+reads the same wherever it appears.
+
+Nothing here invents a number: a cell without rows behind it reads "—" (no data), a tail percentile the
+sample cannot support reads "n.b." (not bounded, see :func:`experiments.stats.min_n_for_quantile`).
+Rates use Wilson intervals, latency means and medians fixed-seed bootstrap intervals
+(:mod:`experiments.stats`). Success means status ``ok``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from experiments.stats import BOOTSTRAP_RESAMPLES, bootstrap_interval, min_n_for_quantile, wilson_interval
+
+#: What makes two sets of rows different experiments (apart from the ablation): a table shows the ones
+#: that vary in its dataset as columns and states the constant ones in its caption. ``quant`` is derived
+#: per condition (:func:`with_quant`).
+CONDITION_KEYS = ("host", "profile", "simulated", "workload", "engine", "quant")
+#: The cumulative ablations of docs/architecture.md, fewest runtime features first.
+ABLATION_ORDER = ("baseline", "budget", "affinity", "estimation")
+
+NO_DATA = "—"
+NOT_BOUNDED = "n.b."
+NO_DATA_NOTE = "—: no data (no rows for this cell)."
+NOT_BOUNDED_NOTE = (
+    f"n.b.: not bounded — the sample p95 is reported from {min_n_for_quantile(0.95)} ok trials, "
+    f"p99 from {min_n_for_quantile(0.99)} (at least one trial above the percentile)."
+)
+INTERVALS_NOTE = (
+    "[ ]: 95 % intervals — Wilson score for rates, percentile bootstrap "
+    f"({BOOTSTRAP_RESAMPLES} resamples, fixed seed) for means and medians; latency over ok trials."
+)
+
+
+# -- formatting ----------------------------------------------------------------------------------------
+
+
+def _missing(x: object) -> bool:
+    return x is None or x is pd.NA or (isinstance(x, float) and math.isnan(x))
+
+
+def fmt_num(x: float | None, digits: int | None = None) -> str:
+    """A measurement: whole numbers from 100 up, one decimal below (or ``digits``)."""
+    if _missing(x):
+        return NO_DATA
+    digits = digits if digits is not None else (0 if abs(x) >= 100 else 1)
+    return f"{x:.{digits}f}"
+
+
+def fmt_interval(x: float | None, low: float | None, high: float | None, digits: int | None = None) -> str:
+    """``x [low, high]``; the bare value where no interval exists (a single observation)."""
+    if _missing(x):
+        return NO_DATA
+    if _missing(low) or _missing(high):
+        return fmt_num(x, digits)
+    digits = digits if digits is not None else (0 if abs(x) >= 100 else 1)
+    return f"{x:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def fmt_rate(p: float | None, low: float | None, high: float | None) -> str:
+    """A proportion as a percentage with its interval."""
+    if _missing(p):
+        return NO_DATA
+    return f"{100 * p:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def fmt_tail(x: float | None, n_ok: int, q: float) -> str:
+    if n_ok == 0:
+        return NO_DATA
+    if n_ok < min_n_for_quantile(q):
+        return NOT_BOUNDED
+    return fmt_num(x)
+
+
+def fmt_key(column: str, value: object) -> str:
+    if _missing(value):
+        return NO_DATA
+    if column == "simulated":
+        return "simulated" if value else "real"
+    return str(value)
+
+
+KEY_HEADERS = {
+    "host": "host",
+    "profile": "profile",
+    "simulated": "device",
+    "workload": "workload",
+    "engine": "engine",
+    "quant": "quant.",
+    "quantization": "mode",
+    "ablation": "ablation",
+}
+
+
+# -- statistics per group --------------------------------------------------------------------------------
+
+
+def _ok_latency(group: pd.DataFrame) -> np.ndarray:
+    ok = group[(group["status"] == "ok") & group["latency_ms"].notna()]
+    return ok["latency_ms"].to_numpy(dtype=float)
+
+
+def rate_stats(group: pd.DataFrame, status: str, prefix: str) -> dict[str, float]:
+    """Share of ``group``'s trials with ``status``, with its Wilson interval (NaN without trials)."""
+    n = len(group)
+    if n == 0:
+        return {prefix: math.nan, f"{prefix}_lo": math.nan, f"{prefix}_hi": math.nan}
+    k = int((group["status"] == status).sum())
+    low, high = wilson_interval(k, n)
+    return {prefix: k / n, f"{prefix}_lo": low, f"{prefix}_hi": high}
+
+
+def location_stats(values: np.ndarray, statistic: str, prefix: str) -> dict[str, float]:
+    """Mean or median of ``values`` with its bootstrap interval (NaN where it does not exist)."""
+    if len(values) == 0:
+        return {prefix: math.nan, f"{prefix}_lo": math.nan, f"{prefix}_hi": math.nan}
+    centre = float(np.mean(values) if statistic == "mean" else np.median(values))
+    interval = bootstrap_interval(values, statistic)
+    low, high = interval if interval else (math.nan, math.nan)
+    return {prefix: centre, f"{prefix}_lo": low, f"{prefix}_hi": high}
+
+
+def _ablation_rank(name: str) -> int:
+    return ABLATION_ORDER.index(name) if name in ABLATION_ORDER else len(ABLATION_ORDER)
+
+
+def _grouped(rows: pd.DataFrame, keys: Sequence[str]) -> Iterable[tuple[dict[str, object], pd.DataFrame]]:
+    """(key values, rows) per group, nulls kept as a group of their own."""
+    for values, group in rows.groupby(list(keys), dropna=False, sort=False):
+        yield dict(zip(keys, values if isinstance(values, tuple) else (values,))), group
+
+
+def _sorted(data: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """Rows in key order, ablations in their cumulative order."""
+    if data.empty:
+        return data
+    order = data.assign(
+        _rank=data["ablation"].map(_ablation_rank) if "ablation" in data else 0,
+        **{f"_{k}": data[k].map(lambda v: "\uffff" if _missing(v) else str(v)) for k in keys},  # no key: last
+    )
+    sort_by = [f"_{k}" for k in keys if k != "ablation"] + (["_rank", "_ablation"] if "ablation" in keys else [])
+    return (
+        order.sort_values(sort_by, kind="stable")
+        .drop(columns=[c for c in order if c.startswith("_")])
+        .reset_index(drop=True)
+    )
+
+
+def with_quant(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with ``quant``: the quantization modes its condition's trials ran with ("fp32", or
+    "int4+int8" where the runtime changed precision during the run; null if no trial says).
+
+    Why not the ``quantization`` column itself: a row records the mode its synthesis *used*, and a trial
+    that failed before synthesis records only the configured mode, which is null when the profile was
+    to choose. Grouping by the raw column would tear such a condition in two — its failures apart from
+    its successes — and report a 100 % success rate for the half that worked. A condition is the trial
+    key without its length and iteration (experiments.sweep), on one host."""
+    if "quant" in rows.columns:
+        return rows
+    if "trial_key" in rows.columns:
+        condition = rows["trial_key"].str.rsplit("/", n=2).str[0]
+    else:
+        condition = pd.Series(pd.NA, index=rows.index, dtype="string")
+    condition = condition.fillna(rows["run_id"].astype(str) + "/" + rows["ablation"].astype(str))
+    modes = rows.groupby([rows["host"], condition], dropna=False)["quantization"].transform(
+        lambda used: "+".join(sorted(used.dropna().unique())) or None
+    )
+    return rows.assign(quant=modes)
+
+
+def varying_keys(rows: pd.DataFrame, keys: Sequence[str] = CONDITION_KEYS) -> list[str]:
+    """Keys with more than one value (null counts as a value) in ``rows``."""
+    return [k for k in keys if rows[k].nunique(dropna=False) > 1]
+
+
+# -- provenance ----------------------------------------------------------------------------------------
+
+
+def machines(rows: pd.DataFrame) -> list[str]:
+    """One phrase per machine in ``rows``: host, CPU, real or simulated (with the cap and how)."""
+    phrases = []
+    keys = ["host", "cpu_model", "simulated", "profile", "mem_cap_mb", "mem_cap_mechanism"]
+    present = [k for k in keys if k in rows.columns]
+    for values, _ in rows.groupby(present, dropna=False, sort=True):
+        m = dict(zip(present, values))
+        if m.get("simulated") is True:
+            cap = "" if _missing(m.get("mem_cap_mb")) else f", cap {m['mem_cap_mb']:.0f} MB"
+            how = "" if _missing(m.get("mem_cap_mechanism")) else f" via {m['mem_cap_mechanism']}"
+            kind = f"simulated {m['profile']}{cap}{how}"
+        elif m.get("simulated") is False:
+            kind = f"real, profile {m['profile']}"
+        else:
+            kind = f"real or simulated unknown, profile {m['profile']}"
+        phrases.append(f"{fmt_key('host', m['host'])} ({fmt_key('cpu_model', m['cpu_model'])}; {kind})")
+    return phrases
+
+
+def provenance(rows: pd.DataFrame) -> str:
+    """n, runs and machines of ``rows``: what every caption carries."""
+    if rows.empty:
+        return "n = 0 trials"
+    n_ok = int((rows["status"] == "ok").sum())
+    runs = ", ".join(sorted(map(str, rows["run_id"].dropna().unique())))
+    return f"n = {len(rows)} trials ({n_ok} ok); run {runs}; machine: {'; '.join(machines(rows))}"
+
+
+def constants(rows: pd.DataFrame, keys: Sequence[str]) -> str:
+    """The condition keys that do not vary, as a phrase (they are not columns of the table)."""
+    if rows.empty:
+        return ""
+    fixed = [k for k in keys if rows[k].nunique(dropna=False) == 1]
+    return ", ".join(f"{KEY_HEADERS[k]} {fmt_key(k, rows[k].iloc[0])}" for k in fixed)

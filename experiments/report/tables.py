@@ -1,0 +1,410 @@
+"""The thesis's tables: per condition and ablation, the numbers (full precision, for the CSV) and the
+cells shown, with the caption and notes each needs (:class:`Table`). The memory sweep's tables are
+:mod:`experiments.report.memory`'s.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from adaptive_tts.units import MIB
+from experiments.report.cells import (
+    CONDITION_KEYS,
+    INTERVALS_NOTE,
+    KEY_HEADERS,
+    NO_DATA,
+    NO_DATA_NOTE,
+    NOT_BOUNDED,
+    NOT_BOUNDED_NOTE,
+    _grouped,
+    _missing,
+    _ok_latency,
+    _sorted,
+    constants,
+    fmt_interval,
+    fmt_key,
+    fmt_num,
+    fmt_rate,
+    fmt_tail,
+    location_stats,
+    provenance,
+    rate_stats,
+    varying_keys,
+    with_quant,
+)
+from experiments.stats import tail_quantile
+
+#: The memory-stability comparison: without any runtime feature vs the whole runtime.
+BEFORE_STABILITY, AFTER_STABILITY = "baseline", "estimation"
+#: The affinity comparison: the budget manager alone vs budget manager + CPU affinity.
+BEFORE_AFFINITY, AFTER_AFFINITY = "budget", "affinity"
+#: The runtime as shipped (all features on): the condition the cross-platform table compares.
+FULL_RUNTIME = "estimation"
+
+QUALITY_COLUMNS = ("weight_bytes", "mcd_db", "log_mel_db")
+
+
+@dataclass
+class Table:
+    """A rendered table: its numbers (``data``, full precision) and the cells shown (``cells``)."""
+
+    name: str
+    caption: str
+    data: pd.DataFrame
+    header: list[str]
+    cells: list[list[str]]
+    notes: list[str] = field(default_factory=list)
+    #: Per column, "l" (names, text) or "r" (numbers).
+    align: str = ""
+
+    def all_notes(self) -> list[str]:
+        """The notes the shown cells need (no data, not bounded), then the table's own."""
+        shown = {cell for row in self.cells for cell in row}
+        marks = [note for mark, note in ((NO_DATA, NO_DATA_NOTE), (NOT_BOUNDED, NOT_BOUNDED_NOTE)) if mark in shown]
+        return marks + self.notes
+
+
+def _frame(records: list[dict[str, object]], keys: Sequence[str], columns: Sequence[str]) -> pd.DataFrame:
+    return _sorted(pd.DataFrame(records, columns=[*keys, *columns]), keys)
+
+
+def _key_cells(data: pd.DataFrame, shown: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    return [KEY_HEADERS[k] for k in shown], [[fmt_key(k, row[k]) for k in shown] for _, row in data.iterrows()]
+
+
+def _failures(group: pd.DataFrame) -> str:
+    counts = group.loc[group["status"] != "ok", "status"].value_counts()
+    return "; ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "none"
+
+
+def ablation_table(rows: pd.DataFrame) -> Table:
+    """The seed's benchmark table: per condition and ablation, success, latency and memory."""
+    rows = with_quant(rows)
+    keys = [*CONDITION_KEYS, "ablation"]
+    records = []
+    for key, group in _grouped(rows, keys):
+        latency = _ok_latency(group)
+        records.append(
+            {
+                **key,
+                "n": len(group),
+                "n_ok": len(latency),
+                **rate_stats(group, "ok", "success"),
+                "failures": _failures(group),
+                **location_stats(latency, "mean", "lat_mean_ms"),
+                **location_stats(latency, "median", "lat_median_ms"),
+                "lat_p95_ms": _or_nan(tail_quantile(latency, 0.95)),
+                "lat_p99_ms": _or_nan(tail_quantile(latency, 0.99)),
+                "lat_std_ms": float(np.std(latency, ddof=1)) if len(latency) > 1 else math.nan,
+                "peak_rss_mb": group["peak_rss_mb"].max(),
+            }
+        )
+    columns = (
+        ["n", "n_ok", "success", "success_lo", "success_hi", "failures"]
+        + [f"lat_{s}_ms{suffix}" for s in ("mean", "median") for suffix in ("", "_lo", "_hi")]
+        + ["lat_p95_ms", "lat_p99_ms", "lat_std_ms", "peak_rss_mb"]
+    )
+    data = _frame(records, keys, columns)
+    shown = varying_keys(rows) + ["ablation"]
+    header, cells = _key_cells(data, shown)
+    header += [
+        "n",
+        "success % [CI]",
+        "failures",
+        "mean ms [CI]",
+        "median ms [CI]",
+        "p95 ms",
+        "p99 ms",
+        "std ms",
+        "peak RSS MB",
+    ]
+    for row, out in zip(data.itertuples(index=False), cells):
+        out += [
+            str(row.n),
+            fmt_rate(row.success, row.success_lo, row.success_hi),
+            row.failures,
+            fmt_interval(row.lat_mean_ms, row.lat_mean_ms_lo, row.lat_mean_ms_hi),
+            fmt_interval(row.lat_median_ms, row.lat_median_ms_lo, row.lat_median_ms_hi),
+            fmt_tail(row.lat_p95_ms, row.n_ok, 0.95),
+            fmt_tail(row.lat_p99_ms, row.n_ok, 0.99),
+            fmt_num(row.lat_std_ms),
+            fmt_num(row.peak_rss_mb),
+        ]
+    return Table(
+        "ablation",
+        _caption("Runtime features, cumulatively (ablations)", rows, CONDITION_KEYS),
+        data,
+        header,
+        cells,
+        [INTERVALS_NOTE, "Peak RSS: the largest worker peak of any trial of the row (all statuses)."],
+        "l" * len(shown) + "rrlrrrrrr",
+    )
+
+
+def _or_nan(x: float | None) -> float:
+    return math.nan if x is None else x
+
+
+def _caption(title: str, rows: pd.DataFrame, keys: Sequence[str]) -> str:
+    fixed = constants(rows, keys)
+    return f"{title}{' — ' + fixed if fixed else ''}. {provenance(rows)}."
+
+
+def _before_after(
+    rows: pd.DataFrame, before: str, after: str
+) -> Iterable[tuple[dict[str, object], pd.DataFrame, pd.DataFrame]]:
+    """Per condition, the ``before`` and ``after`` ablations' rows (conditions with neither skipped)."""
+    subset = rows[rows["ablation"].isin([before, after])]
+    for key, group in _grouped(subset, CONDITION_KEYS):
+        yield key, group[group["ablation"] == before], group[group["ablation"] == after]
+
+
+def memory_stability_table(rows: pd.DataFrame) -> Table:
+    """OOM rate without the runtime (baseline) and with all of it (estimation), per condition."""
+    rows = with_quant(rows)
+    keys = list(CONDITION_KEYS)
+    records = []
+    for key, before, after in _before_after(rows, BEFORE_STABILITY, AFTER_STABILITY):
+        record = {**key, "n_before": len(before), **rate_stats(before, "oom", "oom_before")}
+        record |= {"n_after": len(after), **rate_stats(after, "oom", "oom_after")}
+        record |= rate_stats(after, "refused", "refused_after")
+        record["oom_change_pp"] = 100 * (record["oom_after"] - record["oom_before"])
+        records.append(record)
+    columns = [
+        "n_before",
+        "oom_before",
+        "oom_before_lo",
+        "oom_before_hi",
+        "n_after",
+        "oom_after",
+        "oom_after_lo",
+        "oom_after_hi",
+        "refused_after",
+        "refused_after_lo",
+        "refused_after_hi",
+        "oom_change_pp",
+    ]
+    data = _frame(records, keys, columns)
+    shown = varying_keys(rows) or ["profile"]
+    header, cells = _key_cells(data, shown)
+    header += [
+        f"n {BEFORE_STABILITY}",
+        "OOM % before [CI]",
+        f"n {AFTER_STABILITY}",
+        "OOM % after [CI]",
+        "refused % after [CI]",
+        "Δ OOM pp",
+    ]
+    for row, out in zip(data.itertuples(index=False), cells):
+        out += [
+            str(row.n_before),
+            fmt_rate(row.oom_before, row.oom_before_lo, row.oom_before_hi),
+            str(row.n_after),
+            fmt_rate(row.oom_after, row.oom_after_lo, row.oom_after_hi),
+            fmt_rate(row.refused_after, row.refused_after_lo, row.refused_after_hi),
+            fmt_num(row.oom_change_pp, 1),
+        ]
+    return Table(
+        "memory_stability",
+        _caption(
+            f"Memory stability: OOM rate before ({BEFORE_STABILITY}) and after ({AFTER_STABILITY}, the whole runtime)",
+            rows,
+            CONDITION_KEYS,
+        ),
+        data,
+        header,
+        cells,
+        [
+            INTERVALS_NOTE,
+            "A request the runtime declines is `refused`, not OOM: the refused share says what the "
+            "OOMs became. Δ pp: after minus before, percentage points.",
+        ],
+        "l" * len(shown) + "r" * 6,
+    )
+
+
+def affinity_table(rows: pd.DataFrame) -> Table:
+    """Mean latency without CPU affinity (budget) and with it (affinity), per condition."""
+    rows = with_quant(rows)
+    keys = list(CONDITION_KEYS)
+    records = []
+    for key, before, after in _before_after(rows, BEFORE_AFFINITY, AFTER_AFFINITY):
+        lat_before, lat_after = _ok_latency(before), _ok_latency(after)
+        record = {**key, "n_before": len(lat_before), **location_stats(lat_before, "mean", "lat_before_ms")}
+        record |= {"n_after": len(lat_after), **location_stats(lat_after, "mean", "lat_after_ms")}
+        record["change_pct"] = 100 * (record["lat_after_ms"] / record["lat_before_ms"] - 1)
+        records.append(record)
+    columns = [
+        "n_before",
+        "lat_before_ms",
+        "lat_before_ms_lo",
+        "lat_before_ms_hi",
+        "n_after",
+        "lat_after_ms",
+        "lat_after_ms_lo",
+        "lat_after_ms_hi",
+        "change_pct",
+    ]
+    data = _frame(records, keys, columns)
+    shown = varying_keys(rows) or ["profile"]
+    header, cells = _key_cells(data, shown)
+    header += [f"n ok {BEFORE_AFFINITY}", "mean ms before [CI]", f"n ok {AFTER_AFFINITY}", "mean ms after [CI]", "Δ %"]
+    for row, out in zip(data.itertuples(index=False), cells):
+        out += [
+            str(row.n_before),
+            fmt_interval(row.lat_before_ms, row.lat_before_ms_lo, row.lat_before_ms_hi),
+            str(row.n_after),
+            fmt_interval(row.lat_after_ms, row.lat_after_ms_lo, row.lat_after_ms_hi),
+            fmt_num(row.change_pct, 1),
+        ]
+    return Table(
+        "affinity_latency",
+        _caption(f"Latency before ({BEFORE_AFFINITY}) and after ({AFTER_AFFINITY}) CPU affinity", rows, CONDITION_KEYS),
+        data,
+        header,
+        cells,
+        [INTERVALS_NOTE, "Δ %: after / before − 1 of the means; negative is faster."],
+        "l" * len(shown) + "r" * 5,
+    )
+
+
+def _platform_notes(group: pd.DataFrame) -> str:
+    """What the rows say about the machine and its failures (no judgement added)."""
+    parts = sorted(map(str, group["cpu_model"].dropna().unique()))
+    caps = group["mem_cap_mb"].dropna().unique()
+    if len(caps):
+        how = sorted(map(str, group["mem_cap_mechanism"].dropna().unique())) if "mem_cap_mechanism" in group else []
+        parts.append(f"cap {', '.join(f'{c:.0f}' for c in sorted(caps))} MB" + (f" ({', '.join(how)})" if how else ""))
+    parts.append(f"cpus {', '.join(sorted(map(str, group['cpus'].dropna().unique())))}")
+    parts.append(f"failures: {_failures(group)}")
+    return "; ".join(parts)
+
+
+def cross_platform_table(rows: pd.DataFrame) -> Table:
+    """The whole runtime per machine: success, mean latency, what the rows say; real vs simulated."""
+    rows = with_quant(rows)
+    keys = list(CONDITION_KEYS)
+    records = []
+    for key, group in _grouped(rows[rows["ablation"] == FULL_RUNTIME], keys):
+        latency = _ok_latency(group)
+        records.append(
+            {
+                **key,
+                "n": len(group),
+                "n_ok": len(latency),
+                **rate_stats(group, "ok", "success"),
+                **location_stats(latency, "mean", "lat_mean_ms"),
+                "notes": _platform_notes(group),
+            }
+        )
+    columns = [
+        "n",
+        "n_ok",
+        "success",
+        "success_lo",
+        "success_hi",
+        "lat_mean_ms",
+        "lat_mean_ms_lo",
+        "lat_mean_ms_hi",
+        "notes",
+    ]
+    data = _frame(records, keys, columns)
+    shown = ["profile", "simulated"] + [k for k in varying_keys(rows) if k not in ("profile", "simulated")]
+    header, cells = _key_cells(data, shown)
+    header = ["simulated" if h == KEY_HEADERS["simulated"] else h for h in header]
+    header += ["n", "success % [CI]", "mean ms [CI]", "notes"]
+    for row, out in zip(data.itertuples(index=False), cells):
+        out += [
+            str(row.n),
+            fmt_rate(row.success, row.success_lo, row.success_hi),
+            fmt_interval(row.lat_mean_ms, row.lat_mean_ms_lo, row.lat_mean_ms_hi),
+            row.notes,
+        ]
+    return Table(
+        "cross_platform",
+        _caption(
+            f"Cross-platform validation, whole runtime ({FULL_RUNTIME})",
+            rows,
+            [k for k in CONDITION_KEYS if k not in shown],
+        ),
+        data,
+        header,
+        cells,
+        [
+            INTERVALS_NOTE,
+            "simulated: the profile's memory and cores imposed on a bigger host (docs/harness.md); "
+            "real: measured on the machine itself.",
+        ],
+        "l" * len(shown) + "rrrl",
+    )
+
+
+def quantization_table(rows: pd.DataFrame, bench: pd.DataFrame | None = None) -> Table:
+    """Per quantization mode: weight bytes, latency, peak RSS and quality.
+
+    Over ok trials, by the mode each one ran with (the ``quantization`` column): a failed trial may not
+    know its mode. Weight bytes and quality are not per-trial measurements (the rows do not carry them):
+    they come from the bench file for that mode; a mode only the bench measured gets a row with no
+    trials."""
+    keys = [k for k in CONDITION_KEYS if k != "quant"] + ["ablation", "quantization"]
+    ok = rows[rows["status"] == "ok"]
+    by_mode = (bench if bench is not None else pd.DataFrame(columns=["quantization"])).set_index("quantization")
+    records = []
+    for key, group in _grouped(ok, keys):
+        latency = _ok_latency(group)
+        record = {
+            **key,
+            "n_ok": len(group),
+            **location_stats(latency, "mean", "lat_mean_ms"),
+            "peak_rss_mb": group["peak_rss_mb"].max(),
+        }
+        for column in QUALITY_COLUMNS:
+            known = column in by_mode and key["quantization"] in by_mode.index
+            value = by_mode.at[key["quantization"], column] if known else math.nan
+            record |= {column: value, f"{column}_source": "" if _missing(value) else "bench"}
+        records.append(record)
+    for mode in sorted(set(by_mode.index) - set(ok["quantization"].dropna())):
+        record = {"quantization": mode, "n_ok": 0}
+        for column in QUALITY_COLUMNS:
+            value = by_mode.at[mode, column] if column in by_mode else math.nan
+            record |= {column: value, f"{column}_source": "" if _missing(value) else "bench"}
+        records.append(record)
+    columns = ["n_ok", "lat_mean_ms", "lat_mean_ms_lo", "lat_mean_ms_hi", "peak_rss_mb"] + [
+        c for column in QUALITY_COLUMNS for c in (column, f"{column}_source")
+    ]
+    data = _frame(records, keys, columns)
+    shown = [k for k in varying_keys(ok, keys) if k != "quantization"] + ["quantization"]
+    header, cells = _key_cells(data, shown)
+    header += ["n ok", "weights MB", "mean ms [CI]", "peak RSS MB", "MCD dB", "log-mel dB", "bytes/quality from"]
+    for row, out in zip(data.itertuples(index=False), cells):
+        sources = sorted({s for s in (row.weight_bytes_source, row.mcd_db_source, row.log_mel_db_source) if s})
+        out += [
+            str(row.n_ok),
+            fmt_num(row.weight_bytes / MIB if not _missing(row.weight_bytes) else math.nan, 2),
+            fmt_interval(row.lat_mean_ms, row.lat_mean_ms_lo, row.lat_mean_ms_hi),
+            fmt_num(row.peak_rss_mb),
+            fmt_num(row.mcd_db, 2),
+            fmt_num(row.log_mel_db, 2),
+            ", ".join(sources) or NO_DATA,
+        ]
+    notes = [
+        INTERVALS_NOTE,
+        "Ok trials only, by the mode they ran with. MCD / log-mel: distance from the fp32 "
+        "model's rendering (adaptive_tts.runtime.quality); lower is closer.",
+    ]
+    if bench is None:
+        notes.append("No bench_quantize file was given or found: weights and quality only where rows carry them.")
+    return Table(
+        "quantization",
+        _caption("Quantization modes", ok, [k for k in keys if k not in shown]),
+        data,
+        header,
+        cells,
+        notes,
+        "l" * len(shown) + "r" * 6 + "l",
+    )
