@@ -42,6 +42,13 @@ from experiments.workload import _corpus_words, cut_text
 HOST = "127.0.0.1"
 
 
+def free_port(host: str = HOST) -> int:
+    """A port nothing listens on now (the kernel's choice, released at once)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile: an observed value, which is what a handful of samples supports."""
     ordered = sorted(values)
@@ -72,9 +79,7 @@ def running_server(
     Yields the URL and the server's pid once ``/health`` answers; the server's output goes to ``log``.
     The tests start their server with this too.
     """
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [

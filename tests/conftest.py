@@ -3,12 +3,11 @@
 Fixtures: the real voice, loaded once per test session. Helpers: plain functions and classes that test
 files import with ``from conftest import ...`` (this folder is on ``sys.path``, as for ``from texts
 import ...``): a machine's memory as a test sets it, a budget manager and a backend that read it, the
-cgroup probes of the harness tests, a free loopback port, and the repository's paths.
+cgroup probes of the harness tests, and the repository's paths.
 """
 
 from __future__ import annotations
 
-import socket
 import sys
 from functools import cache
 from pathlib import Path
@@ -23,7 +22,6 @@ REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures"
 #: ``python -m adaptive_tts``, as a user runs the command line
 CLI = [sys.executable, "-m", "adaptive_tts"]
-HOST = "127.0.0.1"
 M1 = PROFILES["m1_air"]
 
 
@@ -123,10 +121,3 @@ def our_cgroups(pid: int) -> list[Path]:
 # ------------------------------------------------------------------------------------------------
 # Servers
 # ------------------------------------------------------------------------------------------------
-
-
-def free_port(host: str = HOST) -> int:
-    """A port nothing listens on now (the kernel's choice, released at once)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]

@@ -25,7 +25,7 @@ import psutil
 import pytest
 import schemathesis
 import uvicorn
-from conftest import CLI, HOST, Memory, free_port, simulated_backend
+from conftest import CLI, Memory, simulated_backend
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -41,7 +41,7 @@ from adaptive_tts.backend import SmartAdaptiveBackend
 from adaptive_tts.runtime.monitor import ACTION_OK
 from adaptive_tts.server import ESTIMATE_LENGTH_FACTOR, MAX_BODY_BYTES, create_app
 from adaptive_tts.voice.engine import resolve_compute
-from experiments.bench_server import running_server
+from experiments.bench_server import HOST, free_port, running_server
 
 SHORT = "Hello there, this is the server speaking."
 SEED_ENDPOINTS = [
