@@ -106,21 +106,6 @@ def _mount_point(fstype: str, super_option: str | None = None) -> Path | None:
     return None
 
 
-def _own_cgroup(controller: str | None) -> str | None:
-    """This process's path in /proc/self/cgroup: the v1 hierarchy holding ``controller``, or v2 (None)."""
-    try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        hierarchy, controllers, path = (line.split(":", 2) + ["", ""])[:3]
-        if controller is None and hierarchy == "0" and controllers == "":
-            return path
-        if controller is not None and controller in controllers.split(","):
-            return path
-    return None
-
-
 def _counter(path: Path, key: str) -> int | None:
     """A "key value" line of a kernel stats file (memory.events, memory.oom_control, /proc/vmstat)."""
     try:
@@ -192,7 +177,9 @@ class MemoryCap:
 
 
 def _cgroup_v2(limit_mb: float) -> MemoryCap:
-    mount, own = _mount_point("cgroup2"), _own_cgroup(None)
+    from adaptive_tts.runtime.hardware.cgroup import own_cgroup  # here: workers import this module unconfined
+
+    mount, own = _mount_point("cgroup2"), own_cgroup(None)
     if mount is None or own is None:
         raise OSError("no cgroup v2 hierarchy")
     parent = mount / own.lstrip("/")
@@ -212,7 +199,9 @@ def _cgroup_v2(limit_mb: float) -> MemoryCap:
 
 
 def _cgroup_v1(limit_mb: float) -> MemoryCap:
-    mount, own = _mount_point("cgroup", "memory"), _own_cgroup("memory")
+    from adaptive_tts.runtime.hardware.cgroup import own_cgroup  # here: workers import this module unconfined
+
+    mount, own = _mount_point("cgroup", "memory"), own_cgroup("memory")
     if mount is None or own is None:
         raise OSError("no cgroup v1 memory hierarchy")
     parent = mount / own.lstrip("/")

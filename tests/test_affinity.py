@@ -25,13 +25,19 @@ linux_only = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="ne
 
 def linux_fixture(name: str) -> HardwareInfo:
     root = FIXTURES / name
-    return detect_hardware(sysfs_root=root / "sys", proc_root=root / "proc", cgroup_root=root / "cgroup",
-                           platform_system="Linux", probe_gpu=False)
+    return detect_hardware(
+        sysfs_root=root / "sys",
+        proc_root=root / "proc",
+        cgroup_root=root / "cgroup",
+        platform_system="Linux",
+        probe_gpu=False,
+    )
 
 
 def m1_air() -> HardwareInfo:
-    return detect_hardware(sysctl_output=(FIXTURES / "m1_air" / "sysctl.txt").read_text(),
-                           platform_system="Darwin", probe_gpu=False)
+    return detect_hardware(
+        sysctl_output=(FIXTURES / "m1_air" / "sysctl.txt").read_text(), platform_system="Darwin", probe_gpu=False
+    )
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator
 
 import psutil
 import pytest
@@ -132,7 +132,10 @@ def test_budget_sees_a_real_cgroup_cap() -> None:
     bounded by it and falls as the child allocates, and the M1 Air's 1.5 GB margin cannot be met."""
     with child_memory_cgroup(256 * MIB) as cgroup:
         proc = subprocess.Popen(
-            [sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            [sys.executable, "-c", CHILD],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
         )
         (cgroup / "cgroup.procs").write_text(str(proc.pid))
@@ -243,8 +246,13 @@ def test_calibrated_policy_keeps_the_estimators_error_plus_how_far_others_may_gr
     assert budget.resident_margin_mb == pytest.approx(155)  # held for life: the whole 120 MB swing
     assert 940 - 800 - budget.resident_margin_mb < 0  # what a request may take, a warm-up may not
     terms = budget.margin_terms()
-    assert terms == {"policy": "calibrated", "safety_margin_mb": 95.0, "estimator_error_mb": 35.0,
-                     "background_swing_mb": 120.0, "background_headroom_mb": 60.0}
+    assert terms == {
+        "policy": "calibrated",
+        "safety_margin_mb": 95.0,
+        "estimator_error_mb": 35.0,
+        "background_swing_mb": 120.0,
+        "background_headroom_mb": 60.0,
+    }
     machine.available_mb = 880  # the app at its peak: nothing left to take back
     assert budget.room() == MemoryRoom(880, 35.0, "system")
     machine.available_mb = 1000  # at its least: the whole swing

@@ -130,8 +130,13 @@ def test_hybrid_from_cpufreq_clusters_without_intel_pmu_files(tmp_path: Path) ->
     shutil.copytree(FIXTURES / "i5_1235u", root)
     shutil.rmtree(root / "sys" / "devices" / "cpu_core")
     shutil.rmtree(root / "sys" / "devices" / "cpu_atom")
-    info = detect_hardware(sysfs_root=root / "sys", proc_root=root / "proc", cgroup_root=root / "cgroup",
-                           platform_system="Linux", probe_gpu=False)
+    info = detect_hardware(
+        sysfs_root=root / "sys",
+        proc_root=root / "proc",
+        cgroup_root=root / "cgroup",
+        platform_system="Linux",
+        probe_gpu=False,
+    )
     assert info.core_type_source == "cpufreq"
     assert info.performance_cpus == [0, 1, 2, 3]
     assert info.efficiency_cpus == list(range(4, 12))
@@ -203,15 +208,25 @@ def test_no_cgroup_file_means_no_cgroup(tmp_path: Path) -> None:
 def test_profiles_carry_the_seed_tables() -> None:
     assert list(PROFILES) == ["m1_air", "m1_pro", "intel_i5", "ryzen5", "high_end"]
     air, i5, high = PROFILES["m1_air"], PROFILES["intel_i5"], PROFILES["high_end"]
-    assert (air.memory_budget.reserved_os_gb, air.memory_budget.max_model_gb, air.memory_budget.max_cache_gb,
-            air.memory_budget.safety_margin_gb) == (2.0, 2.0, 1.0, 1.5)
+    assert (
+        air.memory_budget.reserved_os_gb,
+        air.memory_budget.max_model_gb,
+        air.memory_budget.max_cache_gb,
+        air.memory_budget.safety_margin_gb,
+    ) == (2.0, 2.0, 1.0, 1.5)
     assert PROFILES["m1_pro"].memory_budget.safety_margin_gb == 2.0
     assert high.memory_budget.total_ram_gb == 32 and high.memory_budget.max_model_gb == 6.0
-    assert (air.quantization.calibration_size, i5.quantization.calibration_size,
-            high.quantization.calibration_size) == (32, 64, 128)
+    assert (
+        air.quantization.calibration_size,
+        i5.quantization.calibration_size,
+        high.quantization.calibration_size,
+    ) == (32, 64, 128)
     assert not high.quantization.layer_wise and not high.quantization.weight_only and high.quantization.dynamic
     assert (i5.estimates.base_model_mb, i5.estimates.per_100_tokens_mb, i5.estimates.cache_overhead_mb) == (
-        2500, 60, 250)
+        2500,
+        60,
+        250,
+    )
     assert PROFILES["m1_pro"].estimates.per_100_tokens_mb == 40
     for profile in PROFILES.values():
         config = profile.selected_configuration
@@ -268,7 +283,9 @@ def test_parse_cpulist(text: str, cpus: list[int]) -> None:
 
 def test_parse_sysctl_formats() -> None:
     assert parse_sysctl("hw.ncpu: 8\nkern.version = Darwin 23\nnoise line\n") == {
-        "hw.ncpu": "8", "kern.version": "Darwin 23"}
+        "hw.ncpu": "8",
+        "kern.version": "Darwin 23",
+    }
 
 
 def test_a_cache_limit_lowers_the_profile_cache_and_never_raises_it():

@@ -124,8 +124,14 @@ def test_memory_outranks_cpu_and_unsafe_budget_counts_as_memory(no_sensors: Path
 
 def test_a_full_container_is_critical_on_an_idle_host(no_sensors: Path) -> None:
     """Runs on a simulated container: 1900 of its 2048 MB cgroup used while the host is 20 % used."""
-    status = simulated(PROFILES["m1_air"], no_sensors, cpu=10, total_mb=65536, available_mb=52428,
-                       cgroup=CgroupMemory(1, "/docker/x", 2048, 1900)).status()
+    status = simulated(
+        PROFILES["m1_air"],
+        no_sensors,
+        cpu=10,
+        total_mb=65536,
+        available_mb=52428,
+        cgroup=CgroupMemory(1, "/docker/x", 2048, 1900),
+    ).status()
     assert status["throttling_risk"]["memory_critical"]
     assert status["resources"]["memory_available_gb"] == round(148 / 1024, 2)
     assert status["memory_budget_safe"] is False
@@ -133,8 +139,13 @@ def test_a_full_container_is_critical_on_an_idle_host(no_sensors: Path) -> None:
 
 def test_gpu_util_only_with_an_nvidia_gpu(no_sensors: Path) -> None:
     """Runs on fixtures: the i5 laptop without a GPU, and the same with a CUDA GPU and its reading."""
-    info = detect_hardware(sysfs_root=FIXTURES / "i5_1235u" / "sys", proc_root=FIXTURES / "i5_1235u" / "proc",
-                           cgroup_root=FIXTURES / "i5_1235u" / "cgroup", platform_system="Linux", probe_gpu=False)
+    info = detect_hardware(
+        sysfs_root=FIXTURES / "i5_1235u" / "sys",
+        proc_root=FIXTURES / "i5_1235u" / "proc",
+        cgroup_root=FIXTURES / "i5_1235u" / "cgroup",
+        platform_system="Linux",
+        probe_gpu=False,
+    )
     assert "gpu_util" not in simulated(I5, no_sensors, info=info).status()["resources"]
     with_gpu = replace(info, cuda_available=True, gpu_name="NVIDIA GeForce RTX 3060")
     status = simulated(I5, no_sensors, info=with_gpu, gpu_util=lambda: 60.0).status()
