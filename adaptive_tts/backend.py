@@ -30,13 +30,20 @@ import numpy as np
 
 from .audio import from_pcm16, pcm16
 from .heap import release_free_memory, tune_heap
-from .options import BackendOptions, RuntimeConfig, default_lanes
+from .options import BackendOptions, default_lanes
 from .runtime.admission import AdmissionLedger
 from .runtime.affinity import CPUAffinityManager
 from .runtime.budget import MemoryBudgetManager
 from .runtime.cache import AudioCache
 from .runtime.estimator import CalibrationStore, ConfigKey, MemoryEstimator, current_rss_mb, machine_key
-from .runtime.hardware import HardwareInfo, HardwareProfile, detect_hardware, hardware_payload, select_profile
+from .runtime.hardware import (
+    HardwareInfo,
+    HardwareProfile,
+    SelectedConfiguration,
+    detect_hardware,
+    hardware_payload,
+    select_profile,
+)
 from .runtime.monitor import SystemMonitor
 from .runtime.planner import (
     PRECISIONS,
@@ -59,7 +66,7 @@ from .voice.speech import QuantizableEngine, SynthesisOptions
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BackendOptions", "RuntimeConfig", "SmartAdaptiveBackend", "SynthesisRefused", "TextTooLong"]
+__all__ = ["BackendOptions", "SmartAdaptiveBackend", "SynthesisRefused", "TextTooLong"]
 
 #: Seconds of idleness after which freed memory is handed back to the OS (see ``_schedule_idle_trim``).
 IDLE_TRIM_DELAY_S = 0.5
@@ -99,11 +106,13 @@ class SmartAdaptiveBackend:
         budget.set_policy(self.options.budget_policy)
         self.monitor = SystemMonitor(self.profile, info=self.info, budget_manager=budget)
         selected = self.profile.selected_configuration
-        self.config = RuntimeConfig(
+        #: what synthesis runs with now: the profile's selection, the options' overrides, and what the
+        #: runtime has adapted since (replaced whole, never edited in place: a reader sees one state)
+        self.config: SelectedConfiguration = replace(
+            selected,
             chunk_length=self.options.chunk_length or selected.chunk_length,
             num_threads=self.options.num_threads or selected.num_threads,
             cache_limit=budget.cache_limit_mb,
-            max_text_length=selected.max_text_length,
             quantization="fp32",
         )
         self.affinity: CPUAffinityManager | None = None
@@ -111,10 +120,10 @@ class SmartAdaptiveBackend:
             self.affinity = CPUAffinityManager(self.info)
             applied = self.affinity.apply()
             if self.options.num_threads is None and applied.num_threads is not None:
-                self.config.num_threads = applied.num_threads
+                self.config = replace(self.config, num_threads=applied.num_threads)
         self.engine = load_engine(self.options.engine, self.config.num_threads, self.options.compute)
         self.lanes = ComputeLanes(self.options.compute_lanes or default_lanes(self.config.num_threads))
-        self.config.compute = self.engine.compute
+        self.config = replace(self.config, compute=self.engine.compute)
         self.sample_rate = self.engine.sample_rate
         self._set_precision(self._initial_precision(budget))
         self.cache: AudioCache | None = None
@@ -409,10 +418,13 @@ class SmartAdaptiveBackend:
                 "config": previous,
                 "freed_rss_mb": freed_rss_mb,
             }
-        self.config.chunk_length = new["chunk_length"]
-        self.config.cache_limit = new["cache_limit"]
+        self.config = replace(
+            self.config,
+            chunk_length=new["chunk_length"],
+            cache_limit=new["cache_limit"],
+            num_threads=new["num_threads"],
+        )
         if new["num_threads"] != previous["num_threads"]:
-            self.config.num_threads = new["num_threads"]
             self.engine.set_num_threads(new["num_threads"])
         self.estimator.set_config(self._config_key())
         logger.info("re-optimized: %s", "; ".join(reasons) or "cache limit follows memory")
@@ -475,7 +487,7 @@ class SmartAdaptiveBackend:
         dynamic = row.dynamic and precision == "int8" and native_int8_dot()
         strategy = QuantizationStrategy(mode=precision, weight_only=row.weight_only or not dynamic, dynamic=dynamic)
         quantize_(cast(QuantizableEngine, self.engine).model, strategy)  # runs() said it has weights to lower
-        self.config.quantization = precision
+        self.config = replace(self.config, quantization=precision)
         gc.collect()
         logger.info("model weights now %s", precision)
 
@@ -530,7 +542,7 @@ class SmartAdaptiveBackend:
         return all(self.estimator.constants_for(key).calibrated for key in self.candidate_keys())
 
     def _on_cache_limit(self, limit_mb: float) -> None:
-        self.config.cache_limit = limit_mb
+        self.config = replace(self.config, cache_limit=limit_mb)
         if self.cache is not None:
             self.cache.set_limit_mb(limit_mb)
 
@@ -615,7 +627,7 @@ class SmartAdaptiveBackend:
                 budget.available_mb(),
                 budget.resident_margin_mb,
             )
-            self.config.chunk_length = ceiling
+            self.config = replace(self.config, chunk_length=ceiling)
             self.estimator.set_config(self._config_key())
         return True
 

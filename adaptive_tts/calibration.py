@@ -112,7 +112,7 @@ def configure(backend: SmartAdaptiveBackend, key: ConfigKey) -> None:
     if key.quantization != backend.config.quantization:
         backend.set_precision(key.quantization)
     if key.chunk_length is not None:
-        backend.config.chunk_length = key.chunk_length
+        backend.config = dataclasses.replace(backend.config, chunk_length=key.chunk_length)
 
 
 def _workload(texts: Sequence[str]) -> list[tuple[str, int]]:

@@ -1,16 +1,17 @@
-"""How a backend is configured: which runtime features are on (the thesis's ablations) and the
-configuration it runs with now.
+"""How a backend is asked to run: which runtime features are on (the thesis's ablations) and
+configuration overrides.
 
-:class:`BackendOptions` is what a caller asks for, validated when it is made, so a bad setting is an
-error that names it before any model loads; :class:`RuntimeConfig` is what the backend chose from the
-options and the hardware profile, and changes as the runtime adapts (``/optimize-for-hardware``).
+:class:`BackendOptions` is what a caller asks for, validated when it is made, so that a bad setting is
+an error that names it before any model loads. What the backend then runs with is one
+:class:`~adaptive_tts.runtime.hardware.SelectedConfiguration` (the profile's, with these overrides
+and whatever the runtime adapts later), the same type the profile selects.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from .runtime.budget import BUDGET_POLICIES
@@ -70,22 +71,6 @@ class BackendOptions:
             raise ValueError(f"num_threads must be >= 1, got {self.num_threads}")
         if self.compute_lanes is not None and self.compute_lanes < 1:
             raise ValueError(f"compute_lanes must be >= 1, got {self.compute_lanes}")
-
-
-@dataclass
-class RuntimeConfig:
-    """The seed's "selected configuration": what synthesis runs with right now."""
-
-    chunk_length: int
-    num_threads: int
-    cache_limit: float
-    max_text_length: int
-    quantization: str
-    #: what the engine multiplies in (fp32 or bf16; the reference engine: fp32)
-    compute: str = "fp32"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def default_lanes(num_threads: int) -> int:

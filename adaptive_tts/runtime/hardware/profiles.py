@@ -63,7 +63,8 @@ class SelectedConfiguration:
 
     ``chunk_length`` counts decoder latent frames (256 samples each at 22050 Hz, ~11.6 ms), so 256 frames
     is ~3 s of audio per decoded chunk. ``cache_limit`` is MB of audio cache, at most the budget's max
-    cache.
+    cache. A backend runs with one of these too: the profile's, with its options' overrides and what
+    it adapts later (``SmartAdaptiveBackend.config``); ``compute`` is then what its engine resolved.
     """
 
     chunk_length: int
@@ -71,6 +72,12 @@ class SelectedConfiguration:
     cache_limit: float
     max_text_length: int
     quantization: str
+    #: what the engine multiplies in (fp32, or bf16 where the CPU has it natively): the engine resolves
+    #: it, so a profile says fp32, the precision every CPU runs
+    compute: str = "fp32"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
