@@ -41,7 +41,7 @@ from adaptive_tts.backend import SmartAdaptiveBackend
 from adaptive_tts.runtime.monitor import ACTION_OK
 from adaptive_tts.server import ESTIMATE_LENGTH_FACTOR, MAX_BODY_BYTES, create_app
 from adaptive_tts.voice.engine import resolve_compute
-from experiments.bench_server import HOST, free_port, running_server
+from experiments.serving import HOST, free_port, running_server
 
 SHORT = "Hello there, this is the server speaking."
 SEED_ENDPOINTS = [

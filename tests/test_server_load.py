@@ -6,7 +6,7 @@
   runs again — the measured pass.
 * (slow) ~1100 requests in bursts with idle gaps (a warm-up of every text length and 150 more, then
   900 measured), of texts of every length, both synthesis endpoints, malformed requests and status
-  reads (``experiments.bench_server.soak``): the service's own memory stays bounded by its warm level
+  reads (``experiments.bench_soak.soak``): the service's own memory stays bounded by its warm level
   plus its cache, and ``/cache/clear`` gives memory back.
 """
 
@@ -23,7 +23,7 @@ import httpx
 import pytest
 from test_server import BAD_REQUESTS, fill, serve_cli
 
-from experiments.bench_server import SoakResult, print_soak, soak
+from experiments.bench_soak import SoakResult, print_soak, soak
 
 CONCURRENCY = 8
 REQUESTS = 300
