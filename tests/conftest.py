@@ -23,6 +23,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 #: ``python -m adaptive_tts``, as a user runs the command line
 CLI = [sys.executable, "-m", "adaptive_tts"]
 M1 = PROFILES["m1_air"]
+I5 = PROFILES["intel_i5"]  # safety margin 2048 MB, max cache 1536 MB
 
 
 @pytest.fixture(scope="session")

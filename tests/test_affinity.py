@@ -9,29 +9,17 @@ import sys
 import textwrap
 import threading
 from dataclasses import replace
-from pathlib import Path
 
 import psutil
 import pytest
+from conftest import FIXTURES, linux_fixture
 
 from adaptive_tts.runtime.affinity import CPUAffinityManager
 from adaptive_tts.runtime.hardware import HardwareInfo, detect_hardware
 
 torch = pytest.importorskip("torch")
 
-FIXTURES = Path(__file__).parent / "fixtures"
 linux_only = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs os.sched_setaffinity (Linux)")
-
-
-def linux_fixture(name: str) -> HardwareInfo:
-    root = FIXTURES / name
-    return detect_hardware(
-        sysfs_root=root / "sys",
-        proc_root=root / "proc",
-        cgroup_root=root / "cgroup",
-        platform_system="Linux",
-        probe_gpu=False,
-    )
 
 
 def m1_air() -> HardwareInfo:

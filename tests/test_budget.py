@@ -17,38 +17,14 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import FIXTURES, I5, M1, Memory, no_cgroup, simulated_budget
 
-from adaptive_tts.runtime.budget import MemoryBudgetManager, MemoryReading, MemoryRoom, MemoryWatch, SystemMemory
-from adaptive_tts.runtime.hardware import (
-    MIB,
-    PROFILES,
-    CgroupMemory,
-    HardwareProfile,
-    detect_hardware,
-    read_cgroup_memory,
-)
-
-FIXTURES = Path(__file__).parent / "fixtures"
-I5 = PROFILES["intel_i5"]  # safety margin 2048 MB, max cache 1536 MB
+from adaptive_tts.runtime.budget import MemoryBudgetManager, MemoryReading, MemoryRoom, MemoryWatch
+from adaptive_tts.runtime.hardware import MIB, HardwareProfile, detect_hardware, read_cgroup_memory
 
 
 def with_safety_margin(profile: HardwareProfile, gb: float) -> HardwareProfile:
     return replace(profile, memory_budget=replace(profile.memory_budget, safety_margin_gb=gb))
-
-
-class MachineMemory:
-    """A machine we lack (a 16 GB laptop under pressure): its available memory set by the test."""
-
-    def __init__(self, total_mb: float, available_mb: float) -> None:
-        self.total_mb = total_mb
-        self.available_mb = available_mb
-
-    def __call__(self) -> SystemMemory:
-        return SystemMemory(self.total_mb, self.available_mb)
-
-
-def no_cgroup() -> CgroupMemory:
-    return CgroupMemory(None, None, None, None)
 
 
 # ---- this machine ---------------------------------------------------------------------------------
@@ -143,7 +119,7 @@ def test_budget_sees_a_real_cgroup_cap() -> None:
     assert proc.returncode == 0, err
     result = json.loads(out)
     assert result["limit_mb"] == 256
-    assert result["version"] in (1, 2)
+    assert result["version"] == read_cgroup_memory().version  # the child sits in this process's hierarchy
     assert 0 < result["before"] <= 256
     assert result["before"] < result["psutil_available_mb"]
     assert result["before"] - result["after"] >= 80  # the 96 MB the child wrote, seen through the cgroup
@@ -157,7 +133,7 @@ def test_budget_sees_a_real_cgroup_cap() -> None:
 
 def test_enforce_limits_logs_the_numbers(caplog: pytest.LogCaptureFixture) -> None:
     """Runs on a simulated 16 GB laptop with 1.2 GB available."""
-    budget = MemoryBudgetManager(I5, system_memory=MachineMemory(16384, 1.2 * 1024), cgroup_memory=no_cgroup)
+    budget = simulated_budget(I5, Memory(1.2 * 1024, total_mb=16384))
     with caplog.at_level(logging.CRITICAL, logger="adaptive_tts.runtime.budget"):
         assert budget.enforce_limits() is False
     assert "CRITICAL: only 1.2 GB available (need 2.0 GB safety margin)" in caplog.text
@@ -166,10 +142,10 @@ def test_enforce_limits_logs_the_numbers(caplog: pytest.LogCaptureFixture) -> No
 def test_check_is_bounded_by_the_container_cgroup() -> None:
     """Runs on a fixture: a Docker container capped at 2 GiB (cgroup v1) on a host with 12 GB free."""
     root = FIXTURES / "cgroup_v1"
-    budget = MemoryBudgetManager(
+    budget = simulated_budget(
         with_safety_margin(I5, 0.5),
-        system_memory=MachineMemory(16384, 12288),
-        cgroup_memory=lambda: read_cgroup_memory(proc_root=root / "proc", cgroup_root=root / "cgroup"),
+        Memory(12288, total_mb=16384),
+        read_cgroup_memory(proc_root=root / "proc", cgroup_root=root / "cgroup"),
     )
     assert budget.available_mb() == 2048 - 500
     ok = budget.check(1000)
@@ -187,15 +163,15 @@ def test_no_cgroup_in_info_skips_cgroup_reads() -> None:
     """Runs on a fixture: the M1 Air (macOS has no cgroups)."""
     sysctl = (FIXTURES / "m1_air" / "sysctl.txt").read_text()
     info = detect_hardware(sysctl_output=sysctl, platform_system="Darwin", probe_gpu=False)
-    budget = MemoryBudgetManager(PROFILES["m1_air"], info=info, system_memory=MachineMemory(8192, 3000))
+    budget = MemoryBudgetManager(M1, info=info, system_memory=Memory(3000, total_mb=8192))
     assert budget.reading().cgroup.version is None
     assert budget.available_mb() == 3000
 
 
 def test_cache_limit_follows_memory_pressure() -> None:
     """Runs on a simulated 16 GB laptop whose free memory the test moves."""
-    machine = MachineMemory(16384, 8000)
-    budget = MemoryBudgetManager(I5, system_memory=machine, cgroup_memory=no_cgroup)
+    machine = Memory(8000, total_mb=16384)
+    budget = simulated_budget(I5, machine)
     seen: list[float] = []
     budget.add_cache_listener(seen.append)
     assert budget.cache_limit_mb == budget.cache_ceiling_mb == 1536
@@ -221,14 +197,14 @@ def test_cache_limit_follows_memory_pressure() -> None:
 
 
 def test_seed_policy_keeps_the_documents_margin() -> None:
-    budget = MemoryBudgetManager(PROFILES["m1_air"], system_memory=MachineMemory(8192, 1000), cgroup_memory=no_cgroup)
+    budget = simulated_budget(M1, Memory(1000, total_mb=8192))
     assert budget.policy == "seed" and budget.safety_margin_mb == 1536
     assert not budget.check(100).allowed
 
 
 def test_calibrated_policy_keeps_the_estimators_error_plus_how_far_others_may_grow_back() -> None:
-    machine = MachineMemory(8192, 1000)
-    budget = MemoryBudgetManager(PROFILES["m1_air"], system_memory=machine, cgroup_memory=no_cgroup)
+    machine = Memory(1000, total_mb=8192)
+    budget = simulated_budget(M1, machine)
     budget.watch.stop()  # sampled by hand below, so the numbers are the test's
     budget.watch = type(budget.watch)(budget.reading, own_rss=lambda: 300.0)
     budget.set_policy("calibrated")
@@ -260,7 +236,7 @@ def test_calibrated_policy_keeps_the_estimators_error_plus_how_far_others_may_gr
 
 
 def test_a_reading_while_this_process_allocates_is_not_charged_to_others() -> None:
-    machine = MachineMemory(8192, 1000)
+    machine = Memory(1000, total_mb=8192)
     rss = iter([300.0, 300.5, 300.0, 420.0, 300.0, 300.0])  # the second reading straddles a 120 MB allocation
     watch = MemoryWatch(lambda: MemoryReading(machine(), no_cgroup()), own_rss=lambda: next(rss))
     assert watch.sample() == pytest.approx(8192 - 1000 - 300.25)
@@ -271,8 +247,8 @@ def test_a_reading_while_this_process_allocates_is_not_charged_to_others() -> No
 
 
 def test_the_watch_forgets_what_left_its_window() -> None:
-    machine = MachineMemory(8192, 1000)
-    watch = MemoryBudgetManager(PROFILES["m1_air"], system_memory=machine, cgroup_memory=no_cgroup).watch
+    machine = Memory(1000, total_mb=8192)
+    watch = simulated_budget(M1, machine).watch
     watch.window_s = 0.05
     machine.available_mb = 500
     watch.sample()
@@ -284,7 +260,7 @@ def test_the_watch_forgets_what_left_its_window() -> None:
 
 
 def test_the_live_watch_samples_a_real_machine() -> None:
-    budget = MemoryBudgetManager(PROFILES["m1_air"], policy="calibrated")
+    budget = MemoryBudgetManager(M1, policy="calibrated")
     time.sleep(0.3)
     budget.close()
     assert len(budget.watch._samples) >= 3
@@ -293,6 +269,6 @@ def test_the_live_watch_samples_a_real_machine() -> None:
 
 def test_unknown_policy_is_an_error() -> None:
     with pytest.raises(ValueError, match="'generous'"):
-        MemoryBudgetManager(PROFILES["m1_air"], policy="generous")
+        MemoryBudgetManager(M1, policy="generous")
     with pytest.raises(ValueError, match=">= 0"):
-        MemoryBudgetManager(PROFILES["m1_air"]).set_estimator_error(-1)
+        MemoryBudgetManager(M1).set_estimator_error(-1)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import FIXTURES, linux_fixture
 
 from adaptive_tts.runtime.budget import MemoryBudgetManager
 from adaptive_tts.runtime.hardware import (
@@ -26,19 +27,6 @@ from adaptive_tts.runtime.hardware import (
     select_profile,
     with_cache_limit,
 )
-
-FIXTURES = Path(__file__).parent / "fixtures"
-
-
-def detect_linux_fixture(name: str) -> HardwareInfo:
-    root = FIXTURES / name
-    return detect_hardware(
-        sysfs_root=root / "sys",
-        proc_root=root / "proc",
-        cgroup_root=root / "cgroup",
-        platform_system="Linux",
-        probe_gpu=False,
-    )
 
 
 def detect_m1_air(sysctl_text: str | None = None) -> HardwareInfo:
@@ -95,7 +83,8 @@ def test_live_profile_and_payload_are_consistent(live: HardwareInfo) -> None:
     payload = json.loads(json.dumps(hardware_payload(live, profile)))
     assert payload["profile"] == profile.name
     assert payload["hardware"]["logical_cores"] == os.cpu_count()
-    assert 1 <= payload["selected_configuration"]["num_threads"] <= live.logical_cores
+    assert payload["selected_configuration"]["num_threads"] == profile.selected_configuration.num_threads
+    assert 1 <= profile.selected_configuration.num_threads <= live.logical_cores
 
 
 # ---- captured machines ----------------------------------------------------------------------------
@@ -103,7 +92,7 @@ def test_live_profile_and_payload_are_consistent(live: HardwareInfo) -> None:
 
 def test_intel_i5_1235u_fixture() -> None:
     """Runs on a fixture: an i5-1235U's sysfs/procfs (2 P-cores with HT = CPUs 0-3, 8 E-cores = 4-11)."""
-    info = detect_linux_fixture("i5_1235u")
+    info = linux_fixture("i5_1235u")
     assert info.cpu_model == "12th Gen Intel(R) Core(TM) i5-1235U"
     assert (info.logical_cores, info.physical_cores) == (12, 10)
     assert info.performance_cpus == [0, 1, 2, 3]
@@ -145,7 +134,7 @@ def test_hybrid_from_cpufreq_clusters_without_intel_pmu_files(tmp_path: Path) ->
 def test_ryzen5_5600_fixture_is_uniform_despite_preferred_core_clocks() -> None:
     """Runs on a fixture: a Ryzen 5 5600 (6 cores, SMT, siblings "n,n+6") under amd-pstate, whose
     per-core max clocks differ by a few percent; that must not read as a hybrid CPU."""
-    info = detect_linux_fixture("ryzen5_5600")
+    info = linux_fixture("ryzen5_5600")
     assert info.cpu_model == "AMD Ryzen 5 5600 6-Core Processor"
     assert (info.logical_cores, info.physical_cores) == (12, 6)
     assert not info.is_hybrid and info.has_smt
@@ -238,7 +227,7 @@ def test_profiles_carry_the_seed_tables() -> None:
 
 def test_generic_profile_scales_with_ram_and_goes_int4_below_6gb() -> None:
     """Runs on a fixture: the Ryzen tree relabelled as an unknown CPU with various RAM sizes."""
-    base = replace(detect_linux_fixture("ryzen5_5600"), cpu_model="Some Future CPU 9000")
+    base = replace(linux_fixture("ryzen5_5600"), cpu_model="Some Future CPU 9000")
     small = select_profile(replace(base, total_ram_mb=4096))
     assert small.name == "generic-4gb"
     assert small.quantization.quantization == "int4" == small.selected_configuration.quantization
@@ -253,7 +242,7 @@ def test_generic_profile_scales_with_ram_and_goes_int4_below_6gb() -> None:
 
 def test_generic_profile_budgets_by_the_cgroup_cap() -> None:
     """Runs on a fixture: an unknown 16 GB machine whose process sits in a 3 GiB cgroup."""
-    info = replace(detect_linux_fixture("ryzen5_5600"), cpu_model="Some Future CPU 9000", cgroup_limit_mb=3072.0)
+    info = replace(linux_fixture("ryzen5_5600"), cpu_model="Some Future CPU 9000", cgroup_limit_mb=3072.0)
     profile = generic_profile(info)
     assert profile.name == "generic-3gb"
     assert profile.quantization.quantization == "int4"
@@ -262,7 +251,7 @@ def test_generic_profile_budgets_by_the_cgroup_cap() -> None:
 
 def test_forced_profile_and_unknown_name() -> None:
     """Runs on a fixture: the i5-1235U simulating other devices."""
-    info = detect_linux_fixture("i5_1235u")
+    info = linux_fixture("i5_1235u")
     forced = select_profile(info, "ryzen5")
     assert forced.name == "ryzen5"
     assert forced.selected_configuration.num_threads == 2  # the Ryzen's 6, capped by the i5's 2 P-cores

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import FIXTURES, I5, M1, Memory, linux_fixture, simulated_budget
 
-from adaptive_tts.runtime.budget import MemoryBudgetManager, SystemMemory
+from adaptive_tts.runtime.budget import MemoryBudgetManager
 from adaptive_tts.runtime.hardware import MIB, PROFILES, CgroupMemory, HardwareProfile, detect_hardware
 from adaptive_tts.runtime.monitor import (
     ACTION_CPU,
@@ -20,13 +21,6 @@ from adaptive_tts.runtime.monitor import (
     ACTION_THERMAL,
     SystemMonitor,
 )
-
-FIXTURES = Path(__file__).parent / "fixtures"
-I5 = PROFILES["intel_i5"]  # safety margin 2 GB
-
-
-def no_cgroup() -> CgroupMemory:
-    return CgroupMemory(None, None, None, None)
 
 
 def simulated(
@@ -40,11 +34,7 @@ def simulated(
     **kwargs,
 ) -> SystemMonitor:
     """A monitor for a machine we lack: its load and memory given, its sysfs a captured tree."""
-    budget = MemoryBudgetManager(
-        profile,
-        system_memory=lambda: SystemMemory(total_mb, available_mb),
-        cgroup_memory=lambda: cgroup or no_cgroup(),
-    )
+    budget = simulated_budget(profile, Memory(available_mb, total_mb=total_mb), cgroup)
     return SystemMonitor(profile, budget_manager=budget, sysfs_root=sysfs, cpu_percent=lambda: cpu, **kwargs)
 
 
@@ -78,7 +68,17 @@ def test_live_status_payload_is_the_seeds_and_fast() -> None:
     vm = psutil.virtual_memory()
     assert status["resources"]["memory_percent"] >= vm.percent - 5
     assert status["resources"]["memory_available_gb"] <= vm.available / MIB / 1024 + 0.1
-    assert status["recommended_action"] in (ACTION_OK, ACTION_MEMORY, ACTION_THERMAL, ACTION_CPU)
+    # the one action this reading's risks determine, memory first, then heat, then load
+    risk = status["throttling_risk"]
+    if risk["memory_critical"] or not status["memory_budget_safe"]:
+        expected = ACTION_MEMORY
+    elif risk["thermal_likely"]:
+        expected = ACTION_THERMAL
+    elif risk["cpu_maxed"]:
+        expected = ACTION_CPU
+    else:
+        expected = ACTION_OK
+    assert status["recommended_action"] == expected, status
 
 
 def test_live_monitor_sees_its_own_cpu_load() -> None:
@@ -125,7 +125,7 @@ def test_memory_outranks_cpu_and_unsafe_budget_counts_as_memory(no_sensors: Path
 def test_a_full_container_is_critical_on_an_idle_host(no_sensors: Path) -> None:
     """Runs on a simulated container: 1900 of its 2048 MB cgroup used while the host is 20 % used."""
     status = simulated(
-        PROFILES["m1_air"],
+        M1,
         no_sensors,
         cpu=10,
         total_mb=65536,
@@ -139,13 +139,7 @@ def test_a_full_container_is_critical_on_an_idle_host(no_sensors: Path) -> None:
 
 def test_gpu_util_only_with_an_nvidia_gpu(no_sensors: Path) -> None:
     """Runs on fixtures: the i5 laptop without a GPU, and the same with a CUDA GPU and its reading."""
-    info = detect_hardware(
-        sysfs_root=FIXTURES / "i5_1235u" / "sys",
-        proc_root=FIXTURES / "i5_1235u" / "proc",
-        cgroup_root=FIXTURES / "i5_1235u" / "cgroup",
-        platform_system="Linux",
-        probe_gpu=False,
-    )
+    info = linux_fixture("i5_1235u")
     assert "gpu_util" not in simulated(I5, no_sensors, info=info).status()["resources"]
     with_gpu = replace(info, cuda_available=True, gpu_name="NVIDIA GeForce RTX 3060")
     status = simulated(I5, no_sensors, info=with_gpu, gpu_util=lambda: 60.0).status()
@@ -200,7 +194,7 @@ def test_low_clock_under_load_means_thermal(tmp_path: Path) -> None:
 
 
 def test_seed_rule_only_for_m1_air_without_sensors(tmp_path: Path, no_sensors: Path) -> None:
-    air = PROFILES["m1_air"]
+    air = M1
     hot = simulated(air, no_sensors, cpu=75).status()
     assert hot["throttling_risk"]["thermal_likely"] is True
     assert hot["throttling_risk"]["thermal_signal"].startswith("seed rule: m1_air")
