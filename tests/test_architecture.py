@@ -85,7 +85,7 @@ def graph() -> dict[str, set[str]]:
 def test_the_graph_sees_the_modules_and_their_imports() -> None:
     edges = graph()
     assert "adaptive_tts.voice.speech" in edges["adaptive_tts.voice.engine"]
-    assert "adaptive_tts.backend" in edges["adaptive_tts.server"]
+    assert "adaptive_tts.backend" in edges["adaptive_tts.server.service"]
     assert "adaptive_tts.runtime.planner" in edges["adaptive_tts.backend"]
 
 

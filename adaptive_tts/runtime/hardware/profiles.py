@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .detect import HardwareInfo
@@ -67,14 +67,16 @@ class SelectedConfiguration:
     it adapts later (``SmartAdaptiveBackend.config``); ``compute`` is then what its engine resolved.
     """
 
-    chunk_length: int
-    num_threads: int
-    cache_limit: float
-    max_text_length: int
-    quantization: str
-    #: what the engine multiplies in (fp32, or bf16 where the CPU has it natively): the engine resolves
-    #: it, so a profile says fp32, the precision every CPU runs
-    compute: str = "fp32"
+    chunk_length: int = field(metadata={"description": "decoder chunk in latent frames (256 samples each)"})
+    num_threads: int = field(metadata={"description": "intra-op threads of each compute lane"})
+    cache_limit: float = field(metadata={"description": "audio cache limit, MB"})
+    max_text_length: int = field(metadata={"description": "longest text /tts accepts, in characters"})
+    quantization: str = field(metadata={"description": "weight precision: fp32, int8 or int4"})
+    #: the engine resolves it, so a profile says fp32, the precision every CPU runs
+    compute: str = field(
+        default="fp32",
+        metadata={"description": "what the engine multiplies in: fp32, or bf16 on CPUs with native bf16"},
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
