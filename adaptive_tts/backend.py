@@ -44,7 +44,7 @@ from .runtime.hardware import (
     hardware_payload,
     select_profile,
 )
-from .runtime.monitor import SystemMonitor
+from .runtime.monitor import SystemMonitor, reoptimized
 from .runtime.planner import (
     PRECISIONS,
     Candidate,
@@ -394,44 +394,33 @@ class SmartAdaptiveBackend:
         :meth:`clear_cache`), then re-read resources — which then see that memory free — and adjust the
         configuration if the machine calls for it."""
         freed_rss_mb = self.clear_cache()["freed_rss_mb"]
-        previous = self.config.to_dict()
+        previous = self.config
         status = self.monitor.status()
         budget = self.memory_budget_manager
         budget.adjust_cache_limit()
-        selected = self.profile.selected_configuration
-        new = dict(previous, cache_limit=budget.cache_limit_mb)
-        reasons = []
-        risk = status["throttling_risk"]
-        if risk["memory_critical"] or not status["memory_budget_safe"]:
-            new["chunk_length"] = max(MIN_CHUNK_LENGTH, previous["chunk_length"] // 2)
-            reasons.append("memory is short: smaller decoder chunks")
-        elif previous["chunk_length"] < (self.options.chunk_length or selected.chunk_length):
-            new["chunk_length"] = min(previous["chunk_length"] * 2, self.options.chunk_length or selected.chunk_length)
-            reasons.append("memory recovered: larger decoder chunks")
-        if risk["cpu_maxed"] or risk["thermal_likely"]:
-            new["num_threads"] = max(1, previous["num_threads"] // 2)
-            reasons.append("CPU maxed or thermal throttling likely: fewer threads")
+        new, reasons = reoptimized(
+            previous,
+            status,
+            cache_limit_mb=budget.cache_limit_mb,
+            chunk_ceiling=self.options.chunk_length or self.profile.selected_configuration.chunk_length,
+            min_chunk=MIN_CHUNK_LENGTH,
+        )
         if new == previous:
             return {
                 "status": "optimal",
                 "message": "No adjustments needed",
-                "config": previous,
+                "config": previous.to_dict(),
                 "freed_rss_mb": freed_rss_mb,
             }
-        self.config = replace(
-            self.config,
-            chunk_length=new["chunk_length"],
-            cache_limit=new["cache_limit"],
-            num_threads=new["num_threads"],
-        )
-        if new["num_threads"] != previous["num_threads"]:
-            self.engine.set_num_threads(new["num_threads"])
+        self.config = new
+        if new.num_threads != previous.num_threads:
+            self.engine.set_num_threads(new.num_threads)
         self.estimator.set_config(self._config_key())
         logger.info("re-optimized: %s", "; ".join(reasons) or "cache limit follows memory")
         return {
             "status": "adjusted",
-            "previous_config": previous,
-            "new_config": self.config.to_dict(),
+            "previous_config": previous.to_dict(),
+            "new_config": new.to_dict(),
             "reasons": reasons,
             "freed_rss_mb": freed_rss_mb,
         }

@@ -91,6 +91,12 @@ EXTRA_FIELDS = [
     pa.field("floor_mb", pa.float64()),  # the measured floor of the run (experiments/floor.py)
     pa.field("free_above_floor_mb", pa.float64()),  # the level: free_mb - floor_mb
     pa.field("background_restarted", pa.bool_()),  # the background app died during the trial or earlier in its worker
+    # benchmark hygiene: the machine around the trial (experiments/hygiene.py; null where not readable)
+    pa.field("loadavg_1m", pa.float64()),  # 1-minute load average at the trial's start
+    pa.field("cpu_pressure_some_avg10", pa.float64()),  # PSI cpu "some avg10" (%) at the trial's start
+    pa.field("steal_percent", pa.float64()),  # steal time, % of all CPU time over the trial
+    pa.field("cpu_governor", pa.string()),  # cpu0's cpufreq scaling governor
+    pa.field("power_source", pa.string()),  # ac | battery
 ]
 SCHEMA = pa.schema(list(CORE_SCHEMA) + EXTRA_FIELDS)
 STATUSES = ("ok", "oom", "refused", "error", "timeout")

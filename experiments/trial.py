@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from adaptive_tts.runtime.process import PeakMeter
+from experiments import hygiene
 from experiments.limits import Confinement, Device, confine_current_process
 
 logger = logging.getLogger(__name__)
@@ -278,8 +279,8 @@ class Supervisor:
     _disturbed: bool = field(default=False, init=False)  # the background app restarted in this worker's life
 
     def run(self, request: TrialRequest) -> dict[str, Any]:
-        """One trial → its outcome columns (status, error, measurements, peaks). Never raises for a
-        failure of the trial itself: that is what the row is for."""
+        """One trial → its outcome columns (status, error, measurements, peaks, the machine's state
+        around it). Never raises for a failure of the trial itself: that is what the row is for."""
         background = self.device.background
         if background is not None and background.ensure_running():
             self._disturbed = True  # a running worker saw the app vanish and come back
@@ -296,15 +297,18 @@ class Supervisor:
         worker_trials = self.worker.trials_served if self.worker is not None else 0
         if self.worker is None:
             self._disturbed = False  # a fresh worker sees the background as it is now
+        machine = hygiene.before()  # what the machine was doing: read around the trial (experiments.hygiene)
         try:
             if self.worker is None:
                 self.worker = self._start_worker()
                 self.worker.wait_ready(self.startup_timeout_s, oom_before)
+                machine = hygiene.before()  # the trial starts now: loading its body is not part of it
             outcome = self.worker.run(request, self.timeout_s, oom_before)
         except WorkerDied as died:
             logger.warning("trial %d: %s", request.trial_id, died.fields["error"].splitlines()[0])
             outcome = died.fields
             self.worker = None
+        outcome.update(hygiene.after(machine).columns())
         if (
             self.worker is not None
             and self.max_trials_per_worker

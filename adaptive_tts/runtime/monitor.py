@@ -17,13 +17,14 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 from adaptive_tts.runtime.budget import MemoryBudgetManager
-from adaptive_tts.runtime.hardware import HardwareInfo, HardwareProfile, read_int
+from adaptive_tts.runtime.hardware import HardwareInfo, HardwareProfile, SelectedConfiguration, read_int
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,37 @@ def read_nvidia_gpu_util() -> float | None:
     except (OSError, subprocess.SubprocessError, ValueError, IndexError) as exc:
         logger.debug("nvidia-smi could not read GPU utilisation: %s", exc)
         return None
+
+
+def reoptimized(
+    config: SelectedConfiguration,
+    status: dict[str, Any],
+    *,
+    cache_limit_mb: float,
+    chunk_ceiling: int,
+    min_chunk: int,
+) -> tuple[SelectedConfiguration, list[str]]:
+    """The seed's re-optimization, decided from one :meth:`SystemMonitor.status`: the configuration
+    the machine's state calls for now, and why (pure: the backend applies it).
+
+    Memory short (critical, or the budget unsafe): halve the decoder chunk, down to ``min_chunk``; memory
+    back: double it again, up to ``chunk_ceiling`` (the chunk asked for or the profile's). CPU maxed or
+    thermal throttling likely: halve the threads. The cache limit follows the budget's
+    (``cache_limit_mb``) whatever else changes.
+    """
+    risk = status["throttling_risk"]
+    reasons: list[str] = []
+    chunk, threads = config.chunk_length, config.num_threads
+    if risk["memory_critical"] or not status["memory_budget_safe"]:
+        chunk = max(min_chunk, chunk // 2)
+        reasons.append("memory is short: smaller decoder chunks")
+    elif chunk < chunk_ceiling:
+        chunk = min(chunk * 2, chunk_ceiling)
+        reasons.append("memory recovered: larger decoder chunks")
+    if risk["cpu_maxed"] or risk["thermal_likely"]:
+        threads = max(1, threads // 2)
+        reasons.append("CPU maxed or thermal throttling likely: fewer threads")
+    return replace(config, chunk_length=chunk, num_threads=threads, cache_limit=cache_limit_mb), reasons
 
 
 class SystemMonitor:
@@ -281,6 +313,7 @@ class SystemMonitor:
 
 
 __all__ = [
+    "reoptimized",
     "ACTION_CPU",
     "ACTION_MEMORY",
     "ACTION_OK",

@@ -36,6 +36,18 @@ INTERVALS_NOTE = (
     "[ ]: 95 % intervals — Wilson score for rates, percentile bootstrap "
     f"({BOOTSTRAP_RESAMPLES} resamples, fixed seed) for means and medians; latency over ok trials."
 )
+#: pyperf's rule: a benchmark whose standard deviation is 10 % of its mean or more is unstable.
+UNSTABLE_CV = 0.10
+#: A value the rows do not carry: a dataset from before the harness recorded it, or not readable there.
+NOT_AVAILABLE = "n/a"
+#: What varies between a condition's trials by design; the latency CV is taken within one such setting.
+CV_SETTING = ("text_length", "concurrency", "free_above_floor_mb", "background_kind")
+CV_NOTE = (
+    "CV: latency standard deviation / mean over the ok trials of one text length (and concurrency and "
+    "memory level, where the workload sweeps them), the largest of the row's lengths, at the length in "
+    f"( ); unstable: a CV of {100 * UNSTABLE_CV:.0f} % or more at some length (pyperf's rule); "
+    f"{NOT_AVAILABLE}: no length with two ok trials."
+)
 
 
 # -- formatting ----------------------------------------------------------------------------------------
@@ -124,6 +136,92 @@ def location_stats(values: np.ndarray, statistic: str, prefix: str) -> dict[str,
     interval = bootstrap_interval(values, statistic)
     low, high = interval if interval else (math.nan, math.nan)
     return {prefix: centre, f"{prefix}_lo": low, f"{prefix}_hi": high}
+
+
+def latency_cv(group: pd.DataFrame) -> list[tuple[int | None, float]]:
+    """Per setting of :data:`CV_SETTING` with at least two ok trials: (text length, latency CV), the CV
+    being the sample standard deviation over the mean (as pyperf computes it)."""
+    ok = group[(group["status"] == "ok") & group["latency_ms"].notna()]
+    setting = [c for c in CV_SETTING if c in ok.columns]
+    out = []
+    for values, trials in ok.groupby(setting, dropna=False, sort=True):
+        latency = trials["latency_ms"].to_numpy(dtype=float)
+        mean = float(np.mean(latency)) if len(latency) else math.nan
+        if len(latency) < 2 or not mean > 0:
+            continue
+        length = values[0] if isinstance(values, tuple) else values
+        out.append((None if _missing(length) else int(length), float(np.std(latency, ddof=1)) / mean))
+    return out
+
+
+def cv_stats(group: pd.DataFrame) -> dict[str, object]:
+    """The largest latency CV of ``group`` (a condition), its length, whether it is unstable (CV ≥
+    :data:`UNSTABLE_CV` at some length; None without any CV) and the unstable lengths ("300;800")."""
+    cvs = latency_cv(group)
+    if not cvs:
+        return {"lat_cv_max": math.nan, "lat_cv_max_length": None, "unstable": None, "unstable_lengths": None}
+    length, worst = max(cvs, key=lambda item: item[1])
+    unstable = sorted({str(n) for n, cv in cvs if cv >= UNSTABLE_CV}, key=lambda n: (len(n), n))
+    return {
+        "lat_cv_max": worst,
+        "lat_cv_max_length": length,
+        "unstable": bool(unstable),
+        "unstable_lengths": ";".join(unstable) or None,
+    }
+
+
+def fmt_cv(cv: float | None, length: int | None) -> str:
+    """``12.3 (300)``: a CV in percent and the text length it was found at."""
+    if _missing(cv):
+        return NOT_AVAILABLE
+    return f"{100 * cv:.1f}" + ("" if _missing(length) else f" ({int(length)})")
+
+
+def is_unstable(unstable: object) -> bool:
+    """Whether a :func:`cv_stats` ``unstable`` value (bool, numpy bool or None) says unstable."""
+    return not _missing(unstable) and bool(unstable)
+
+
+def fmt_unstable(unstable: bool | None) -> str:
+    return NOT_AVAILABLE if _missing(unstable) else ("yes" if unstable else "no")
+
+
+#: The benchmark-hygiene columns (experiments/hygiene.py): numbers summarized by their largest value.
+HYGIENE_NUMBERS = {
+    "loadavg_1m": "load avg 1 min",
+    "cpu_pressure_some_avg10": "CPU pressure some avg10 %",
+    "steal_percent": "steal %",
+}
+HYGIENE_LABELS = {"cpu_governor": "governor", "power_source": "power"}
+#: The columns :func:`hygiene_stats` returns.
+HYGIENE_STATS = (*(f"{column}_max" for column in HYGIENE_NUMBERS), *HYGIENE_LABELS)
+HYGIENE_NOTE = "Machine around the trials (experiments/hygiene.py; ≤: the largest of any trial; n/a: not recorded)"
+
+
+def hygiene_stats(group: pd.DataFrame) -> dict[str, object]:
+    """The machine around ``group``'s trials: the largest load, pressure and steal, the governors and
+    power sources seen (";"-joined); NaN/None where no row carries them (older datasets: no column)."""
+    out: dict[str, object] = {}
+    for column in HYGIENE_NUMBERS:
+        values = pd.to_numeric(group[column], errors="coerce") if column in group else pd.Series(dtype=float)
+        out[f"{column}_max"] = float(values.max()) if values.notna().any() else math.nan
+    for column in HYGIENE_LABELS:
+        seen = sorted(map(str, group[column].dropna().unique())) if column in group else []
+        out[column] = ";".join(seen) or None
+    return out
+
+
+def fmt_hygiene(stats: dict[str, object]) -> str:
+    """``load avg 1 min ≤ 0.4, CPU pressure some avg10 % ≤ 1.2, steal % ≤ 0.0, governor performance,
+    power ac``; ``n/a`` for what the rows do not say (alone if they say none of it: an older dataset)."""
+    if all(_missing(stats[column]) for column in HYGIENE_STATS):
+        return NOT_AVAILABLE
+    parts = []
+    for column, label in HYGIENE_NUMBERS.items():
+        value = stats[f"{column}_max"]
+        parts.append(f"{label} {NOT_AVAILABLE}" if _missing(value) else f"{label} ≤ {value:.2f}")
+    parts += [f"{label} {NOT_AVAILABLE if _missing(stats[c]) else stats[c]}" for c, label in HYGIENE_LABELS.items()]
+    return ", ".join(parts)
 
 
 def _ablation_rank(name: str) -> int:

@@ -15,22 +15,32 @@ import pandas as pd
 from adaptive_tts.units import MIB
 from experiments.report.cells import (
     CONDITION_KEYS,
+    CV_NOTE,
+    HYGIENE_NOTE,
+    HYGIENE_STATS,
     INTERVALS_NOTE,
     KEY_HEADERS,
     NO_DATA,
     NO_DATA_NOTE,
     NOT_BOUNDED,
     NOT_BOUNDED_NOTE,
+    UNSTABLE_CV,
     _grouped,
     _missing,
     _ok_latency,
     _sorted,
     constants,
+    cv_stats,
+    fmt_cv,
+    fmt_hygiene,
     fmt_interval,
     fmt_key,
     fmt_num,
     fmt_rate,
     fmt_tail,
+    fmt_unstable,
+    hygiene_stats,
+    is_unstable,
     location_stats,
     provenance,
     rate_stats,
@@ -102,12 +112,16 @@ def ablation_table(rows: pd.DataFrame) -> Table:
                 "lat_p99_ms": _or_nan(tail_quantile(latency, 0.99)),
                 "lat_std_ms": float(np.std(latency, ddof=1)) if len(latency) > 1 else math.nan,
                 "peak_rss_mb": group["peak_rss_mb"].max(),
+                **cv_stats(group),
+                **hygiene_stats(group),
             }
         )
     columns = (
         ["n", "n_ok", "success", "success_lo", "success_hi", "failures"]
         + [f"lat_{s}_ms{suffix}" for s in ("mean", "median") for suffix in ("", "_lo", "_hi")]
         + ["lat_p95_ms", "lat_p99_ms", "lat_std_ms", "peak_rss_mb"]
+        + ["lat_cv_max", "lat_cv_max_length", "unstable", "unstable_lengths"]
+        + list(HYGIENE_STATS)
     )
     data = _frame(records, keys, columns)
     shown = varying_keys(rows) + ["ablation"]
@@ -122,6 +136,8 @@ def ablation_table(rows: pd.DataFrame) -> Table:
         "p99 ms",
         "std ms",
         "peak RSS MB",
+        "max CV % (length)",
+        "unstable",
     ]
     for row, out in zip(data.itertuples(index=False), cells):
         out += [
@@ -134,16 +150,32 @@ def ablation_table(rows: pd.DataFrame) -> Table:
             fmt_tail(row.lat_p99_ms, row.n_ok, 0.99),
             fmt_num(row.lat_std_ms),
             fmt_num(row.peak_rss_mb),
+            fmt_cv(row.lat_cv_max, row.lat_cv_max_length),
+            fmt_unstable(row.unstable),
         ]
-    return Table(
-        "ablation",
-        _caption("Runtime features, cumulatively (ablations)", rows, CONDITION_KEYS),
-        data,
-        header,
-        cells,
-        [INTERVALS_NOTE, "Peak RSS: the largest worker peak of any trial of the row (all statuses)."],
-        "l" * len(shown) + "rrlrrrrrr",
-    )
+    caption = _caption("Runtime features, cumulatively (ablations)", rows, CONDITION_KEYS)
+    notes = [INTERVALS_NOTE, "Peak RSS: the largest worker peak of any trial of the row (all statuses).", CV_NOTE]
+    unstable = data[data["unstable"].map(is_unstable)] if len(data) else data
+    if len(unstable):
+        caption += (
+            f" Warning: {len(unstable)} of {len(data)} conditions are unstable (latency CV ≥ "
+            f"{100 * UNSTABLE_CV:.0f} %, pyperf's rule; column unstable): their latency differences need a "
+            "quieter machine or more trials."
+        )
+        for _, row in unstable.iterrows():
+            name = ", ".join(f"{KEY_HEADERS[k]} {fmt_key(k, row[k])}" for k in shown)
+            lengths = row["unstable_lengths"].replace(";", ", ")
+            at = (
+                ""
+                if fmt_key("text_length", row["lat_cv_max_length"]) == NO_DATA
+                else f" at {row['lat_cv_max_length']:.0f}"
+            )
+            notes.append(
+                f"Unstable — {name}: CV ≥ {100 * UNSTABLE_CV:.0f} % at length {lengths} (largest "
+                f"{100 * row['lat_cv_max']:.1f} %{at}); machine: {fmt_hygiene(row)}."
+            )
+    notes.append(f"{HYGIENE_NOTE}: {fmt_hygiene(hygiene_stats(rows))}.")
+    return Table("ablation", caption, data, header, cells, notes, "l" * len(shown) + "rrlrrrrrrrl")
 
 
 def _or_nan(x: float | None) -> float:
