@@ -55,8 +55,8 @@ from .runtime.planner import (
     Wait,
     held_mb,
     plan_request,
-    plan_warm_up,
 )
+from .runtime.warmup import warm_up_within
 from .synthesis import Synthesis, SynthesisRefused, SynthesisResult, TextTooLong
 from .units import mib
 from .voice import load_engine
@@ -584,25 +584,7 @@ class SmartAdaptiveBackend:
         if cost is None or not set(chunks) <= set(cost.warm_up_mb):
             return False
         budget = self.memory_budget_manager
-        warmed: int | None = None
-        before_mb = budget.available_mb()
-        while True:
-            available_mb = budget.available_mb()
-            # What the steps so far still hold, as the readings show it, at most their measured peak.
-            # Their whole peak is not it: a step's heap is handed back, so the next step climbs from
-            # lower (counted as held, chunk 128 looked 90 MB cheaper and starts at floor + 300 MB
-            # were OOM-killed warming it up).
-            held_mb = min(cost.increment_mb(warmed), max(0.0, before_mb - available_mb)) if warmed is not None else 0.0
-            ahead = {chunk: cost.increment_mb(chunk) - held_mb for chunk in chunks if warmed is None or chunk > warmed}
-            if not ahead:
-                break
-            target = plan_warm_up(ahead, available_mb, budget.resident_margin_mb)
-            if isinstance(target, Refusal):
-                if warmed is None:
-                    logger.warning("no decoder warm-up: %s", target.reason)
-                break
-            warmed = min(ahead)  # one step towards the target, then plan again
-            self.warm_up_to(warmed)
+        warmed = warm_up_within(chunks, cost, budget, self.warm_up_to)
         ceiling = warmed or chunks[0]
         if ceiling != self.config.chunk_length:
             logger.info(
