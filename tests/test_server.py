@@ -217,7 +217,9 @@ def test_openai_speech_formats_speed_and_streaming(client):
 
     fast = client.post("/v1/audio/speech", json={**request, "speed": 2.0, "response_format": "pcm"})
     slow = client.post("/v1/audio/speech", json={**request, "speed": 0.5, "response_format": "pcm"})
-    assert len(slow.content) > 2.5 * len(fast.content)  # length_scale = 1 / speed
+    # length_scale = 1 / speed: 4x the frames' scale, but each phoneme's frames are rounded up and its
+    # duration is drawn at random (this endpoint takes no seed): one run measured 2.44x. Unapplied, 1x.
+    assert len(slow.content) > 2.0 * len(fast.content)
 
 
 def _multipart(field: str, value: bytes) -> dict:
