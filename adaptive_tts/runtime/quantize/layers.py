@@ -97,11 +97,20 @@ def _with_weights(layer: _FloatConv, weight: torch.Tensor, bias: torch.Tensor | 
     return layer
 
 
-class WeightOnlyConv1d(nn.Module):
+class _PackedLayer(nn.Module):
+    """A layer whose weight is stored packed (:mod:`.packing`) and dequantized as it computes."""
+
+    packed_weight: PackedWeight
+
+    @property
+    def precision(self) -> str:
+        return self.packed_weight.precision
+
+
+class WeightOnlyConv1d(_PackedLayer):
     """``nn.Conv1d`` with a packed weight, dequantized on every call. Keeps the conv's geometry
     attributes (``kernel_size``, ``padding``, ...) because the model's receptive-field code reads them."""
 
-    packed_weight: PackedWeight
     bias: torch.Tensor | None
 
     def __init__(self, conv: nn.Conv1d, precision: str) -> None:
@@ -111,10 +120,6 @@ class WeightOnlyConv1d(nn.Module):
         self.dilation, self.groups = _one_d(conv.dilation), conv.groups
         self.packed_weight = pack_weight(conv.weight, precision)
         self.register_buffer("bias", _bias(conv))
-
-    @property
-    def precision(self) -> str:
-        return self.packed_weight.precision
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = _dequantized(self, x.dtype)
@@ -139,10 +144,9 @@ class WeightOnlyConv1d(nn.Module):
         return _with_weights(conv, weight, self.bias)
 
 
-class WeightOnlyConvTranspose1d(nn.Module):
+class WeightOnlyConvTranspose1d(_PackedLayer):
     """``nn.ConvTranspose1d`` with a packed weight; its output channels are the weight's axis 1."""
 
-    packed_weight: PackedWeight
     bias: torch.Tensor | None
 
     def __init__(self, conv: nn.ConvTranspose1d, precision: str) -> None:
@@ -157,10 +161,6 @@ class WeightOnlyConvTranspose1d(nn.Module):
         self.dilation, self.groups = _one_d(conv.dilation), conv.groups
         self.packed_weight = pack_weight(conv.weight, precision, output_axis=1)
         self.register_buffer("bias", _bias(conv))
-
-    @property
-    def precision(self) -> str:
-        return self.packed_weight.precision
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = _dequantized(self, x.dtype)
@@ -187,18 +187,12 @@ class WeightOnlyConvTranspose1d(nn.Module):
         return _with_weights(conv, weight, self.bias)
 
 
-class WeightOnlyEmbedding(nn.Module):
+class WeightOnlyEmbedding(_PackedLayer):
     """``nn.Embedding`` with a packed table (one "output channel" per symbol)."""
-
-    packed_weight: PackedWeight
 
     def __init__(self, embedding: nn.Embedding, precision: str) -> None:
         super().__init__()
         self.packed_weight = pack_weight(embedding.weight, precision)
-
-    @property
-    def precision(self) -> str:
-        return self.packed_weight.precision
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self.packed_weight.dequantize())
