@@ -11,11 +11,13 @@ import sys
 
 import hydra
 import pandas as pd
+from hydra import compose, initialize_config_dir
+from hydra.errors import MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from experiments.results import read_rows, summarize
-from experiments.sweep import SweepSpec, run_sweep
+from experiments.sweep import REPO_ROOT, SweepSpec, run_sweep
 
 #: The groups conf/config.yaml's defaults list chooses from.
 DEFAULT_GROUPS = ("ablation", "hardware", "workload", "engine")
@@ -30,6 +32,29 @@ def accept_plus_for_default_groups(args: list[str]) -> list[str]:
     """
     pattern = re.compile(rf"^\+(?=(?:{'|'.join(DEFAULT_GROUPS)})=)")
     return [pattern.sub("", arg) for arg in args]
+
+
+def launcher_error(args: list[str]) -> str | None:
+    """One line naming a ``hydra/launcher=NAME`` that does not load, or None.
+
+    Hydra reports an unknown launcher, or one whose plugin is not installed (``local`` and ``slurm``
+    build on hydra-submitit-launcher's configs), as a dozen lines of config search path; this composes
+    the choice first and says which launchers there are, or which plugin to install.
+    """
+    names = [arg.split("=", 1)[1] for arg in args if arg.startswith("hydra/launcher=")]
+    if not names:
+        return None
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        try:
+            compose("config", overrides=[f"hydra/launcher={names[-1]}"], return_hydra_config=True)
+        except MissingConfigException as error:
+            if (error.missing_cfg_file or "").rsplit("/", 1)[-1].startswith("submitit_"):
+                return (
+                    f"hydra/launcher={names[-1]} needs the hydra-submitit-launcher plugin, which is not installed: "
+                    "pip install -e '.[slurm]'"
+                )
+            return f"unknown launcher hydra/launcher={names[-1]}; valid: {', '.join(error.options or ())}"
+    return None
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -55,4 +80,6 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     sys.argv[1:] = accept_plus_for_default_groups(sys.argv[1:])
+    if error := launcher_error(sys.argv[1:]):
+        sys.exit(error)
     main()
