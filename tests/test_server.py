@@ -38,7 +38,9 @@ from texts import LONG_UNPUNCTUATED
 
 from adaptive_tts.audio import STREAMING_DATA_SIZE
 from adaptive_tts.backend import SmartAdaptiveBackend
+from adaptive_tts.runtime.estimator import EstimatorConstants
 from adaptive_tts.runtime.monitor import ACTION_OK
+from adaptive_tts.runtime.process import current_rss_mb
 from adaptive_tts.server import ESTIMATE_LENGTH_FACTOR, MAX_BODY_BYTES, create_app
 from adaptive_tts.voice.engine import resolve_compute
 from experiments.serving import HOST, free_port, running_server
@@ -415,13 +417,24 @@ def test_memory_refusal_is_a_503_with_retry_after_and_the_numbers(device):
         memory.available_mb = 6000.0
 
 
-def test_waits_for_memory_then_runs(device):
-    """Room for one job: a second request waits for the first to finish, then runs; neither fails."""
-    backend, memory = device
+def test_waits_for_memory_then_runs(tmp_path):
+    """Room for one job: a second request waits for the first to finish, then runs; neither fails.
+
+    The backend is calibrated (a fixed increment per request): uncalibrated, a request's increment is the
+    seed's peak less this process's RSS, which late in a full test run, with several models loaded, is
+    nothing, and then two requests fit where one should."""
+    memory = Memory(6000.0)
+    backend = simulated_backend(tmp_path, memory)
+    for key in backend.candidate_keys():
+        constants = EstimatorConstants(current_rss_mb(), 0.0, None, True, None, per_request_mb=200.0)
+        backend.estimator.store.save(backend.estimator.machine, key, constants)
+    backend.estimator.reload()
     texts = [LONG_UNPUNCTUATED[:150] + ".", LONG_UNPUNCTUATED[150:300] + "."]
+    tokens = max(backend.engine.frontend.count_tokens(t) for t in texts)
+    increment = backend.estimator.increment_mb(tokens)
+    assert increment == pytest.approx(200.0)
     with serve_app(create_app(backend, warmup=False)) as url, httpx.Client(base_url=url, timeout=300) as c:
-        required = max(c.post("/estimate-memory", data={"text": t}).json()["estimate"]["required_mb"] for t in texts)
-        memory.available_mb = backend.memory_budget_manager.safety_margin_mb + 1.5 * required
+        memory.available_mb = backend.memory_budget_manager.safety_margin_mb + 1.5 * increment
 
         def one_runs_one_waits() -> bool:
             status = c.get("/system-status").json()
@@ -434,6 +447,7 @@ def test_waits_for_memory_then_runs(device):
                 responses = [f.result(timeout=300) for f in futures]
         finally:
             memory.available_mb = 6000.0
+            backend.close()
     assert waited
     assert [r.status_code for r in responses] == [200, 200]
 
