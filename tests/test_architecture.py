@@ -134,20 +134,16 @@ def test_no_import_cycles() -> None:
     assert cycles == []
 
 
-def test_a_package_importing_its_own_submodules_is_not_a_cycle_but_a_submodule_importing_back_is() -> None:
-    """The rule as the test applies it, on a made-up graph: guards the checker itself."""
+def test_relative_imports_resolve_to_the_modules_they_name(tmp_path: Path) -> None:
+    """The checker itself, on a made-up package ``p`` with modules ``a`` and ``b``: ``from . import b``
+    in ``p.a`` is an edge to ``p.b``, and ``from .a import g`` in the package's ``__init__`` one to
+    ``p.a`` (a package's level-1 import is relative to itself, a module's to its package)."""
     known = {"p", "p.a", "p.b"}
-    assert imports_of("p.a", _write("from . import b\nfrom .b import f\n"), known) == {"p.b"}
-    assert imports_of("p", _write("from .a import g\n", package=True), known) == {"p.a"}
-
-
-def _write(source: str, package: bool = False) -> Path:
-    import tempfile
-
-    folder = Path(tempfile.mkdtemp())
-    path = folder / ("__init__.py" if package else "mod.py")
-    path.write_text(source)
-    return path
+    module, package = tmp_path / "a.py", tmp_path / "__init__.py"
+    module.write_text("from . import b\nfrom .b import f\n")
+    package.write_text("from .a import g\n")
+    assert imports_of("p.a", module, known) == {"p.b"}
+    assert imports_of("p", package, known) == {"p.a"}
 
 
 def test_every_package_export_resolves_to_the_class_its_module_defines() -> None:

@@ -347,3 +347,21 @@ def test_warm_up_chooses_the_largest_chunk_whose_measured_start_up_fits(tmp_path
     tight = start(150.0)  # 64 fits (80 MB); 128's 180 MB from the loaded runtime do not, whatever 64 held
     assert tight.config.chunk_length == 64 and warmed == [64, 64]
     tight.close()
+
+
+def test_the_backend_plans_by_what_the_engine_declares(tmp_path, engine, reference):
+    """Piper's onnxruntime graph declares one pass per sentence, fp32 only, nothing to warm up: the
+    backend then plans no chunk, offers no lower precision, and refuses one by the engine's own list."""
+    from adaptive_tts.voice import SpeechEngine
+
+    assert isinstance(engine, SpeechEngine) and isinstance(reference, SpeechEngine)
+    backend = make(tmp_path, Memory(available_mb=6000), engine="reference")
+    try:
+        assert {(k.chunk_length, k.quantization) for k in backend.candidate_keys()} == {(None, "fp32")}
+        result = backend.synthesize("The reference runs each sentence in one pass.")
+        assert result.config["engine"] == "reference" and result.config["chunk_length"] is None
+        assert result.audio_s > 0
+        with pytest.raises(ValueError, match="runs fp32 only, not int8"):
+            backend.set_precision("int8")
+    finally:
+        backend.close()
