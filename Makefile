@@ -26,8 +26,8 @@ test-slow: setup
 
 # ruff (lint and format check) over the code and tests, mypy over the library
 lint: setup
-	$(VENV)/bin/ruff check adaptive_tts experiments tests notebooks/build.py
-	$(VENV)/bin/ruff format --check adaptive_tts experiments tests notebooks/build.py
+	$(VENV)/bin/ruff check adaptive_tts experiments hydra_plugins tests notebooks/build.py
+	$(VENV)/bin/ruff format --check adaptive_tts experiments hydra_plugins tests notebooks/build.py
 	$(VENV)/bin/mypy
 
 clean:

@@ -97,6 +97,10 @@ EXTRA_FIELDS = [
     pa.field("steal_percent", pa.float64()),  # steal time, % of all CPU time over the trial
     pa.field("cpu_governor", pa.string()),  # cpu0's cpufreq scaling governor
     pa.field("power_source", pa.string()),  # ac | battery
+    # the interleaved design (experiments/design.py)
+    pa.field("block", pa.int64()),  # the block the trial ran in: every condition gets the same texts
+    pa.field("position", pa.int64()),  # its order within the block, over all conditions
+    pa.field("replicate_of", pa.string()),  # an A/A copy's original ablation (null: not a copy)
 ]
 SCHEMA = pa.schema(list(CORE_SCHEMA) + EXTRA_FIELDS)
 STATUSES = ("ok", "oom", "refused", "error", "timeout")

@@ -1,13 +1,16 @@
 """``python -m experiments.run +ablation=affinity``: run one condition and print the run's summary.
 
-``-m +ablation=baseline,budget,affinity,estimation`` sweeps all four into one run; ``run_id=ID`` resumes
-a run. The work is :func:`experiments.sweep.run_sweep`; this is only the Hydra front end.
+``-m +ablation=baseline,budget,affinity,estimation`` sweeps all four into one run, interleaved in
+blocks (experiments/design.py); ``run_id=ID`` resumes a run. The work is
+:func:`experiments.sweep.run_design`; this is only the Hydra front end.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import sys
+from pathlib import Path
 
 import hydra
 import pandas as pd
@@ -17,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from experiments.results import read_rows, summarize
-from experiments.sweep import REPO_ROOT, SweepSpec, run_sweep
+from experiments.sweep import REPO_ROOT, plan_sweep, run_design
 
 #: The groups conf/config.yaml's defaults list chooses from.
 DEFAULT_GROUPS = ("ablation", "hardware", "workload", "engine")
@@ -32,6 +35,22 @@ def accept_plus_for_default_groups(args: list[str]) -> list[str]:
     """
     pattern = re.compile(rf"^\+(?=(?:{'|'.join(DEFAULT_GROUPS)})=)")
     return [pattern.sub("", arg) for arg in args]
+
+
+def unknown_option_error(args: list[str], conf_dir: Path = REPO_ROOT / "conf") -> str | None:
+    """One line naming an option of a config group that does not exist (``ablation=nope``, or one
+    value of a sweep ``ablation=baseline,nope``), or None. Hydra's own message is a dozen lines of
+    config search path; the launcher has its own check (:func:`launcher_error`)."""
+    for arg in args:
+        key, _, value = arg.lstrip("+~").partition("=")
+        group = conf_dir / key
+        if key.startswith("hydra/") or not value or not group.is_dir():
+            continue
+        valid = sorted(path.stem for path in group.glob("*.yaml"))
+        for option in value.split(","):
+            if option not in valid:
+                return f"error: unknown {key} {option!r}; valid: {', '.join(valid)}"
+    return None
 
 
 def launcher_error(args: list[str]) -> str | None:
@@ -57,21 +76,33 @@ def launcher_error(args: list[str]) -> str | None:
     return None
 
 
+def conditions_of(cfg: DictConfig) -> list[DictConfig]:
+    """The conditions this job runs: the sweep's (``design.plan``, written by the interleaved sweeper),
+    else the job's own config as the one condition."""
+    if cfg.design.plan is None:
+        return [cfg]
+    return [OmegaConf.create(c) for c in json.loads(Path(cfg.design.plan).read_text())["conditions"]]
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    spec = SweepSpec.from_config(cfg)
-    cfg.run_id = spec.run_id  # the saved config resumes this run
-    resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    try:
+        sweep = plan_sweep(conditions_of(cfg))
+    except ValueError as error:  # bad input: one line naming it, not a traceback
+        sys.exit(f"error: {error}")
+    blocks = None if cfg.design.blocks is None else list(cfg.design.blocks)
+    resolved = [OmegaConf.to_yaml(c, resolve=True) for c in sweep.configs]  # saved configs resume this run
     with logging_redirect_tqdm():
-        result = run_sweep(spec, resolved_config=resolved, progress=cfg.progress)
-    wl, dev = spec.workload, spec.device
-    print(
-        f"\nrun {spec.run_id} ({result.run_dir}): {result.ran} trials run, {result.skipped} already done\n"
-        f"device: {dev.profile}, simulated={dev.simulated}, mem cap {dev.mem_cap_mb or 'none'} MB, "
-        f"cpus {list(dev.cpus)}\n"
-        f"workload {wl.name}: lengths {list(wl.lengths)} x {wl.iterations} iterations, "
-        f"concurrency {wl.concurrency}, background {wl.background_mb:g} MB"
-    )
+        result = run_design(sweep.specs, sweep.design, blocks=blocks, resolved_configs=resolved, progress=cfg.progress)
+    print(f"\nrun {sweep.run_id} ({result.run_dir}): {result.ran} trials run, {result.skipped} already done")
+    for spec in sweep.specs:
+        wl, dev = spec.workload, spec.device
+        print(
+            f"{spec.ablation.name}: device {dev.profile}, simulated={dev.simulated}, "
+            f"mem cap {dev.mem_cap_mb or 'none'} MB, cpus {list(dev.cpus)}; workload {wl.name}: lengths "
+            f"{list(wl.lengths)} x {wl.iterations} iterations, concurrency {wl.concurrency}, "
+            f"background {wl.background_mb:g} MB"
+        )
     summary = summarize(read_rows(result.run_dir))
     summary["success"] = summary["success"].map("{:.1%}".format)
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.1f}".format):
@@ -80,6 +111,6 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     sys.argv[1:] = accept_plus_for_default_groups(sys.argv[1:])
-    if error := launcher_error(sys.argv[1:]):
+    if error := unknown_option_error(sys.argv[1:]) or launcher_error(sys.argv[1:]):
         sys.exit(error)
     main()

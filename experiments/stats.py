@@ -8,6 +8,10 @@ reader) can recompute any interval from the rows with nothing but numpy.
   rendered twice from the same rows is byte-for-byte the same. Each interval draws from a fresh
   generator seeded with :data:`BOOTSTRAP_SEED`, so a cell's interval depends only on that cell's values,
   not on how many cells were computed before it.
+* A comparison of two conditions that ran the same texts in the same blocks (experiments/design.py)
+  gets a **paired bootstrap** (:func:`paired_difference_interval`): the unit resampled is the pair, so
+  whatever the two trials of a pair share — the text's length, the machine's state during the block —
+  cancels instead of widening the interval or, worse, posing as an effect.
 * Tail percentiles (p95, p99) are reported only when the sample can support them; see
   :func:`min_n_for_quantile`.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Literal
 
@@ -74,6 +79,61 @@ def bootstrap_interval(
     alpha = (1 - level) / 2
     low, high = np.quantile(estimates, [alpha, 1 - alpha])
     return float(low), float(high)
+
+
+@dataclass(frozen=True)
+class PairedEffect:
+    """The effect of going from one condition to another over ``n_pairs`` matched pairs: the statistic of
+    the per-pair differences (``estimate``) and its bootstrap interval (``low``, ``high``)."""
+
+    n_pairs: int
+    estimate: float
+    low: float
+    high: float
+
+    @property
+    def detected(self) -> bool:
+        """Whether the interval excludes zero. Not detected is not "no effect": it means an effect of
+        that size could not be told from the pairs' own variation."""
+        return self.low > 0 or self.high < 0
+
+
+def paired_difference_interval(
+    before: np.ndarray,
+    after: np.ndarray,
+    statistic: Statistic = "median",
+    relative: bool = False,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    level: float = LEVEL,
+) -> PairedEffect | None:
+    """Paired bootstrap of ``after`` against ``before``: ``before[i]`` and ``after[i]`` are one pair (the
+    same text in the same block, under the two conditions). None below two pairs.
+
+    The per-pair difference is ``after - before``, or with ``relative`` ``after / before - 1`` (a
+    fraction; ``before`` must be positive). The estimate is ``statistic`` of those differences and the
+    interval is :func:`bootstrap_interval` of them: resampling pairs is resampling their differences,
+    since nothing else of a pair enters the statistic, so pairs stay whole and the differences' sorted
+    order makes the result independent of the order the pairs came in.
+
+    Why the relative effect is the statistic of per-pair ratios rather than the ratio of the two
+    conditions' medians: a workload mixes texts whose latencies differ tenfold, and the ratio of
+    medians would be the ratio at whichever length happens to sit in the middle of the pooled trials.
+    A per-pair ratio weighs every text alike, and cancels a drift of the machine that slows a whole
+    block by some factor as well as one that adds a constant.
+    """
+    before = np.asarray(before, dtype=float)
+    after = np.asarray(after, dtype=float)
+    if before.ndim != 1 or before.shape != after.shape:
+        raise ValueError(f"before and after must be 1-D and of equal length, got {before.shape} and {after.shape}")
+    if relative and (before <= 0).any():
+        raise ValueError("a relative difference needs positive before values")
+    differences = after / before - 1 if relative else after - before
+    interval = bootstrap_interval(differences, statistic, resamples, seed, level)
+    if interval is None:
+        return None
+    estimate = float(_STATISTICS[statistic](np.sort(differences)))
+    return PairedEffect(len(differences), estimate, *interval)
 
 
 def min_n_for_quantile(q: float) -> int:

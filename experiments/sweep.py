@@ -1,8 +1,10 @@
-"""One condition of the ablation study, end to end: plan the trials, skip those already on disk, run the
-rest in supervised workers on the (simulated) device, append a row per trial.
+"""The conditions of an ablation study, end to end: plan the trials, skip those already on disk, run the
+rest interleaved (experiments/design.py) in supervised workers on the (simulated) device, append a row
+per trial.
 
-This is the library under ``python -m experiments.run``; a Hydra multirun calls it once per condition
-with the same run id, so all conditions of a sweep land in one dataset.
+This is the library under ``python -m experiments.run``; a Hydra multirun hands all its conditions to
+one :func:`run_design` (the interleaved sweeper, ``hydra_plugins/adaptive_tts_sweeper``), or a block
+range of them to each job of a job array, so all conditions of a sweep land in one dataset.
 """
 
 from __future__ import annotations
@@ -16,15 +18,19 @@ import platform
 import socket
 import subprocess
 from collections import Counter
+from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from functools import cache
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from experiments.design import Design, Slot, block_range, blocks_of, schedule
 from experiments.floor import load_or_measure_floor
 from experiments.limits import Device, DeviceSpec, format_cpus, host_cpus, host_memory_mb
 from experiments.results import RowStore
@@ -38,10 +44,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class Ablation:
+    """Which runtime features a condition turns on. ``replicate_of``: this condition is an A/A copy of
+    that ablation (same features, its own name and trials), whose difference to it is the noise floor."""
+
     name: str
     budget: bool
     affinity: bool
     estimation: bool
+    replicate_of: str | None = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +156,8 @@ class SweepSpec:
             data.pop(per_run)
         for per_trial_handling in ("timeout_s", "startup_timeout_s", "max_trials_per_worker"):
             data["trial"].pop(per_trial_handling)
+        if data["ablation"]["replicate_of"] is None:  # conditions named before A/A copies keep their ids
+            data["ablation"].pop("replicate_of")
         return data
 
     @property
@@ -184,6 +196,47 @@ class SweepSpec:
             and self.memory.estimator_constants == "calibrated"
             and self.trial.body == "experiments.bodies:tts"
         )
+
+
+def design_of(cfg: DictConfig) -> Design:
+    return Design(block_size=cfg.design.block_size, seed=cfg.design.seed)
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """A sweep's conditions checked and given one run id: what the interleaved sweeper writes to
+    ``<run>/sweep.json`` and each job of the sweep runs a block range of."""
+
+    configs: list[DictConfig]
+    specs: list[SweepSpec]
+    design: Design
+    n_blocks: int
+
+    @property
+    def run_id(self) -> str:
+        return self.specs[0].run_id
+
+    @property
+    def run_dir(self) -> Path:
+        return self.specs[0].run_dir
+
+
+def plan_sweep(configs: Sequence[DictConfig]) -> SweepPlan:
+    """Check every condition of a sweep (each a composed config) and give them one run id (the
+    first condition's, else a new one). Bad input fails here, before anything runs: a config error,
+    a condition twice, a block size below 1, or design settings that differ between conditions."""
+    configs = [cfg.copy() for cfg in configs]
+    run_id = configs[0].run_id or default_run_id()
+    for cfg in configs:
+        cfg.run_id = run_id
+    designs = {design_of(cfg) for cfg in configs}
+    if len(designs) != 1:
+        raise ValueError("design.block_size and design.seed cannot be swept: one sweep is one design")
+    (design,) = designs
+    specs = [SweepSpec.from_config(cfg) for cfg in configs]
+    _check_sweep(specs)
+    n_blocks = len(blocks_of([plan(spec.workload) for spec in specs], design))
+    return SweepPlan(configs, specs, design, n_blocks)
 
 
 @cache
@@ -315,47 +368,37 @@ def _check_memory_sweep(spec: SweepSpec) -> None:
             )
 
 
-def run_sweep(spec: SweepSpec, *, resolved_config: str | None = None, progress: bool = True) -> SweepResult:
-    """Run every trial of ``spec`` not yet in its run folder; each finished trial is on disk at once.
+def _check_sweep(specs: Sequence[SweepSpec]) -> None:
+    """One sweep is one run of distinct conditions of one kind (plain or memory levels), each of which
+    can run here."""
+    if not specs:
+        raise ValueError("a sweep needs at least one condition")
+    if len({spec.run_dir for spec in specs}) != 1:
+        raise ValueError("the conditions of one sweep must share run_id and results_dir")
+    names = Counter(spec.condition_name for spec in specs)
+    if twice := [name for name, count in names.items() if count > 1]:
+        raise ValueError(
+            f"condition {twice[0]} appears twice in the sweep; an A/A control is a condition of its own "
+            "(+ablation=baseline,baseline_repeat)"
+        )
+    if len({spec.workload.memory is None for spec in specs}) != 1:
+        raise ValueError("a sweep cannot mix memory-level workloads with plain ones: their blocks differ")
+    for spec in specs:  # every condition's, before any floor is measured
+        if spec.workload.memory is not None:
+            _check_memory_sweep(spec)
 
-    A memory sweep first measures (or reads back) the device's floor; a condition with calibrated
-    estimation first fits the estimator on the device. Trials then run level by level, each level on
-    a device of its own (cap, background app, worker).
-    """
-    store = RowStore(spec.run_dir)
-    if resolved_config is not None:
-        config_path = spec.run_dir / "configs" / f"{spec.condition_name}.yaml"
-        config_path.parent.mkdir(parents=True, exist_ok=True)
-        config_path.write_text(resolved_config)
-    keyed = [(f"{spec.condition_name}/{t.key}", t) for t in plan(spec.workload)]
-    trials = [(trial_id(key), key, t) for key, t in keyed]
-    done = store.done()
-    todo = [trial for trial in trials if trial[0] not in done]
-    logger.info(
-        "run %s, %s: %d trials, %d already done", spec.run_id, spec.condition_name, len(trials), len(trials) - len(todo)
-    )
-    statuses: Counter[str] = Counter()
-    if not todo:
-        return SweepResult(spec.run_dir, len(trials), len(trials), 0, statuses)
 
+def _base_row(spec: SweepSpec, floor_mb: float | None) -> dict[str, Any]:
+    """The columns every trial of the condition shares."""
     dev = spec.device
-    settings = spec.trial
-    floor_mb = None
-    if spec.workload.memory is not None:
-        _check_memory_sweep(spec)
-        longest = cut_text(max(spec.workload.lengths), 0)
-        floor_mb = load_or_measure_floor(
-            spec.run_dir, dev, spec.body_options(), longest, timeout_s=settings.startup_timeout_s
-        ).floor_mb
-    if spec.calibrates:
-        _calibrate(spec, dev, settings)
-    base = {
+    return {
         "run_id": spec.run_id,
         **environment(dev.profile),
         "simulated": dev.simulated,
         "mem_cap_mb": dev.mem_cap_mb,
         "cpus": format_cpus(dev.cpus),
         "ablation": spec.ablation.name,
+        "replicate_of": spec.ablation.replicate_of,
         "budget_on": spec.ablation.budget,
         "affinity_on": spec.ablation.affinity,
         "estimation_on": spec.ablation.estimation,
@@ -368,50 +411,148 @@ def run_sweep(spec: SweepSpec, *, resolved_config: str | None = None, progress: 
         "estimator_constants": spec.memory.estimator_constants if spec.ablation.estimation else None,
         "floor_mb": floor_mb,
     }
-    levels: dict[DeviceSpec, list[tuple[int, str, PlannedTrial]]] = {}
-    for trial in todo:
-        levels.setdefault(_level_device(spec, trial[2], floor_mb), []).append(trial)
+
+
+@dataclass(frozen=True)
+class _Scheduled:
+    slot: Slot[PlannedTrial]
+    trial_id: int
+    key: str
+
+
+def run_design(
+    specs: Sequence[SweepSpec],
+    design: Design | None = None,
+    *,
+    blocks: Sequence[int] | None = None,
+    resolved_configs: Sequence[str] | None = None,
+    progress: bool = True,
+) -> SweepResult:
+    """Run every trial of the conditions ``specs`` in ``blocks`` (``[start, stop)``, None: all) that is
+    not yet in their run folder, in the interleaved order of :mod:`experiments.design`; each finished
+    trial is on disk at once, with its block and position.
+
+    A memory sweep first measures (or reads back) the device's floor; a condition with calibrated
+    estimation first fits the estimator on the device. Plain sweeps then keep one worker per
+    condition warm and run the block's trials in their shuffled order; memory sweeps give each
+    condition's turn at a level a fresh worker on a device holding that level's background.
+    """
+    _check_sweep(specs)
+    design = design or Design()
+    run_dir = specs[0].run_dir
+    store = RowStore(run_dir)
+    for spec, resolved in zip(specs, resolved_configs or (), strict=False):
+        config_path = run_dir / "configs" / f"{spec.condition_name}.yaml"
+        config_path.parent.mkdir(parents=True, exist_ok=True)
+        config_path.write_text(resolved)
+    memory_sweep = specs[0].workload.memory is not None
+    slots = schedule([plan(spec.workload) for spec in specs], design, by_condition=memory_sweep)
+    chosen = block_range(blocks, slots[-1].block + 1 if slots else 0)
+    keyed = [
+        _Scheduled(slot, trial_id(key), key)
+        for slot in slots
+        if slot.block in chosen
+        for key in [f"{specs[slot.condition].condition_name}/{slot.trial.key}"]
+    ]
+    done = store.done()
+    todo = [entry for entry in keyed if entry.trial_id not in done]
+    logger.info(
+        "run %s: %d condition(s), blocks %d-%d: %d trials, %d already done",
+        specs[0].run_id,
+        len(specs),
+        chosen.start,
+        chosen.stop - 1,
+        len(keyed),
+        len(keyed) - len(todo),
+    )
+    statuses: Counter[str] = Counter()
+    if not todo:
+        return SweepResult(run_dir, len(keyed), len(keyed), 0, statuses)
+
+    running = sorted({entry.slot.condition for entry in todo})
+    floors: dict[int, float | None] = {}
+    for c in running:
+        spec = specs[c]
+        floors[c] = None
+        if memory_sweep:
+            longest = cut_text(max(spec.workload.lengths), 0)
+            floors[c] = load_or_measure_floor(
+                run_dir, spec.device, spec.body_options(), longest, timeout_s=spec.trial.startup_timeout_s
+            ).floor_mb
+        if spec.calibrates:
+            _calibrate(spec, spec.device, spec.trial)
+    bases = {c: _base_row(specs[c], floor) for c, floor in floors.items()}
+
     with (
-        Device(dev) as device,
-        tqdm(total=len(trials), initial=len(trials) - len(todo), desc=spec.ablation.name, disable=not progress) as bar,
+        ExitStack() as stack,
+        tqdm(total=len(keyed), initial=len(keyed) - len(todo), desc="trials", disable=not progress) as bar,
     ):
-        for level, level_trials in levels.items():
-            device.set_background(level)  # one background app, resized: a fresh one per level costs seconds
-            with Supervisor(
+        devices: dict[DeviceSpec, Device] = {}
+
+        def device_of(spec: SweepSpec) -> Device:
+            if spec.device not in devices:
+                devices[spec.device] = stack.enter_context(Device(spec.device))
+            return devices[spec.device]
+
+        def supervisor_of(spec: SweepSpec, device: Device) -> Supervisor:
+            settings = spec.trial
+            return Supervisor(
                 device,
                 settings.body,
                 spec.body_options(),
-                log_dir=spec.run_dir / "workers" / spec.condition_name,
+                log_dir=run_dir / "workers" / spec.condition_name,
                 timeout_s=settings.timeout_s,
                 startup_timeout_s=settings.startup_timeout_s,
                 max_trials_per_worker=settings.max_trials_per_worker,
-            ) as supervisor:  # a fresh worker per level: its memory watch must not see the level change
-                for tid, key, planned in level_trials:
-                    started_at = datetime.now(timezone.utc)
-                    outcome = supervisor.run(TrialRequest(tid, planned.text, planned.concurrency))
-                    store.write(
-                        {
-                            **base,
-                            "background_mb": level.background_mb,
-                            "background_swing_mb": level.background_swing_mb,
-                            "background_kind": planned.background_kind if spec.workload.memory else None,
-                            "free_mb": (
-                                level.mem_cap_mb - level.background_mb - level.background_swing_mb / 2
-                                if level.mem_cap_mb
-                                else None
-                            ),
-                            "free_above_floor_mb": planned.free_above_floor_mb,
-                            "concurrency": planned.concurrency,
-                            **{column: value for column, value in outcome.items() if value is not None},
-                            "trial_id": tid,
-                            "trial_key": key,
-                            "started_at": started_at,
-                            "text_length": planned.text_length,
-                            "iteration": planned.iteration,
-                            "text": planned.text,
-                        }
-                    )
-                    statuses[outcome["status"]] += 1
-                    bar.set_postfix(statuses, refresh=False)
-                    bar.update()
-    return SweepResult(spec.run_dir, len(trials), len(trials) - len(todo), len(todo), statuses)
+            )
+
+        def run_one(entry: _Scheduled, supervisor: Supervisor, level: DeviceSpec) -> None:
+            slot, planned = entry.slot, entry.slot.trial
+            started_at = datetime.now(timezone.utc)
+            outcome = supervisor.run(TrialRequest(entry.trial_id, planned.text, planned.concurrency))
+            store.write(
+                {
+                    **bases[slot.condition],
+                    "background_mb": level.background_mb,
+                    "background_swing_mb": level.background_swing_mb,
+                    "background_kind": planned.background_kind if memory_sweep else None,
+                    "free_mb": (
+                        level.mem_cap_mb - level.background_mb - level.background_swing_mb / 2
+                        if level.mem_cap_mb
+                        else None
+                    ),
+                    "free_above_floor_mb": planned.free_above_floor_mb,
+                    "concurrency": planned.concurrency,
+                    **{column: value for column, value in outcome.items() if value is not None},
+                    "trial_id": entry.trial_id,
+                    "trial_key": entry.key,
+                    "block": slot.block,
+                    "position": slot.position,
+                    "started_at": started_at,
+                    "text_length": planned.text_length,
+                    "iteration": planned.iteration,
+                    "text": planned.text,
+                }
+            )
+            statuses[outcome["status"]] += 1
+            bar.set_postfix(statuses, refresh=False)
+            bar.update()
+
+        if memory_sweep:
+            for (_, c), turn in groupby(todo, key=lambda entry: (entry.slot.block, entry.slot.condition)):
+                spec, entries = specs[c], list(turn)
+                level = _level_device(spec, entries[0].slot.trial, floors[c])
+                device = device_of(spec)
+                device.set_background(level)  # one background app, resized: a fresh one per level costs seconds
+                # a fresh worker per turn: its memory watch must not see the level change
+                with supervisor_of(spec, device) as supervisor:
+                    for entry in entries:
+                        run_one(entry, supervisor, level)
+        else:
+            supervisors = {c: stack.enter_context(supervisor_of(specs[c], device_of(specs[c]))) for c in running}
+            for supervisor in supervisors.values():  # all warm before the first block, and between trials
+                supervisor.start()
+            for entry in todo:
+                c = entry.slot.condition
+                run_one(entry, supervisors[c], specs[c].device)
+    return SweepResult(run_dir, len(keyed), len(keyed) - len(todo), len(todo), statuses)

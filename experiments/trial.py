@@ -328,6 +328,22 @@ class Supervisor:
         )
         return outcome
 
+    def start(self) -> None:
+        """Start the worker now rather than at the first trial: an interleaved sweep starts every
+        condition's before its first block, so that no condition's early trials wait on start-ups
+        while the others run. A worker that fails to start is left for the first trial to retry
+        and record."""
+        if self.worker is not None:
+            return
+        oom_before = self.device.oom_kills()
+        self._disturbed = False
+        try:
+            self.worker = self._start_worker()
+            self.worker.wait_ready(self.startup_timeout_s, oom_before)
+        except WorkerDied as died:
+            logger.warning("worker failed to start: %s", died.fields["error"].splitlines()[0])
+            self.worker = None
+
     def _start_worker(self) -> Worker:
         self._started += 1
         log_path = self.log_dir / f"worker-{os.getpid()}-{self._started}.log"

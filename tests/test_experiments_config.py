@@ -130,21 +130,21 @@ def test_bad_memory_settings_name_the_value() -> None:
 
 
 def test_a_memory_sweep_needs_a_cap_the_kernel_enforces(tmp_path: Path) -> None:
-    from experiments.sweep import run_sweep
+    from experiments.sweep import run_design
 
     rlimit = SweepSpec.from_config(
         config("+experiment=memory_sweep", "hardware.mem_cap_mechanism=rlimit", f"results_dir={tmp_path}")
     )
     with pytest.raises(ValueError, match="rlimit"):
-        run_sweep(rlimit, progress=False)
+        run_design([rlimit], progress=False)
     native = SweepSpec.from_config(config("workload=memory_sweep", f"results_dir={tmp_path}"))
     with pytest.raises(ValueError, match="simulated device"):
-        run_sweep(native, progress=False)
+        run_design([native], progress=False)
     roomy = SweepSpec.from_config(
         config("+experiment=memory_sweep", "workload.memory.free_above_floor_mb=[50,9000]", f"results_dir={tmp_path}")
     )
     with pytest.raises(ValueError, match="free_above_floor_mb=9000 leaves more free than the device's 8192 MB"):
-        run_sweep(roomy, progress=False)  # before the floor is measured
+        run_design([roomy], progress=False)  # before the floor is measured
     assert not list(tmp_path.rglob("*.parquet"))  # nothing ran, nothing was written
 
 

@@ -1,4 +1,4 @@
-"""A sweep through hydra-submitit-launcher's local executor (``hydra/launcher=local``): every condition a
+"""A sweep through hydra-submitit-launcher's local executor (``hydra/launcher=local``): every block range a
 submitit job of its own, pickled and run in a process of its own, as on Slurm up to the scheduler. A job
 killed mid-run loses only its trial in flight, and rerunning the command finishes the run."""
 
@@ -77,26 +77,30 @@ def wait_until(condition, process: subprocess.Popen, what: str, timeout_s: float
         time.sleep(0.05)
 
 
-def rows_of(run_dir: Path, ablation: str) -> int:
+def rows_in(run_dir: Path, blocks: range) -> int:
     rows_dir = run_dir / "rows"
-    return int((read_rows(rows_dir)["ablation"] == ablation).sum()) if rows_dir.is_dir() else 0
+    return int(read_rows(rows_dir)["block"].isin(blocks).sum()) if rows_dir.is_dir() else 0
 
 
 def test_a_killed_local_job_resumes_to_exactly_one_row_per_trial(tmp_path: Path) -> None:
-    command = cli(tmp_path, "hydra/launcher=local", "+ablation=" + ",".join(CONDITIONS), *SWEEP)
+    """Two jobs of two blocks each (``blocks_per_job=2``): blocks, not conditions, are what the jobs
+    split, so each job interleaves both conditions. One is killed mid-run; the rerun finishes it."""
+    command = cli(
+        tmp_path, "hydra/launcher=local", "hydra.sweeper.blocks_per_job=2", "+ablation=" + ",".join(CONDITIONS), *SWEEP
+    )
     run_dir = tmp_path / "runs" / RUN_ID
     planned = planned_keys()
     assert len(planned) == 16
 
     driver = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_until(lambda: rows_of(run_dir, "baseline") >= 2, driver, "the baseline job wrote no rows")
+    wait_until(lambda: rows_in(run_dir, range(0, 2)) >= 2, driver, "the first job wrote no rows")
     job = OmegaConf.load(tmp_path / "hydra" / "0" / ".hydra" / "hydra.yaml").hydra.job
-    assert "ablation=baseline" in job.override_dirname
+    assert "design.blocks=[0,2]" in job.override_dirname
     controllers = children(driver.pid)  # submitit's controller of each job, the job's process below it
-    assert int(job.id) in controllers and len(controllers) == len(CONDITIONS)
+    assert int(job.id) in controllers and len(controllers) == 2
     (job_process,) = children(int(job.id))
     workers = children(job_process)
-    assert workers  # the job's supervised trial worker
+    assert len(workers) == len(CONDITIONS)  # one warm worker per condition
     processes = controllers + [task for controller in controllers for task in children(controller)] + workers
     os.kill(job_process, signal.SIGKILL)  # mid-job, most likely mid-trial
 
@@ -107,8 +111,8 @@ def test_a_killed_local_job_resumes_to_exactly_one_row_per_trial(tmp_path: Path)
         assert time.monotonic() < deadline, "a job's processes outlived the sweep"
         time.sleep(0.1)
     first = read_rows(run_dir / "rows")
-    killed = int((first["ablation"] == "baseline").sum())
-    assert 2 <= killed < 8 and len(first) < len(planned)
+    killed = int(first["block"].isin(range(0, 2)).sum())
+    assert 2 <= killed < 8 and len(first) == killed + 8
 
     finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 0, finished.stdout + finished.stderr
@@ -116,15 +120,21 @@ def test_a_killed_local_job_resumes_to_exactly_one_row_per_trial(tmp_path: Path)
     assert len(rows) == len(planned) and set(rows["trial_key"]) == planned  # no loss, no duplicate
     assert set(rows["ablation"]) == set(CONDITIONS) and set(rows["status"]) == {"ok"}
     assert set(rows["run_id"]) == {RUN_ID} and set(rows["host"]) == {socket.gethostname()}
+    for blocks in (range(0, 2), range(2, 4)):  # each job ran both conditions, each block's 4 positions once
+        part = rows[rows["block"].isin(blocks)]
+        assert set(part["ablation"]) == set(CONDITIONS)
+        for _, block in part.groupby("block"):
+            assert sorted(block["position"]) == list(range(4))
     kept = rows.set_index("trial_id").loc[first["trial_id"], "started_at"]
     assert list(kept) == list(first["started_at"])  # finished rows were not redone
     assert not list((run_dir / "rows").glob(".*"))  # the killed job left no torn part
     logs = "".join(p.read_text() for p in (tmp_path / "hydra" / ".submitit").glob("*/*_log.out"))
-    assert f"{8 - killed} trials run, {killed} already done" in logs  # the rerun's baseline job resumed
+    assert f"{8 - killed} trials run, {killed} already done" in logs  # the rerun's first job resumed
+    assert "0 trials run, 8 already done" in logs  # the second had finished
 
     configs = sorted((run_dir / "configs").glob("*.yaml"))
     assert len(configs) == len(CONDITIONS)
-    for path in configs:  # each job saved its resolved config, which reproduces its condition and run
+    for path in configs:  # the resolved config of each condition reproduces it and its run
         saved = OmegaConf.load(path)
         assert saved.run_id == RUN_ID and SweepSpec.from_config(saved).condition_name == path.stem
 

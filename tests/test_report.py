@@ -23,18 +23,20 @@ import pytest
 from conftest import REPO
 
 from experiments import report
+from experiments.report.effects import effects_table, pair_trials, variance_table
 from experiments.results import SCHEMA, RowStore
 from experiments.stats import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
     bootstrap_interval,
     min_n_for_quantile,
+    paired_difference_interval,
     tail_quantile,
     wilson_interval,
 )
 
 RUN_ID = "report-tests"
-TABLES = ("ablation", "memory_stability", "affinity_latency", "cross_platform", "quantization")
+TABLES = ("ablation", "memory_stability", "affinity_latency", "effects", "variance", "cross_platform", "quantization")
 ROW_FIGURES = ("latency_vs_length", "memory_vs_length", "success_rate", "estimator_vs_measured")
 
 
@@ -343,13 +345,19 @@ def test_set_counts_give_the_expected_rates_intervals_and_changes(real_rows: pd.
     assert stability.loc["m1_air", "refused_after"] == pytest.approx(2 / 20)
     assert stability.loc["m1_air", "oom_change_pp"] == pytest.approx(-35.0)
 
-    affinity = report.affinity_table(rows).data.set_index("profile")
+    affinity = report.affinity_table(rows)
     for profile in ("m1_air", "intel_i5"):
+        row = affinity.data.set_index("profile").loc[profile]
         lat = {
             a: rows.loc[(rows["profile"] == profile) & (rows["ablation"] == a), "latency_ms"].mean()
             for a in ("budget", "affinity")
         }
-        assert affinity.loc[profile, "change_pct"] == pytest.approx(100 * (lat["affinity"] / lat["budget"] - 1))
+        assert (row["lat_before_ms"], row["lat_after_ms"]) == pytest.approx((lat["budget"], lat["affinity"]))
+        # Every text ran six times per ablation here: no trial has one partner, so no pair and no Δ —
+        # rather than an unpaired ratio of the means.
+        assert row["n_pairs"] == 0 and all(math.isnan(row[c]) for c in ("change_pct", "change_pct_lo", "change_pct_hi"))
+    assert {cells[-1] for cells in affinity.cells} == {report.NO_DATA}
+    assert any("no unpaired ratio" in note for note in affinity.all_notes())
 
     platform = report.cross_platform_table(rows)
     simulated = platform.header.index("simulated")
@@ -530,3 +538,218 @@ def test_repeated_sweeps_are_compared_per_ablation_and_under_predictions_against
     levels, *_ = memory_tables(first)
     assert levels.data["n"].sum() == len(first) - 1
     assert any(note.startswith("1 trial(s) left out") for note in levels.notes)
+
+
+# -- paired effects and variance per length -----------------------------------------------------------------
+
+#: The texts of the synthetic sweeps below: a length and its audio duration (s), for the RTF.
+AUDIO_S = {100: 6.0, 300: 18.0}
+
+
+def _interleaved(path: Path, conditions: dict[str, str | None], latency, blocks: int = 12) -> pd.DataFrame:
+    """The rows of an interleaved sweep on one machine, written with the harness's schema and read back
+    as the report reads them: every condition (ablation: the ablation it repeats, or None) runs every
+    length once per block, iteration = block. ``latency(ablation, block, length)`` is the trial's
+    latency in ms, None for a failed trial."""
+    records = []
+    for block in range(blocks):
+        for length, audio_s in AUDIO_S.items():
+            for ablation, original in conditions.items():
+                ms = latency(ablation, block, length)
+                records.append(
+                    {
+                        "run_id": "interleaved",
+                        "trial_id": len(records),
+                        "trial_key": f"{ablation}-generic/L{length}/i{block}",
+                        "host": "bench-host",
+                        "cpu_model": "Test CPU",
+                        "profile": "generic",
+                        "simulated": False,
+                        "workload": "thesis",
+                        "engine": "torch",
+                        "quantization": "fp32",
+                        "ablation": ablation,
+                        "replicate_of": original,
+                        "status": "ok" if ms is not None else "error",
+                        "latency_ms": ms,
+                        "audio_s": audio_s if ms is not None else None,
+                        "rtf": ms / 1000 / audio_s if ms is not None else None,
+                        "text_length": length,
+                        "iteration": block,
+                        "concurrency": 1,
+                        "block": block,
+                        "position": len(records) % (len(AUDIO_S) * len(conditions)),
+                    }
+                )
+    pq.write_table(pa.Table.from_pylist(records, schema=SCHEMA), path)
+    return report.load_rows(path)
+
+
+def _effect(table: report.Table, comparison: str, metric: str = "latency_ms") -> pd.Series:
+    data = table.data
+    found = data[(data["comparison"] == comparison) & (data["metric"] == metric)]
+    assert len(found) == 1, f"{comparison} / {metric}: {len(found)} rows"
+    return found.iloc[0]
+
+
+def _noise(seed: int, shape: tuple[int, ...]) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0.0, 1.0, size=shape)
+
+
+def test_a_feature_ten_percent_slower_per_pair_is_plus_ten_percent_and_slower(tmp_path: Path) -> None:
+    noise = _noise(5, (12, 301))
+    rows = _interleaved(
+        tmp_path / "slower.parquet",
+        {"budget": None, "affinity": None},
+        lambda ablation, block, length: (
+            (5.0 * length + 40.0 * noise[block, length]) * (1.1 if ablation == "affinity" else 1)
+        ),
+    )
+    table = effects_table(rows)
+    assert list(table.data["comparison"]) == ["budget vs affinity"] * 2  # the only consecutive pair present
+    for metric in ("latency_ms", "rtf"):
+        row = _effect(table, "budget vs affinity", metric)
+        assert row["n_pairs"] == 24
+        assert (row["effect_pct"], row["effect_pct_lo"], row["effect_pct_hi"]) == pytest.approx((10.0, 10.0, 10.0))
+        assert row["verdict"] == "slower" and np.isnan(row["noise_floor_pct"])
+    assert table.cells[0][-4:] == ["24", "+10.0 [+10.0, +10.0]", "slower", report.NO_DATA]  # no A/A control
+    assert table.name == "effects" and "2000 resamples" in " ".join(table.notes)
+
+    affinity = report.affinity_table(rows)
+    assert affinity.data.iloc[0]["n_pairs"] == 24
+    assert affinity.data.iloc[0]["change_pct"] == pytest.approx(10.0)
+    assert affinity.cells[0][-2:] == ["24", "+10.0 [+10.0, +10.0]"]
+
+
+def test_an_aa_control_detects_nothing_and_sets_the_noise_floor(tmp_path: Path) -> None:
+    """baseline and baseline_repeat drawn from one distribution (fixed seed); budget 8 % slower with the
+    same noise. The A/A interval, recomputed from the pairs by hand, is every effect's noise floor."""
+    noise = {a: _noise(seed, (12, 301)) for a, seed in (("baseline", 1), ("baseline_repeat", 2), ("budget", 3))}
+    scale = {"baseline": 1.0, "baseline_repeat": 1.0, "budget": 1.08}
+    rows = _interleaved(
+        tmp_path / "aa.parquet",
+        {"baseline": None, "baseline_repeat": "baseline", "budget": None},
+        lambda ablation, block, length: scale[ablation] * 5.0 * length * (1 + 0.03 * noise[ablation][block, length]),
+    )
+    table = effects_table(rows)
+    control = _effect(table, "A/A: baseline vs baseline_repeat")
+    assert control["verdict"] == "no difference detected" and control["aa_control"]
+    by_hand = paired_difference_interval(
+        np.array([5.0 * n * (1 + 0.03 * noise["baseline"][b, n]) for b in range(12) for n in AUDIO_S]),
+        np.array([5.0 * n * (1 + 0.03 * noise["baseline_repeat"][b, n]) for b in range(12) for n in AUDIO_S]),
+        relative=True,
+    )
+    assert control["effect_pct_lo"] == pytest.approx(100 * by_hand.low)
+    assert control["effect_pct_lo"] < 0 < control["effect_pct_hi"]
+    floor = 100 * max(abs(by_hand.low), abs(by_hand.high))
+    feature = _effect(table, "baseline vs budget")
+    assert feature["verdict"] == "slower" and feature["effect_pct_lo"] > 0
+    assert feature["noise_floor_pct"] == pytest.approx(floor) and control["noise_floor_pct"] == pytest.approx(floor)
+    shown = table.cells[list(table.data.index[table.data["comparison"] == "baseline vs budget"])[0]]
+    assert shown[-1] == f"{floor:.1f}"
+    assert "Warning" not in table.caption
+
+
+def test_pairing_ignores_failed_unmatched_and_ambiguous_trials(tmp_path: Path) -> None:
+    def latency(ablation: str, block: int, length: int) -> float | None:
+        if ablation == "affinity" and block == 3 and length == 100:
+            return None  # failed: its budget partner is left without one
+        return 1000.0 * block + length + (1.0 if ablation == "affinity" else 0.0)
+
+    rows = _interleaved(tmp_path / "pairs.parquet", {"budget": None, "affinity": None}, latency, blocks=5)
+    extra = rows[(rows["ablation"] == "affinity") & (rows["block"] == 4)].assign(block=5, iteration=5)
+    twice = rows[(rows["ablation"] == "budget") & (rows["block"] == 2) & (rows["text_length"] == 300)]
+    rows = pd.concat([rows, extra, twice], ignore_index=True)  # block 5 only for affinity; one text twice
+    before, after = pair_trials(rows.sample(frac=1, random_state=0), "budget", "affinity", "latency_ms")
+    expected = [1000.0 * b + n for b in range(5) for n in (100, 300) if (b, n) not in ((3, 100), (2, 300))]
+    assert list(before) == expected and list(after) == [x + 1.0 for x in expected]
+    other = rows.assign(profile=np.where(rows["ablation"] == "affinity", "m1_air", "generic"))
+    assert len(pair_trials(other, "budget", "affinity", "latency_ms")[0]) == 0  # another condition: no pair
+    old = rows.drop(columns=["block", "position", "replicate_of"])  # an older dataset: the run is one block
+    assert sorted(pair_trials(old, "budget", "affinity", "latency_ms")[0]) == sorted(expected)
+
+
+def test_a_drift_both_conditions_share_makes_no_paired_effect(tmp_path: Path) -> None:
+    """The machine slows by 100 ms per block; estimation's first four blocks fail. Its ok trials then sit
+    in the slow blocks, and the unpaired ratio of means reads a slowdown that the pairs do not."""
+    noise = {a: _noise(seed, (12, 301)) for a, seed in (("affinity", 8), ("estimation", 9))}
+
+    def latency(ablation: str, block: int, length: int) -> float | None:
+        if ablation == "estimation" and block < 4:
+            return None
+        return 5.0 * length + 100.0 * block + 10.0 * noise[ablation][block, length]
+
+    rows = _interleaved(tmp_path / "drift.parquet", {"affinity": None, "estimation": None}, latency)
+    ok = rows[rows["status"] == "ok"].groupby("ablation")["latency_ms"].mean()
+    assert ok["estimation"] / ok["affinity"] - 1 > 0.10  # what an unpaired comparison would report
+    row = _effect(effects_table(rows), "affinity vs estimation")
+    assert row["n_pairs"] == 16 and row["verdict"] == "no difference detected"
+    assert row["effect_pct_lo"] < 0 < row["effect_pct_hi"] and abs(row["effect_pct"]) < 1.0
+
+
+def test_variance_is_per_length_with_the_pyperf_rule(tmp_path: Path) -> None:
+    """Length 100: [90, 100, 110] → std 10, CV 10 % (unstable: 10 % or more); length 300: [190, 200,
+    210] → std 10, CV 5 %. Pooled over both, the std would be ~55 ms: the lengths' spread, not noise."""
+    spread = {0: -10.0, 1: 0.0, 2: 10.0}
+    rows = _interleaved(
+        tmp_path / "variance.parquet",
+        {"baseline": None, "estimation": None},
+        lambda ablation, block, length: (
+            (100.0 if length == 100 else 200.0) + spread[block] if ablation == "baseline" or block == 0 else None
+        ),
+        blocks=3,
+    )
+    table = variance_table(rows)
+    assert table.name == "variance"
+    data = table.data.set_index(["ablation", "text_length"])
+    assert data.loc[("baseline", 100), ["n_ok", "lat_std_ms", "lat_cv"]].tolist() == pytest.approx([3, 10.0, 0.10])
+    assert data.loc[("baseline", 300), ["lat_std_ms", "lat_cv"]].tolist() == pytest.approx([10.0, 0.05])
+    assert data.loc[("baseline", 100), "rtf_std"] == pytest.approx(10.0 / 1000 / 6.0)
+    assert data.loc[("baseline", 100), "rtf_cv"] == pytest.approx(0.10)
+    assert data.loc[("baseline", 100), "unstable"] is True and data.loc[("baseline", 300), "unstable"] is False
+    assert data.loc[("estimation", 100), "n_ok"] == 1 and data.loc[("estimation", 100), "unstable"] is None
+    assert rows.loc[(rows["ablation"] == "baseline"), "latency_ms"].std() > 50  # the pooled figure it replaces
+    assert table.header == [
+        "ablation",
+        "length",
+        "n ok",
+        "latency std ms",
+        "latency CV %",
+        "RTF std",
+        "RTF CV %",
+        "unstable",
+    ]
+    assert [cells[:2] for cells in table.cells] == [
+        ["baseline", "100"],
+        ["baseline", "300"],
+        ["estimation", "100"],
+        ["estimation", "300"],
+    ]
+    assert table.cells[0] == ["baseline", "100", "3", "10.0", "10.0", "0.002", "10.0", "yes"]
+    assert table.cells[2] == ["estimation", "100", "1", "n/a", "n/a", "n/a", "n/a", "n/a"]
+    assert "pooled over lengths" in table.caption
+
+
+def test_the_real_rows_variance_recomputes_with_pandas(real_rows: pd.DataFrame) -> None:
+    data = variance_table(real_rows).data.set_index(["ablation", "text_length"])
+    ok = real_rows[real_rows["status"] == "ok"].groupby(["ablation", "text_length"])["latency_ms"]
+    assert len(data) == real_rows.groupby(["ablation", "text_length"]).ngroups
+    for (ablation, length), std in ok.std().items():
+        assert data.loc[(ablation, length), "lat_std_ms"] == pytest.approx(std)
+        assert data.loc[(ablation, length), "lat_cv"] == pytest.approx(std / ok.mean()[(ablation, length)])
+
+
+def test_shuffled_rows_give_identical_effect_variance_and_affinity_tables(tmp_path: Path) -> None:
+    noise = {a: _noise(seed, (12, 301)) for seed, a in enumerate(("baseline", "baseline_repeat", "budget", "affinity"))}
+    scale = {"baseline": 1.0, "baseline_repeat": 1.0, "budget": 0.97, "affinity": 0.95}
+    rows = _interleaved(
+        tmp_path / "shuffled.parquet",
+        {"baseline": None, "baseline_repeat": "baseline", "budget": None, "affinity": None},
+        lambda ablation, block, length: scale[ablation] * (5.0 * length + 30.0 * noise[ablation][block, length]),
+    )
+    shuffled = rows.sample(frac=1, random_state=1).reset_index(drop=True)
+    for build in (effects_table, variance_table, report.affinity_table):
+        first, second = build(rows), build(shuffled)
+        pd.testing.assert_frame_equal(first.data, second.data)
+        assert (first.cells, first.caption, first.notes) == (second.cells, second.caption, second.notes)
+    assert len(effects_table(rows).data) == 2 * 3  # baseline vs budget, budget vs affinity, A/A; two metrics

@@ -9,13 +9,15 @@ figure, as in the rows.
 
 One module per responsibility; imports point one way (``a <- b``: b imports a)::
 
-    cells  <-  tables  <-  render, figures  <-  memory  <-  build  <-  __main__
+    cells  <-  tables  <-  render, figures, effects  <-  memory  <-  build  <-  __main__
     load  <-  __main__
 
 * :mod:`~experiments.report.load` — where a dataset is, its rows as one frame, the quantization bench;
 * :mod:`~experiments.report.cells` — statistics per group of rows (Wilson and bootstrap intervals),
   their formatting, the provenance every caption carries;
 * :mod:`~experiments.report.tables` — the thesis's tables (:class:`Table`: numbers and cells);
+* :mod:`~experiments.report.effects` — effects as paired differences (same text, same block) with
+  bootstrap intervals, the A/A noise floor, latency variance per text length;
 * :mod:`~experiments.report.render` — a table as Markdown and as LaTeX (booktabs);
 * :mod:`~experiments.report.figures` — the figures (matplotlib, column width) and their captions;
 * :mod:`~experiments.report.memory` — the memory sweep's tables and its outcome-vs-free-memory figure;
@@ -51,6 +53,7 @@ from experiments.report.cells import (
     varying_keys,
     with_quant,
 )
+from experiments.report.effects import affinity_table, effects_table, pair_trials, variance_table
 from experiments.report.figures import (
     FIGURE_STYLE,
     ROW_FIGURES,
@@ -86,7 +89,6 @@ from experiments.report.tables import (
     QUALITY_COLUMNS,
     Table,
     ablation_table,
-    affinity_table,
     cross_platform_table,
     memory_stability_table,
     quantization_table,
@@ -123,6 +125,9 @@ __all__ = [
     "constants",
     "cross_platform_table",
     "default_out_dir",
+    "effects_table",
+    "pair_trials",
+    "variance_table",
     "default_results_dir",
     "estimator_vs_measured",
     "figure_caption",

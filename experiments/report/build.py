@@ -12,6 +12,7 @@ import matplotlib
 import pandas as pd
 
 from experiments.report.cells import _grouped, fmt_key, varying_keys, with_quant
+from experiments.report.effects import affinity_table, effects_table, variance_table
 from experiments.report.figures import (
     FIGURE_STYLE,
     ROW_FIGURES,
@@ -25,7 +26,6 @@ from experiments.report.render import to_latex, to_markdown
 from experiments.report.tables import (
     Table,
     ablation_table,
-    affinity_table,
     cross_platform_table,
     memory_stability_table,
     quantization_table,
@@ -40,6 +40,8 @@ def build_tables(rows: pd.DataFrame, bench: pd.DataFrame | None = None) -> list[
         ablation_table(rows),
         memory_stability_table(rows),
         affinity_table(rows),
+        effects_table(rows),
+        variance_table(rows),
         cross_platform_table(rows),
         quantization_table(rows, bench),
         *memory_tables(rows),

@@ -57,6 +57,8 @@ BEFORE_AFFINITY, AFTER_AFFINITY = "budget", "affinity"
 FULL_RUNTIME = "estimation"
 
 QUALITY_COLUMNS = ("weight_bytes", "mcd_db", "log_mel_db")
+#: The affinity table's paired change in latency and its interval, in percent.
+CHANGE_COLUMNS = ("change_pct", "change_pct_lo", "change_pct_hi")
 
 
 @dataclass
@@ -257,51 +259,6 @@ def memory_stability_table(rows: pd.DataFrame) -> Table:
             "OOMs became. Δ pp: after minus before, percentage points.",
         ],
         "l" * len(shown) + "r" * 6,
-    )
-
-
-def affinity_table(rows: pd.DataFrame) -> Table:
-    """Mean latency without CPU affinity (budget) and with it (affinity), per condition."""
-    rows = with_quant(rows)
-    keys = list(CONDITION_KEYS)
-    records = []
-    for key, before, after in _before_after(rows, BEFORE_AFFINITY, AFTER_AFFINITY):
-        lat_before, lat_after = _ok_latency(before), _ok_latency(after)
-        record = {**key, "n_before": len(lat_before), **location_stats(lat_before, "mean", "lat_before_ms")}
-        record |= {"n_after": len(lat_after), **location_stats(lat_after, "mean", "lat_after_ms")}
-        record["change_pct"] = 100 * (record["lat_after_ms"] / record["lat_before_ms"] - 1)
-        records.append(record)
-    columns = [
-        "n_before",
-        "lat_before_ms",
-        "lat_before_ms_lo",
-        "lat_before_ms_hi",
-        "n_after",
-        "lat_after_ms",
-        "lat_after_ms_lo",
-        "lat_after_ms_hi",
-        "change_pct",
-    ]
-    data = _frame(records, keys, columns)
-    shown = varying_keys(rows) or ["profile"]
-    header, cells = _key_cells(data, shown)
-    header += [f"n ok {BEFORE_AFFINITY}", "mean ms before [CI]", f"n ok {AFTER_AFFINITY}", "mean ms after [CI]", "Δ %"]
-    for row, out in zip(data.itertuples(index=False), cells):
-        out += [
-            str(row.n_before),
-            fmt_interval(row.lat_before_ms, row.lat_before_ms_lo, row.lat_before_ms_hi),
-            str(row.n_after),
-            fmt_interval(row.lat_after_ms, row.lat_after_ms_lo, row.lat_after_ms_hi),
-            fmt_num(row.change_pct, 1),
-        ]
-    return Table(
-        "affinity_latency",
-        _caption(f"Latency before ({BEFORE_AFFINITY}) and after ({AFTER_AFFINITY}) CPU affinity", rows, CONDITION_KEYS),
-        data,
-        header,
-        cells,
-        [INTERVALS_NOTE, "Δ %: after / before − 1 of the means; negative is faster."],
-        "l" * len(shown) + "r" * 5,
     )
 
 

@@ -1,0 +1,1 @@
+"""The interleaved sweeper: a Hydra plugin (Hydra finds plugins in the ``hydra_plugins`` namespace)."""
