@@ -9,6 +9,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import REPO
 
@@ -118,8 +119,21 @@ def test_every_conditions_trials_span_the_whole_run(tmp_path: Path) -> None:
     assert list(rows["block"]) == sorted(rows["block"])  # blocks in order, one after another
     for ablation, part in rows.groupby("ablation"):  # in the first block and in the last
         assert part["block"].min() == 0 and part["block"].max() == 9, ablation
+    order = {a: part.index for a, part in rows.groupby("ablation")}  # places in the run, by start time
+    assert all(index.min() < 6 and index.max() >= 54 for index in order.values())  # first and last block
+
+
+def test_spans_say_where_in_the_run_each_condition_ran() -> None:
+    start = pd.Timestamp("2026-01-01", tz="UTC")
+    rows = pd.DataFrame(
+        {
+            "ablation": ["a", "b", "a", "b", "c", "c"],
+            "started_at": [start + pd.Timedelta(seconds=s) for s in (0, 10, 50, 100, 20, 30)],
+        }
+    )
     span = spans(rows)
-    assert (span["first"] < 0.1).all() and (span["last"] > 0.9).all() and (span["n"] == 20).all()
+    assert span.loc["a"].tolist() == [0.0, 0.5, 2] and span.loc["b"].tolist() == [0.1, 1.0, 2]
+    assert span.loc["c"].tolist() == [0.2, 0.3, 2]
 
 
 @pytest.mark.parametrize(
