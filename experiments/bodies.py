@@ -1,8 +1,9 @@
 """Trial bodies: what a worker does for one trial, selected by import path (``trial.body`` in the config).
 
 ``tts`` is the experiment: the adaptive backend under one ablation. ``memory_probe`` allocates and holds
-real memory for a while; it exercises the supervision itself (does a cap really kill, does a hang time
-out) on any machine, and is what the harness's own tests run in real workers.
+real memory for a while (and burns a fixed amount of CPU); it exercises the supervision itself (does a
+cap really kill, does a hang time out, does a busy background slow a trial) on any machine, and is what
+the harness's own tests run in real workers.
 """
 
 from __future__ import annotations
@@ -240,15 +241,20 @@ def calibrate(options: dict[str, Any]) -> TrialBody:
 
 
 def memory_probe(options: dict[str, Any]) -> TrialBody:
-    """Write ``alloc_mb`` MB (every page resident), hold it ``hold_s`` seconds, free it."""
+    """Write ``alloc_mb`` MB (every page resident), hold it ``hold_s`` seconds, free it; then do
+    ``work`` million steps of a Python loop, a fixed amount of CPU whose wall time shows contention."""
     alloc_bytes = int(float(options.get("alloc_mb", 0)) * MIB)
     hold_s = float(options.get("hold_s", 0))
+    steps = int(float(options.get("work", 0)) * 1_000_000)
 
     def run(request: TrialRequest) -> dict[str, Any]:
         start = time.perf_counter()
         held = bytearray(b"\x01") * alloc_bytes
         time.sleep(hold_s)
         del held
+        total = 0
+        for step in range(steps):
+            total += step
         return {"latency_ms": (time.perf_counter() - start) * 1000, "engine": "memory_probe"}
 
     return run

@@ -101,6 +101,7 @@ EXTRA_FIELDS = [
     pa.field("block", pa.int64()),  # the block the trial ran in: every condition gets the same texts
     pa.field("position", pa.int64()),  # its order within the block, over all conditions
     pa.field("replicate_of", pa.string()),  # an A/A copy's original ablation (null: not a copy)
+    pa.field("background_cpu", pa.int64()),  # busy processes in the device's CPU set during the trial
 ]
 SCHEMA = pa.schema(list(CORE_SCHEMA) + EXTRA_FIELDS)
 STATUSES = ("ok", "oom", "refused", "error", "timeout")

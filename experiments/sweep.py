@@ -123,6 +123,7 @@ class SweepSpec:
                 cores=hw.cores,
                 background_mb=wl.background_mb,
                 mechanism=hw.mem_cap_mechanism,
+                background_cpu=wl.get("background_cpu", 0),
             ),
             workload=Workload(
                 name=wl.name,
@@ -130,6 +131,7 @@ class SweepSpec:
                 iterations=wl.iterations,
                 concurrency=concurrency,
                 background_mb=wl.background_mb,
+                background_cpu=wl.get("background_cpu", 0),
                 memory=None
                 if levels is None
                 else MemoryLevels(
@@ -156,8 +158,12 @@ class SweepSpec:
             data.pop(per_run)
         for per_trial_handling in ("timeout_s", "startup_timeout_s", "max_trials_per_worker"):
             data["trial"].pop(per_trial_handling)
-        if data["ablation"]["replicate_of"] is None:  # conditions named before A/A copies keep their ids
+        # Conditions named before A/A copies and CPU load existed keep their ids (and their runs resume).
+        if data["ablation"]["replicate_of"] is None:
             data["ablation"].pop("replicate_of")
+        if self.workload.background_cpu == 0:
+            data["workload"].pop("background_cpu")
+            data["device"].pop("background_cpu")
         return data
 
     @property
@@ -407,6 +413,7 @@ def _base_row(spec: SweepSpec, floor_mb: float | None) -> dict[str, Any]:
         "num_threads": spec.engine.num_threads,
         "chunk_length": spec.engine.chunk_length,
         "workload": spec.workload.name,
+        "background_cpu": spec.workload.background_cpu,
         "budget_policy": spec.memory.budget_policy,
         "estimator_constants": spec.memory.estimator_constants if spec.ablation.estimation else None,
         "floor_mb": floor_mb,

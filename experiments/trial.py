@@ -303,7 +303,8 @@ class Supervisor:
                 self.worker = self._start_worker()
                 self.worker.wait_ready(self.startup_timeout_s, oom_before)
                 machine = hygiene.before()  # the trial starts now: loading its body is not part of it
-            outcome = self.worker.run(request, self.timeout_s, oom_before)
+            with self.device.busy():  # the device's busy background processes, if any, spin meanwhile
+                outcome = self.worker.run(request, self.timeout_s, oom_before)
         except WorkerDied as died:
             logger.warning("trial %d: %s", request.trial_id, died.fields["error"].splitlines()[0])
             outcome = died.fields

@@ -64,6 +64,7 @@ class Workload:
     ``concurrency`` requests of the same text run at once in one worker (like a server sharing the
     model); a tuple sweeps several. ``background_mb`` is held by another process on the same
     (simulated) device; ``memory`` instead sweeps levels of free memory relative to the floor.
+    ``background_cpu`` busy processes spin in the device's CPU set while each trial runs.
     """
 
     name: str
@@ -72,12 +73,18 @@ class Workload:
     concurrency: int | tuple[int, ...] = 1
     background_mb: float = 0.0
     memory: MemoryLevels | None = None
+    background_cpu: int = 0
 
     def __post_init__(self) -> None:
         if not self.lengths or min(self.lengths) <= 0:
             raise ValueError(f"workload {self.name!r}: lengths must be positive, got {self.lengths}")
         if self.iterations < 1 or min(self.concurrencies) < 1 or self.background_mb < 0:
             raise ValueError(f"workload {self.name!r}: iterations/concurrency must be >= 1, background >= 0")
+        if isinstance(self.background_cpu, bool) or not isinstance(self.background_cpu, int) or self.background_cpu < 0:
+            raise ValueError(
+                f"workload {self.name!r}: background_cpu must be a whole number of busy processes >= 0, "
+                f"got {self.background_cpu!r}"
+            )
         if self.memory is not None and self.background_mb:
             raise ValueError(f"workload {self.name!r}: give background_mb or memory levels, not both")
 

@@ -23,7 +23,7 @@ import pytest
 from conftest import REPO
 
 from experiments import report
-from experiments.report.effects import effects_table, pair_trials, variance_table
+from experiments.report.effects import design_table, effects_table, pair_trials, variance_table
 from experiments.results import SCHEMA, RowStore
 from experiments.stats import (
     BOOTSTRAP_RESAMPLES,
@@ -36,7 +36,16 @@ from experiments.stats import (
 )
 
 RUN_ID = "report-tests"
-TABLES = ("ablation", "memory_stability", "affinity_latency", "effects", "variance", "cross_platform", "quantization")
+TABLES = (
+    "ablation",
+    "memory_stability",
+    "affinity_latency",
+    "effects",
+    "design",
+    "variance",
+    "cross_platform",
+    "quantization",
+)
 ROW_FIGURES = ("latency_vs_length", "memory_vs_length", "success_rate", "estimator_vs_measured")
 
 
@@ -753,3 +762,33 @@ def test_shuffled_rows_give_identical_effect_variance_and_affinity_tables(tmp_pa
         pd.testing.assert_frame_equal(first.data, second.data)
         assert (first.cells, first.caption, first.notes) == (second.cells, second.caption, second.notes)
     assert len(effects_table(rows).data) == 2 * 3  # baseline vs budget, budget vs affinity, A/A; two metrics
+
+
+def test_the_design_table_says_where_in_the_run_each_condition_ran() -> None:
+    """An interleaved run spans 0-100 % with every condition; one run in sequence holds slices."""
+    start = pd.Timestamp("2026-01-01", tz="UTC")
+    times = [start + pd.Timedelta(seconds=s) for s in range(8)]
+    rows = pd.DataFrame(
+        {
+            "run_id": ["mixed"] * 4 + ["sequential"] * 4,
+            "ablation": ["baseline", "budget", "budget", "baseline", "baseline", "baseline", "budget", "budget"],
+            "block": [0, 0, 1, 1, 0, 1, 0, 1],
+            "started_at": times,
+            "status": "ok",
+            "host": "h",
+            "cpu_model": "Test CPU",
+            "profile": "m1_air",
+            "simulated": True,
+            "workload": "thesis",
+            "engine": "torch",
+            "quantization": "fp32",
+        }
+    )
+    table = design_table(rows)
+    assert table.name == "design"
+    got = table.data.set_index(["run_id", "ablation"])[["n", "blocks", "first_pct", "last_pct"]]
+    assert got.loc[("mixed", "baseline")].tolist() == [2, 2, 0.0, 100.0]
+    assert got.loc[("mixed", "budget")].round(1).tolist() == [2, 2, 33.3, 66.7]
+    assert got.loc[("sequential", "baseline")].round(1).tolist() == [2, 2, 0.0, 33.3]
+    assert got.loc[("sequential", "budget")].round(1).tolist() == [2, 2, 66.7, 100.0]
+    assert table.cells[1] == ["mixed", "budget", "2", "2", "33.3", "66.7"]

@@ -18,6 +18,7 @@ imports ``adaptive_tts``, psutil or torch at module level (the few uses are insi
   confinement (:class:`Confinement`, :func:`confine_current_process`);
 * :mod:`.cpus`: the host's CPU set and the cpulist format;
 * :mod:`.background`: background apps, static or dynamic memory hogs started as subprocesses;
+* :mod:`.cpuload`: busy background processes in the device's CPU set, spinning only while a trial runs;
 * :mod:`.device`: :class:`DeviceSpec` and the live :class:`Device`.
 """
 
@@ -33,6 +34,7 @@ from experiments.limits.cgroups import (
     global_oom_kills,
 )
 from experiments.limits.cgroups import _mount_point as _mount_point  # private; tests/conftest.py imports it
+from experiments.limits.cpuload import CPULoad
 from experiments.limits.cpus import format_cpus, host_cpus
 from experiments.limits.device import Device, DeviceSpec, host_memory_mb
 
@@ -41,6 +43,7 @@ __all__ = [
     "MECHANISMS",
     "MIB",
     "BackgroundLoad",
+    "CPULoad",
     "Confinement",
     "Device",
     "DeviceSpec",

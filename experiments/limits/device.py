@@ -1,13 +1,16 @@
-"""A simulated device as a sweep runs on it: its spec, and the live device (memory cap plus background app)."""
+"""A simulated device as a sweep runs on it: its spec, and the live device (memory cap, background app,
+busy background processes)."""
 
 from __future__ import annotations
 
 import logging
 import os
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 
 from experiments.limits.background import BackgroundLoad
 from experiments.limits.cgroups import MIB, Confinement, MemoryCap, create_memory_cap, global_oom_kills
+from experiments.limits.cpuload import CPULoad
 from experiments.limits.cpus import host_cpus
 
 logger = logging.getLogger(__name__)
@@ -36,6 +39,8 @@ class DeviceSpec:
     background_swing_mb: float = 0.0
     background_step_s: tuple[float, float] = (0.2, 1.0)
     background_seed: int = 0
+    #: busy processes in the device's CPU set while a trial runs (experiments/limits/cpuload.py)
+    background_cpu: int = 0
 
     def __post_init__(self) -> None:
         if self.mem_cap_mb is not None and self.background_mb + self.background_swing_mb / 2 >= self.mem_cap_mb:
@@ -54,14 +59,21 @@ class DeviceSpec:
 
     @classmethod
     def for_profile(
-        cls, profile: str, *, simulate: bool, cores: int | None, background_mb: float = 0.0, mechanism: str = "auto"
+        cls,
+        profile: str,
+        *,
+        simulate: bool,
+        cores: int | None,
+        background_mb: float = 0.0,
+        mechanism: str = "auto",
+        background_cpu: int = 0,
     ) -> DeviceSpec:
         """A simulated profile gets its total RAM and core count (from ``adaptive_tts``' PROFILES, the one
         source of truth; ``cores`` overrides the count) as the cap and its first ``cores`` host CPUs
         (capped by the host) as the CPU set."""
         host = host_cpus()
         if not simulate:
-            return cls(profile, False, None, tuple(host), background_mb, mechanism)
+            return cls(profile, False, None, tuple(host), background_mb, mechanism, background_cpu=background_cpu)
         # Imported here, not at the top: workers import this module before they confine themselves.
         from adaptive_tts.runtime.hardware import PROFILES
 
@@ -82,7 +94,9 @@ class DeviceSpec:
                 mem_cap_mb,
                 host_mb,
             )
-        return cls(profile, True, mem_cap_mb, tuple(host[:cores]), background_mb, mechanism)
+        return cls(
+            profile, True, mem_cap_mb, tuple(host[:cores]), background_mb, mechanism, background_cpu=background_cpu
+        )
 
 
 class Device:
@@ -97,9 +111,11 @@ class Device:
         self.spec = spec
         self.cap: MemoryCap | None = None
         self.background: BackgroundLoad | None = None
+        self.cpu_load = CPULoad(spec.background_cpu, Confinement(cpus=spec.cpus))
 
     def __enter__(self) -> Device:
         try:
+            self.cpu_load.start()
             if self.spec.mem_cap_mb is not None:
                 self.cap = create_memory_cap(self.spec.mem_cap_mb, self.spec.mechanism)
             if self.spec.background_mb > 0:
@@ -112,11 +128,12 @@ class Device:
     def set_background(self, spec: DeviceSpec) -> None:
         """Move the background app to ``spec``'s level (same device, another background), starting
         it if there is none yet. Workers started after this see the new level."""
-        if (spec.profile, spec.mem_cap_mb, spec.cpus, spec.mechanism) != (
+        if (spec.profile, spec.mem_cap_mb, spec.cpus, spec.mechanism, spec.background_cpu) != (
             self.spec.profile,
             self.spec.mem_cap_mb,
             self.spec.cpus,
             self.spec.mechanism,
+            self.spec.background_cpu,
         ):
             raise ValueError(f"{spec} is another device than {self.spec}")
         self.spec = spec
@@ -167,8 +184,13 @@ class Device:
             return self.cap.oom_kills()
         return global_oom_kills()
 
+    def busy(self) -> AbstractContextManager[None]:
+        """While a trial runs: the device's busy background processes spin (if it has any)."""
+        return self.cpu_load.running()
+
     def close(self) -> None:
-        """Stop the background load and remove the cgroup (workers must have exited already)."""
+        """Stop the background loads and remove the cgroup (workers must have exited already)."""
+        self.cpu_load.stop()
         if self.background is not None:
             self.background.stop()
             self.background = None

@@ -53,7 +53,7 @@ from experiments.report.cells import (
     varying_keys,
     with_quant,
 )
-from experiments.report.effects import affinity_table, effects_table, pair_trials, variance_table
+from experiments.report.effects import affinity_table, design_table, effects_table, pair_trials, variance_table
 from experiments.report.figures import (
     FIGURE_STYLE,
     ROW_FIGURES,
@@ -125,6 +125,7 @@ __all__ = [
     "constants",
     "cross_platform_table",
     "default_out_dir",
+    "design_table",
     "effects_table",
     "pair_trials",
     "variance_table",

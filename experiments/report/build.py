@@ -12,7 +12,7 @@ import matplotlib
 import pandas as pd
 
 from experiments.report.cells import _grouped, fmt_key, varying_keys, with_quant
-from experiments.report.effects import affinity_table, effects_table, variance_table
+from experiments.report.effects import affinity_table, design_table, effects_table, variance_table
 from experiments.report.figures import (
     FIGURE_STYLE,
     ROW_FIGURES,
@@ -41,6 +41,7 @@ def build_tables(rows: pd.DataFrame, bench: pd.DataFrame | None = None) -> list[
         memory_stability_table(rows),
         affinity_table(rows),
         effects_table(rows),
+        design_table(rows),
         variance_table(rows),
         cross_platform_table(rows),
         quantization_table(rows, bench),

@@ -21,7 +21,7 @@ from experiments.stats import BOOTSTRAP_RESAMPLES, bootstrap_interval, min_n_for
 #: What makes two sets of rows different experiments (apart from the ablation): a table shows the ones
 #: that vary in its dataset as columns and states the constant ones in its caption. ``quant`` is derived
 #: per condition (:func:`with_quant`).
-CONDITION_KEYS = ("host", "profile", "simulated", "workload", "engine", "quant")
+CONDITION_KEYS = ("host", "profile", "simulated", "workload", "background_cpu", "engine", "quant")
 #: The cumulative ablations of docs/architecture.md, fewest runtime features first.
 ABLATION_ORDER = ("baseline", "budget", "affinity", "estimation")
 
@@ -103,6 +103,7 @@ KEY_HEADERS = {
     "profile": "profile",
     "simulated": "device",
     "workload": "workload",
+    "background_cpu": "busy CPUs",
     "engine": "engine",
     "quant": "quant.",
     "quantization": "mode",
@@ -258,7 +259,12 @@ def with_quant(rows: pd.DataFrame) -> pd.DataFrame:
     that failed before synthesis records only the configured mode, which is null when the profile was
     to choose. Grouping by the raw column would tear such a condition in two — its failures apart from
     its successes — and report a 100 % success rate for the half that worked. A condition is the trial
-    key without its length and iteration (experiments.sweep), on one host."""
+    key without its length and iteration (experiments.sweep), on one host.
+
+    Rows from before the CPU-load workload get ``background_cpu`` 0: they ran without busy processes."""
+    if "background_cpu" not in rows.columns or rows["background_cpu"].isna().any():
+        busy = rows["background_cpu"] if "background_cpu" in rows.columns else pd.Series(0, index=rows.index)
+        rows = rows.assign(background_cpu=busy.fillna(0).astype("int64"))
     if "quant" in rows.columns:
         return rows
     if "trial_key" in rows.columns:

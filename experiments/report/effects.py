@@ -24,6 +24,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from experiments.design import spans
 from experiments.report.cells import (
     ABLATION_ORDER,
     CONDITION_KEYS,
@@ -314,6 +315,48 @@ def variance_table(rows: pd.DataFrame) -> Table:
         f"{NOT_AVAILABLE}: fewer than two ok trials.",
     ]
     return Table("variance", caption, data, header, cells, notes, "l" * len(shown) + "rrrrrl")
+
+
+def design_table(rows: pd.DataFrame) -> Table:
+    """Per run and ablation: how many trials and blocks, and where in the run's time its first and last
+    trial started (0 %: the run's first trial, 100 %: its last). Interleaved, every condition spans the
+    run; a condition in a slice of its own was run in sequence, and its effects carry the drift."""
+    rows = with_quant(rows)
+    records = []
+    timed = rows.dropna(subset=["started_at"]) if "started_at" in rows.columns else rows.iloc[0:0]
+    for run_id, run in timed.groupby("run_id", sort=True):
+        blocks = run["block"] if "block" in run.columns else pd.Series(0, index=run.index)
+        span = spans(run)
+        for ablation, part in run.groupby("ablation"):
+            records.append(
+                {
+                    "run_id": run_id,
+                    "ablation": ablation,
+                    "n": int(span.loc[ablation, "n"]),
+                    "blocks": int(blocks[part.index].nunique()),
+                    "first_pct": 100 * span.loc[ablation, "first"],
+                    "last_pct": 100 * span.loc[ablation, "last"],
+                }
+            )
+    data = _sorted(
+        pd.DataFrame(records, columns=["run_id", "ablation", "n", "blocks", "first_pct", "last_pct"]),
+        ["run_id", "ablation"],
+    )
+    header = ["run", "ablation", "n", "blocks", "first trial at %", "last trial at %"]
+    cells = [
+        [
+            str(row.run_id),
+            str(row.ablation),
+            str(row.n),
+            str(row.blocks),
+            fmt_num(row.first_pct, 1),
+            fmt_num(row.last_pct, 1),
+        ]
+        for row in data.itertuples(index=False)
+    ]
+    caption = _caption("Design: where in each run's time every condition's trials ran", rows, CONDITION_KEYS)
+    notes = ["% of the run's time from its first trial's start to its last's (experiments.design.spans)."]
+    return Table("design", caption, data, header, cells, notes, "llrrrr")
 
 
 def affinity_table(rows: pd.DataFrame) -> Table:

@@ -340,6 +340,7 @@ def quantization_table(rows: pd.DataFrame, bench: pd.DataFrame | None = None) ->
     know its mode. Weight bytes and quality are not per-trial measurements (the rows do not carry them):
     they come from the bench file for that mode; a mode only the bench measured gets a row with no
     trials."""
+    rows = with_quant(rows)  # for the condition columns older datasets lack
     keys = [k for k in CONDITION_KEYS if k != "quant"] + ["ablation", "quantization"]
     ok = rows[rows["status"] == "ok"]
     by_mode = (bench if bench is not None else pd.DataFrame(columns=["quantization"])).set_index("quantization")
