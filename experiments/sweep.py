@@ -557,9 +557,14 @@ def run_design(
                         run_one(entry, supervisor, level)
         else:
             supervisors = {c: stack.enter_context(supervisor_of(specs[c], device_of(specs[c]))) for c in running}
-            for supervisor in supervisors.values():  # all warm before the first block, and between trials
+            for supervisor in supervisors.values():  # all warm before the first block, held between trials
                 supervisor.start()
+                supervisor.hold()
+            active = None
             for entry in todo:
                 c = entry.slot.condition
+                if active is not None and active != c:
+                    supervisors[active].hold()
                 run_one(entry, supervisors[c], specs[c].device)
+                active = c
     return SweepResult(run_dir, len(keyed), len(keyed) - len(todo), len(todo), statuses)

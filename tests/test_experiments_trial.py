@@ -43,6 +43,36 @@ def test_worker_serves_many_trials_and_measures_its_peak(tmp_path: Path) -> None
         os.kill(pid, 0)  # the worker did not outlive the supervisor
 
 
+def test_a_held_worker_is_stopped_until_its_next_trial_and_still_serves_it(tmp_path: Path) -> None:
+    """An interleaved sweep holds every idle condition's worker off the CPUs (SIGSTOP): it stays
+    loaded, takes no CPU time while held, and its next trial thaws it and runs in the same process."""
+
+    def proc_state(pid: int) -> str:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+    def cpu_ticks(pid: int) -> int:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+
+    with device() as dev, Supervisor(dev, PROBE, {}, tmp_path) as sup:
+        sup.start()
+        pid = sup.worker.pid
+        sup.hold()
+        deadline = time.monotonic() + 5
+        while proc_state(pid) != "T":
+            assert time.monotonic() < deadline, "the held worker did not stop"
+            time.sleep(0.01)
+        ticks = cpu_ticks(pid)
+        time.sleep(0.5)
+        assert cpu_ticks(pid) == ticks and proc_state(pid) == "T"
+        outcome = run(sup, 0)
+        assert outcome["status"] == "ok" and outcome["worker_trials"] == 0 and sup.worker.pid == pid
+        assert proc_state(pid) != "T"
+        sup.hold()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # a held worker is still ended with its supervisor
+
+
 def test_a_worker_sigkilled_mid_trial_becomes_a_row_and_the_sweep_goes_on(tmp_path: Path) -> None:
     with device() as dev, Supervisor(dev, PROBE, {"hold_s": 1.0}, tmp_path, timeout_s=30) as sup:
         assert run(sup, 0)["status"] == "ok"
