@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -110,6 +111,11 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    # Ctrl-C stops a sweep cleanly (its trial in flight is lost, nothing else), even when whatever started
+    # it ignores or blocks SIGINT (a non-interactive shell ignores it for the jobs it puts in the
+    # background, and Python keeps an ignored SIGINT ignored): the interrupt would have no effect at all.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     sys.argv[1:] = accept_plus_for_default_groups(sys.argv[1:])
     if error := unknown_option_error(sys.argv[1:]) or launcher_error(sys.argv[1:]):
         sys.exit(error)
