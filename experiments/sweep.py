@@ -247,10 +247,8 @@ def plan_sweep(configs: Sequence[DictConfig]) -> SweepPlan:
 
 @cache
 def default_run_id() -> str:
-    """A new run's id, shared by every job of one ``-m`` sweep: the basic launcher's jobs run in this
-    process (the id is fixed at first use), Slurm jobs of one submitit array share the array's job id.
-    submitit's local executor runs each job in a process of its own, so such a sweep names its
-    ``run_id`` (conf/hydra/launcher/local.yaml)."""
+    """A new run's id, named by the launch time. A ``-m`` sweep fixes it once, in the interleaved
+    sweeper, and passes it to every job; a Slurm job launched some other way shares its array's id."""
     if array_job := os.environ.get("SLURM_ARRAY_JOB_ID"):
         return f"slurm-{array_job}"
     return datetime.now().strftime("%Y%m%d-%H%M%S")

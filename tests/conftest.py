@@ -122,3 +122,20 @@ def our_cgroups(pid: int) -> list[Path]:
 # ------------------------------------------------------------------------------------------------
 # Servers
 # ------------------------------------------------------------------------------------------------
+
+
+def harness_cli(tmp_path: Path, *overrides: str, multirun: bool = False) -> list[str]:
+    """``python -m experiments.run`` with the memory probe as trial body (the TTS is exercised by the
+    slow suite), its results and Hydra's output under ``tmp_path``, no progress bar."""
+    return [
+        sys.executable,
+        "-m",
+        "experiments.run",
+        *(["-m"] if multirun else []),
+        "trial.body=experiments.bodies:memory_probe",
+        f"results_dir={tmp_path / 'runs'}",
+        f"hydra.run.dir={tmp_path / 'hydra'}",
+        f"hydra.sweep.dir={tmp_path / 'hydra'}",
+        "progress=false",
+        *overrides,
+    ]

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, harness_cli
 
 from experiments.limits import Confinement, CPULoad, Device, DeviceSpec, host_cpus
 from experiments.results import read_rows
@@ -61,28 +60,17 @@ def test_no_load_starts_no_process_and_bad_counts_name_themselves() -> None:
 def test_a_sweep_over_load_levels_slows_a_fixed_amount_of_work(tmp_path: Path) -> None:
     """Interleaved with no load, two busy processes on this machine's CPUs take CPU time from the same
     work: its median wall time rises (by ~(n + 2) / n on n CPUs with a share each; asserted loosely)."""
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.run",
-            "-m",
-            "trial.body=experiments.bodies:memory_probe",
-            "+trial.options={work: 3}",
-            "workload=smoke",
-            "workload.lengths=[100]",
-            "workload.iterations=6",
-            f"workload.background_cpu=0,{2 * len(host_cpus())}",
-            "run_id=load",
-            f"results_dir={tmp_path / 'runs'}",
-            f"hydra.sweep.dir={tmp_path / 'hydra'}",
-            "progress=false",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    argv = harness_cli(
+        tmp_path,
+        "+trial.options={work: 3}",
+        "workload=smoke",
+        "workload.lengths=[100]",
+        "workload.iterations=6",
+        f"workload.background_cpu=0,{2 * len(host_cpus())}",
+        "run_id=load",
+        multirun=True,
     )
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = read_rows(tmp_path / "runs" / "load")
     assert len(rows) == 12 and set(rows["status"]) == {"ok"}

@@ -5,13 +5,12 @@ span the whole run, and bad input is one line naming it."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO
+from conftest import REPO, harness_cli
 
 from experiments.design import Design, block_range, schedule, spans, split_blocks
 from experiments.results import read_rows
@@ -79,24 +78,9 @@ def test_block_ranges_split_a_run_into_jobs_and_bad_input_names_itself() -> None
 
 
 def cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.run",
-            *(["-m"] if "-m" in overrides else []),
-            "trial.body=experiments.bodies:memory_probe",
-            f"results_dir={tmp_path / 'runs'}",
-            f"hydra.run.dir={tmp_path / 'hydra'}",
-            f"hydra.sweep.dir={tmp_path / 'hydra'}",
-            "progress=false",
-            *(o for o in overrides if o != "-m"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    """The harness CLI; a ``-m`` among ``overrides`` makes it a multirun."""
+    argv = harness_cli(tmp_path, *(o for o in overrides if o != "-m"), multirun="-m" in overrides)
+    return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
 def test_every_conditions_trials_span_the_whole_run(tmp_path: Path) -> None:

@@ -6,31 +6,16 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, cgroup_mechanism, our_cgroups
+from conftest import REPO, cgroup_mechanism, harness_cli, our_cgroups
 
 from adaptive_tts.runtime.hardware import detect_hardware
 from experiments.results import RowStore, read_rows
 
-
-def cli(tmp_path: Path, *overrides: str, multirun: bool = False) -> list[str]:
-    """The real CLI with the memory probe as trial body (the TTS is exercised by the slow suite)."""
-    return [
-        sys.executable,
-        "-m",
-        "experiments.run",
-        *(["-m"] if multirun else []),
-        "trial.body=experiments.bodies:memory_probe",
-        f"results_dir={tmp_path / 'runs'}",
-        f"hydra.run.dir={tmp_path / 'hydra'}",
-        f"hydra.sweep.dir={tmp_path / 'hydra'}",
-        "progress=false",
-        *overrides,
-    ]
+cli = harness_cli
 
 
 def wait_for_rows(rows_dir: Path, n: int, process: subprocess.Popen, timeout_s: float = 60) -> None:
