@@ -123,6 +123,8 @@ class SmartAdaptiveBackend:
                 self.config = replace(self.config, num_threads=applied.num_threads)
         self.engine = load_engine(self.options.engine, self.config.num_threads, self.options.compute)
         self.lanes = ComputeLanes(self.options.compute_lanes or default_lanes(self.config.num_threads))
+        #: per lane thread: the intra-op threads last set there (:meth:`_fit_threads`)
+        self._lane_state = threading.local()
         self.config = replace(self.config, compute=self.engine.compute)
         self.sample_rate = self.engine.sample_rate
         self._set_precision(self._initial_precision(budget))
@@ -187,8 +189,9 @@ class SmartAdaptiveBackend:
         except BaseException:
             self._release(job)
             raise
+        threads_used: list[int] = []
         return Synthesis(
-            self._decode(sentences, resolved, key),
+            self._decode(sentences, resolved, key, threads_used),
             sample_rate=self.sample_rate,
             started=started,
             config=self._run_config(plan.chunk_length),
@@ -196,6 +199,7 @@ class SmartAdaptiveBackend:
             tokens=tokens,
             waited_s=waited_s,
             release=functools.partial(self._release, job),
+            threads_used=threads_used,
         )
 
     def _check_text(self, text: str) -> str:
@@ -290,16 +294,39 @@ class SmartAdaptiveBackend:
         )
 
     def _decode(
-        self, sentences: list[Sentence], options: SynthesisOptions, key: Hashable | None
+        self, sentences: list[Sentence], options: SynthesisOptions, key: Hashable | None, threads_used: list[int]
     ) -> Iterator[np.ndarray]:
-        """The engine's chunks on a compute lane; a text decoded to its end goes into the cache."""
+        """The engine's chunks on a compute lane, each step with the threads contention leaves it
+        (``threads_used`` collects them); a text decoded to its end goes into the cache."""
         kept: list[np.ndarray] = []
-        for chunk in self.lanes.iterate(self.engine.stream_sentences(sentences, options)):
+        fit = functools.partial(self._fit_threads, threads_used)
+        for chunk in self.lanes.iterate(self.engine.stream_sentences(sentences, options), fit):
             if key is not None:
                 kept.append(pcm16(chunk))  # what the cache keeps: half a float32 copy
             yield chunk
         if key is not None and kept and self.cache is not None:
             self.cache.put(key, kept)
+
+    @property
+    def adapts_threads(self) -> bool:
+        """Whether each step's thread count follows CPU contention: with the affinity feature on and an
+        engine whose thread count can change between steps."""
+        return self.affinity is not None and self.engine.capabilities.step_threads
+
+    def _fit_threads(self, used: list[int]) -> None:
+        """On the lane, before a step: the planned threads, or fewer where other tasks hold CPUs (with
+        affinity on). Set here rather than once per process because the count is per thread: a new
+        plan from :meth:`optimize_for_hardware` reaches every lane at its next step this way."""
+        threads = self.config.num_threads
+        if not self.engine.capabilities.step_threads:
+            used.append(threads)  # set engine-wide, when the plan changes
+            return
+        if self.affinity is not None:
+            threads = self.affinity.step_threads(threads).threads
+        if getattr(self._lane_state, "threads", None) != threads:
+            self.engine.set_num_threads(threads)  # per thread: this lane's steps from now on
+            self._lane_state.threads = threads
+        used.append(threads)
 
     def _release(self, job: int) -> None:
         if self.ledger.release(job):
@@ -365,10 +392,20 @@ class SmartAdaptiveBackend:
     def system_status(self) -> dict:
         status = self.monitor.status()
         status["running_jobs"] = self.ledger.running
+        status["compute_threads"] = self.compute_threads()
         status["budget"] = self.memory_budget_manager.margin_terms()
         if self.cache is not None:
             status["cache"] = self.cache.stats().to_dict()
         return status
+
+    def compute_threads(self) -> dict:
+        """What the next synthesis step would run with: the contention read now and the threads it
+        leaves, or the fixed count where threads do not adapt."""
+        planned = self.config.num_threads
+        if not self.adapts_threads or self.affinity is None:
+            return {"adaptive": False, "threads": planned, "planned": planned, "reason": "fixed: affinity off"}
+        choice = self.affinity.step_threads(planned)
+        return {"adaptive": True, **choice.to_dict()}
 
     def estimate(self, text: str) -> dict:
         """The seed's ``/estimate-memory`` payload (works with estimation switched off, too)."""
@@ -411,10 +448,11 @@ class SmartAdaptiveBackend:
                 "message": "No adjustments needed",
                 "config": previous.to_dict(),
                 "freed_rss_mb": freed_rss_mb,
+                "compute_threads": self.compute_threads(),
             }
         self.config = new
-        if new.num_threads != previous.num_threads:
-            self.engine.set_num_threads(new.num_threads)
+        if new.num_threads != previous.num_threads and not self.engine.capabilities.step_threads:
+            self.engine.set_num_threads(new.num_threads)  # else each lane sets it at its next step
         self.estimator.set_config(self._config_key())
         logger.info("re-optimized: %s", "; ".join(reasons) or "cache limit follows memory")
         return {
@@ -423,6 +461,7 @@ class SmartAdaptiveBackend:
             "new_config": new.to_dict(),
             "reasons": reasons,
             "freed_rss_mb": freed_rss_mb,
+            "compute_threads": self.compute_threads(),
         }
 
     # -- weight precision -------------------------------------------------------------------

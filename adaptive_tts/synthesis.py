@@ -71,6 +71,9 @@ class SynthesisResult:
     waited_s: float = 0.0
     #: the safety margin in force when it was admitted (None: budget off)
     safety_margin_mb: float | None = None
+    #: intra-op threads of each step (a sentence's encoding, a decoder chunk), in order; empty for a
+    #: cache hit. Fewer than planned where the runtime gave CPUs up to contention.
+    threads_used: tuple[int, ...] = ()
 
 
 class Synthesis(Iterator[np.ndarray]):
@@ -94,6 +97,7 @@ class Synthesis(Iterator[np.ndarray]):
         cached: bool = False,
         waited_s: float = 0.0,
         release: Callable[[], None] | None = None,
+        threads_used: list[int] | None = None,
     ) -> None:
         self._chunks = TimedChunks(chunks, started)
         self.sample_rate = sample_rate
@@ -106,6 +110,8 @@ class Synthesis(Iterator[np.ndarray]):
         self.cached = cached
         self.waited_s = waited_s
         self._release = release
+        #: the threads of each step so far (the backend appends as it decodes)
+        self.threads_used = threads_used if threads_used is not None else []
         self._on_done: list[Callable[[], None]] = []
         self._lock = threading.Lock()
         self.done = False
@@ -210,4 +216,5 @@ class Synthesis(Iterator[np.ndarray]):
             degraded=self.degraded,
             waited_s=self.waited_s,
             safety_margin_mb=self.safety_margin_mb,
+            threads_used=tuple(self.threads_used),
         )

@@ -137,6 +137,8 @@ def tts(options: dict[str, Any]) -> TrialBody:
             "rtf": slowest.rtf,
             "estimated_mb": slowest.estimated_mb,
             "text_tokens": slowest.text_tokens,
+            # the fewest threads any step of the trial's requests ran on (contention adapts them)
+            "threads_min": min((t for r in results for t in r.threads_used), default=None),
             **{
                 key: slowest.config[key] for key in ("engine", "quantization", "num_threads", "chunk_length", "compute")
             },

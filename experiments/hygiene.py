@@ -31,6 +31,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from adaptive_tts.runtime.contention import (  # the runtime reads them too, to adapt its threads
+    CpuTimes,
+    read_cpu_pressure_some_avg10,
+    read_cpu_times,
+    steal_share,
+)
+
 logger = logging.getLogger(__name__)
 
 PROC = Path("/proc")
@@ -72,60 +79,6 @@ def read_loadavg_1m(proc: Path | None = None) -> float | None:
         return float(text.split()[0]) if text else None
     except ValueError:
         return None
-
-
-def read_cpu_pressure_some_avg10(proc: Path = PROC) -> float | None:
-    """``some avg10=`` of ``<proc>/pressure/cpu`` (percent), None without PSI."""
-    text = _text(Path(proc) / "pressure" / "cpu")
-    if not text:
-        return None
-    for line in text.splitlines():
-        kind, *fields = line.split() or [""]
-        if kind == "some":
-            values = dict(field.split("=", 1) for field in fields if "=" in field)
-            try:
-                return float(values["avg10"])
-            except (KeyError, ValueError):
-                return None
-    return None
-
-
-@dataclass(frozen=True)
-class CpuTimes:
-    """The aggregate ``cpu`` line of ``/proc/stat``, in ticks: steal and the total of all CPU time."""
-
-    steal: int
-    total: int
-
-
-def read_cpu_times(proc: Path = PROC) -> CpuTimes | None:
-    """``<proc>/stat``'s ``cpu`` line. The total is user + nice + system + idle + iowait + irq + softirq +
-    steal; guest and guest_nice are already counted in user and nice, so they are not added again."""
-    text = _text(Path(proc) / "stat")
-    if not text:
-        return None
-    for line in text.splitlines():
-        name, *fields = line.split() or [""]
-        if name == "cpu":
-            try:
-                ticks = [int(f) for f in fields[:8]]
-            except ValueError:
-                return None
-            if len(ticks) < 8:  # a kernel without steal accounting
-                return None
-            return CpuTimes(steal=ticks[7], total=sum(ticks))
-    return None
-
-
-def steal_share(before: CpuTimes | None, after: CpuTimes | None) -> float | None:
-    """Steal as a percentage of all CPU time between two reads; None without both, or without a tick
-    between them (or with counters that went backwards, as some hypervisors' steal has)."""
-    if before is None or after is None:
-        return None
-    steal, total = after.steal - before.steal, after.total - before.total
-    if total <= 0 or steal < 0:
-        return None
-    return 100.0 * steal / total
 
 
 def read_cpu_governor(sysfs: Path = SYS) -> str | None:

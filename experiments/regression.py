@@ -16,7 +16,13 @@ depend on how fast the machine is, only on what the code does:
 - ``int8_weight_bytes`` and ``int8_latency``: INT8 weight-only vs fp32, bytes and median latency (both
   computing in fp32, as ``experiments.bench_quantize`` measures quantization: bf16 compute would halve
   the fp32 model's bytes too);
-- ``estimator_mape_percent``: the memory estimator's error on held-out texts after a short calibration.
+- ``estimator_mape_percent``: the memory estimator's error on held-out texts after a short calibration;
+- ``contended_vs_reference``: our default runtime's median latency / onnxruntime's beside two busy
+  processes on the CPUs, and ``contended_spread``: our run-to-run spread there ((max - min) / median),
+  from ``experiments.bench_contention`` (warm processes, alternated, the load held only while one runs).
+
+On CPUs with native bf16 ``rtf_vs_reference_fp32`` is measured too, with the engine computing in fp32:
+the path of the target laptops, which have no bf16.
 
 Absolute times are printed for the log, never asserted. A figure outside its bound fails the run with
 a message naming the figure, its value and its bound.
@@ -58,7 +64,7 @@ def _texts(short: bool) -> list[str]:
     return [cut_text(n, 0) for n in ((100, 500) if short else (100, 300, 500, 800, 1000))]
 
 
-def rtf_vs_reference(short: bool, threads: int) -> tuple[float, str]:
+def rtf_vs_reference(short: bool, threads: int, compute: str = "auto") -> tuple[float, str]:
     """Our engine and onnxruntime on the same texts, each in a fresh process, the order alternating
     from text to text; the median over texts of the RTF ratio (each RTF a median over runs).
 
@@ -71,7 +77,7 @@ def rtf_vs_reference(short: bool, threads: int) -> tuple[float, str]:
     from experiments.bench_engine import measure
     from experiments.workload import cut_text
 
-    args = Namespace(runs=3 if short else 5, threads=threads, chunk_length=256, quantization="fp32", compute="auto")
+    args = Namespace(runs=3 if short else 5, threads=threads, chunk_length=256, quantization="fp32", compute=compute)
     ratios, lines = [], []
     # Three texts even when short: the median of two ratios is their mean, which one noisy text moves
     # (the short figure read 0.995-1.308 over five runs of the same code with two).
@@ -172,6 +178,23 @@ def estimator_mape(threads: int) -> tuple[float, str]:
     )
 
 
+def contended_vs_reference(short: bool, threads: int) -> tuple[float, float, str]:
+    """Ours (the default runtime, threads adapted to contention) against onnxruntime, 300 characters,
+    quiet and beside two busy processes: the loaded latency ratio and our spread under load."""
+    from experiments.bench_contention import measure, summarize
+    from experiments.workload import cut_text
+
+    rows = summarize(measure(["ours", "reference"], [0, 2], 3 if short else 5, cut_text(300, 0), threads))
+    by = {(r["busy"], r["variant"]): r for r in rows}
+    loaded, quiet = by[(2, "ours")], by[(0, "ours")]
+    detail = (
+        f"2 busy: ours {loaded['median_s']:.3f} s (fewest threads {loaded['threads_min']}), reference "
+        f"{by[(2, 'reference')]['median_s']:.3f} s; quiet: ours {quiet['median_s']:.3f} s, reference "
+        f"{by[(0, 'reference')]['median_s']:.3f} s"
+    )
+    return loaded["vs_reference"], loaded["spread"], detail
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--short", action="store_true", help="fewer texts and runs (CI)")
@@ -200,6 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     from adaptive_tts.voice.engine import resolve_compute
 
     add("rtf_vs_reference" if resolve_compute("auto") == "bf16" else "rtf_vs_reference_fp32", ratio, detail)
+    if resolve_compute("auto") == "bf16":
+        ratio, detail = rtf_vs_reference(args.short, args.threads, compute="fp32")
+        add("rtf_vs_reference_fp32", ratio, detail)
+
+    ratio, loaded_spread, detail = contended_vs_reference(args.short, args.threads)
+    add("contended_vs_reference", ratio, detail)
+    add("contended_spread", loaded_spread, detail)
 
     mcd, duration_change, detail = default_quality(args.short)
     add("default_mcd_db", mcd, detail)

@@ -102,6 +102,7 @@ EXTRA_FIELDS = [
     pa.field("position", pa.int64()),  # its order within the block, over all conditions
     pa.field("replicate_of", pa.string()),  # an A/A copy's original ablation (null: not a copy)
     pa.field("background_cpu", pa.int64()),  # busy processes in the device's CPU set during the trial
+    pa.field("threads_min", pa.int64()),  # the fewest intra-op threads a step ran on (contention adapts them)
 ]
 SCHEMA = pa.schema(list(CORE_SCHEMA) + EXTRA_FIELDS)
 STATUSES = ("ok", "oom", "refused", "error", "timeout")

@@ -189,15 +189,62 @@ def test_bad_options_name_the_problem():
 
 
 def test_optimize_for_hardware_sheds_threads_when_cpu_is_maxed(tmp_path):
+    """The new count reaches the compute lane, where synthesis runs: torch's count is per thread, and
+    one set on the caller's thread would leave the lane computing on the old one."""
+    import torch
+
     backend = make(tmp_path, Memory(available_mb=6000), num_threads=2)
+    backend.synthesize(TEXT)
+    assert backend.lanes.run(torch.get_num_threads) == 2
     backend.monitor._cpu_percent = lambda: 97.0
     adjusted = backend.optimize_for_hardware()
     assert adjusted["status"] == "adjusted"
     assert adjusted["new_config"]["num_threads"] == 1
-    import torch
+    assert adjusted["compute_threads"] == {
+        "adaptive": False,
+        "threads": 1,
+        "planned": 1,
+        "reason": "fixed: affinity off",
+    }
+    result = backend.synthesize(TEXT + " Again.")
+    assert set(result.threads_used) == {1} and backend.lanes.run(torch.get_num_threads) == 1
 
-    assert torch.get_num_threads() == 1
-    torch.set_num_threads(2)
+
+def _spinners(count: int) -> list:
+    import subprocess
+    import sys
+
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_getaffinity"), reason="Linux run queue")
+def test_with_affinity_each_step_gives_busy_cpus_up_and_without_it_keeps_the_plan(tmp_path):
+    """Two busy processes beside a 2-thread plan on this machine: with the affinity feature, every step
+    of a synthesis runs on the threads the busy processes leave (one on 2 CPUs), and /system-status says
+    why; without it every step runs the planned threads. Quiet again, the plan comes back."""
+    import os
+
+    cpus = len(os.sched_getaffinity(0))
+    adaptive = make(tmp_path, affinity=True, num_threads=2)
+    (tmp_path / "fixed").mkdir()
+    fixed = make(tmp_path / "fixed", affinity=False, num_threads=2)
+    busy = _spinners(cpus)
+    try:
+        time.sleep(0.3)
+        under_load = adaptive.synthesize(TEXT)
+        status = adaptive.system_status()["compute_threads"]
+        kept = fixed.synthesize(TEXT)
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+    assert len(under_load.threads_used) >= 2 and set(under_load.threads_used) == {1}
+    assert status["adaptive"] and status["threads"] == 1 and status["planned"] == 2
+    assert status["reading"]["runnable_others"] >= cpus - 1 and "preempted" in status["reason"]
+    assert set(kept.threads_used) == {2}
+    time.sleep(0.3)
+    quiet = adaptive.synthesize(TEXT + " Quiet.")
+    assert quiet.threads_used[-1] == 2
 
 
 def test_weights_never_change_under_a_streaming_job(tmp_path):

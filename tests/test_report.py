@@ -23,7 +23,8 @@ import pytest
 from conftest import REPO
 
 from experiments import report
-from experiments.report.effects import design_table, effects_table, pair_trials, variance_table
+from experiments.report.effects import design_table, effects_table, variance_table
+from experiments.report.pairs import pair_trials
 from experiments.results import SCHEMA, RowStore
 from experiments.stats import (
     BOOTSTRAP_RESAMPLES,
@@ -352,7 +353,9 @@ def test_set_counts_give_the_expected_rates_intervals_and_changes(real_rows: pd.
         wilson_by_roots(0, 20)
     )
     assert stability.loc["m1_air", "refused_after"] == pytest.approx(2 / 20)
-    assert stability.loc["m1_air", "oom_change_pp"] == pytest.approx(-35.0)
+    # The counted rows repeat their templates' texts within one block: no trial has one partner, so no
+    # paired change is shown (test_memory_stability_pairs_... has one).
+    assert stability.loc["m1_air", "n_pairs"] == 0 and math.isnan(stability.loc["m1_air", "oom_change_pp"])
 
     affinity = report.affinity_table(rows)
     for profile in ("m1_air", "intel_i5"):
@@ -792,3 +795,74 @@ def test_the_design_table_says_where_in_the_run_each_condition_ran() -> None:
     assert got.loc[("sequential", "baseline")].round(1).tolist() == [2, 2, 0.0, 33.3]
     assert got.loc[("sequential", "budget")].round(1).tolist() == [2, 2, 66.7, 100.0]
     assert table.cells[1] == ["mixed", "budget", "2", "2", "33.3", "66.7"]
+
+
+def _relabelled(rows: pd.DataFrame, labels: dict[str, dict[str, object]]) -> pd.DataFrame:
+    """``rows`` of :func:`_interleaved` whose condition labels (its ``ablation`` column) become the
+    given columns; ``trial_key`` keeps the label, so each label stays a condition of its own."""
+    out = rows.copy()
+    for label, columns in labels.items():
+        chosen = rows["ablation"] == label
+        for column, value in columns.items():
+            out[column] = out[column].astype(object)
+            out.loc[chosen, column] = value
+    return out
+
+
+def test_memory_stability_pairs_outcomes_across_the_runtime_s_own_quantization(tmp_path: Path) -> None:
+    """Baseline (fp32) OOMs on the long text of every even block, 6 of 24; the whole runtime (int8, as
+    it chooses) refuses those and runs the rest; the seed policy refuses everything. Paired over the 24
+    texts: -25 pp for the calibrated policy, -25 pp for the seed (it OOMs nowhere either)."""
+
+    def latency(ablation: str, block: int, length: int) -> float | None:
+        tight = length == 300 and block % 2 == 0
+        return None if ablation == "seed" or (tight and ablation in ("baseline", "estimation")) else 1000.0
+
+    rows = _interleaved(tmp_path / "mem.parquet", {"baseline": None, "estimation": None, "seed": None}, latency)
+    tight = (rows["text_length"] == 300) & (rows["block"] % 2 == 0)
+    rows = _relabelled(
+        rows,
+        {
+            "baseline": {"budget_policy": "calibrated"},
+            "estimation": {"quantization": "int8", "budget_policy": "calibrated"},
+            "seed": {"ablation": "estimation", "quantization": None, "budget_policy": "seed", "status": "refused"},
+        },
+    )
+    rows.loc[tight & (rows["trial_key"].str.startswith("baseline")), "status"] = "oom"
+    rows.loc[tight & (rows["trial_key"].str.startswith("estimation")), "status"] = "refused"
+    table = report.memory_stability_table(rows)
+    data = table.data.set_index("budget_policy")
+    assert list(data.index) == ["calibrated", "seed"] and (data["n_pairs"] == 24).all()
+    assert data["oom_before"].tolist() == pytest.approx([0.25, 0.25]) and (data["oom_after"] == 0).all()
+    assert data["oom_change_pp"].tolist() == pytest.approx([-25.0, -25.0])
+    assert (data["oom_change_pp_lo"] < -25.0).all() and (data["oom_change_pp_hi"] < 0).all()
+    assert "policy" in table.header and "-25.0 [" in table.cells[0][-1]
+    # The same outcomes in two runs: nothing pairs, and no unpaired difference is shown instead.
+    apart = rows.assign(run_id=np.where(rows["trial_key"].str.startswith("baseline"), "one", "two"))
+    unpaired = report.memory_stability_table(apart)
+    assert (unpaired.data["n_pairs"] == 0).all() and unpaired.data["oom_change_pp"].isna().all()
+    assert any("fewer than two pairs" in note for note in unpaired.notes)
+
+
+def test_quantization_latency_change_is_paired_against_fp32(tmp_path: Path) -> None:
+    """int8 runs every text in 0.8x the fp32 time of the same block, while both drift per block: the
+    paired change is -20 % exactly, its interval excludes 0, and fp32's own row has no change."""
+    drift = _noise(11, 12)
+
+    def latency(mode: str, block: int, length: int) -> float | None:
+        return 5.0 * length * (1 + 0.2 * drift[block]) * (0.8 if mode == "int8" else 1.0)
+
+    rows = _interleaved(tmp_path / "quant.parquet", {"fp32": None, "int8": None}, latency)
+    rows = _relabelled(
+        rows,
+        {
+            "fp32": {"ablation": "estimation", "quantization": "fp32"},
+            "int8": {"ablation": "estimation", "quantization": "int8"},
+        },
+    )
+    table = report.quantization_table(rows)
+    data = table.data.set_index("quantization")
+    assert data.loc["int8", "n_pairs"] == 24 and data.loc["int8", "change_pct"] == pytest.approx(-20.0)
+    assert data.loc["int8", "change_pct_hi"] == pytest.approx(-20.0) and math.isnan(data.loc["fp32", "change_pct"])
+    changes = table.header.index("Δ latency % paired [CI]")
+    assert [row[changes] for row in table.cells] == [report.NO_DATA, "-20.0 [-20.0, -20.0]"]

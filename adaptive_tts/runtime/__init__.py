@@ -14,6 +14,7 @@ audio cache                     ``AudioCache``                               :mo
 
 And what they share: :mod:`.planner` (run / wait / refuse from one snapshot, pure),
 :mod:`.admission` (reservations of running jobs), :mod:`.process` (memory measurements, fresh-process
-probes), :mod:`.quality` (the quantization quality bound). Modules here may import
+probes), :mod:`.quality` (the quantization quality bound), :mod:`.contention` (CPU contention and
+the threads it leaves a synthesis step, read by the affinity manager). Modules here may import
 :mod:`adaptive_tts.voice` and each other, never the backend or anything above it.
 """

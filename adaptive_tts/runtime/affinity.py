@@ -6,6 +6,11 @@ siblings share one core's vector units. So the useful set is one logical CPU per
 core, with exactly as many torch threads. Affinity is set on every thread of the process (Linux applies
 ``sched_setaffinity`` per thread, and torch's pool may already exist) and read back, because containers
 and cpusets can silently narrow or refuse it.
+
+The thread count is also adapted while synthesis runs: before every step (a sentence's encoding, a
+decoder chunk) :meth:`CPUAffinityManager.step_threads` reads the contention on the CPUs
+(:mod:`adaptive_tts.runtime.contention`) and gives the step only as many threads as other tasks leave
+CPUs free, so that no step waits at a barrier for a thread the scheduler preempted.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from adaptive_tts.runtime.contention import ContentionWatch, ThreadChoice
 from adaptive_tts.runtime.hardware import HardwareInfo
 
 logger = logging.getLogger(__name__)
@@ -78,8 +84,12 @@ class CPUAffinityManager:
     uniform without SMT → all), "performance", "physical", "all", or an explicit list of CPU ids.
     """
 
-    def __init__(self, info: HardwareInfo, strategy: str | Sequence[int] = "auto") -> None:
+    def __init__(
+        self, info: HardwareInfo, strategy: str | Sequence[int] = "auto", *, watch: ContentionWatch | None = None
+    ) -> None:
         self.info = info
+        #: the contention reader behind :meth:`step_threads`
+        self.watch = watch or ContentionWatch()
         self._machine_cpus = sorted(set(info.performance_cpus) | set(info.efficiency_cpus))
         if isinstance(strategy, str):
             if strategy not in STRATEGIES:
@@ -143,6 +153,11 @@ class CPUAffinityManager:
         result = AffinityResult(plan, applied, cpus_after, threads_after, message)
         logger.info("%s; %s; torch threads: %s", plan.reason, message, threads_after)
         return result
+
+    def step_threads(self, planned: int) -> ThreadChoice:
+        """The threads the next synthesis step should run with, out of ``planned``, given the CPU
+        contention now (the seed's "CPU maxed" action, taken per step rather than on request)."""
+        return self.watch.choose(planned)
 
     def _apply_affinity(self, cpus: list[int]) -> tuple[bool, list[int] | None, str]:
         if self.info.os == "Darwin":

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
+from ..runtime.contention import ContentionReading
 from ..runtime.hardware import EstimateDefaults, HardwareInfo, MemoryBudget, QuantizationConfig, SelectedConfiguration
 from ..voice.frontend import validate_text
 
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
     QuantizationModel: TypeAlias = _Payload
     EstimationDefaultsModel: TypeAlias = _Payload
     RuntimeConfigModel: TypeAlias = _Payload
+    ContentionReadingModel: TypeAlias = _Payload
 else:
     HardwareInfoModel = _payload_model(
         "HardwareInfoModel",
@@ -70,6 +72,7 @@ else:
     QuantizationModel = _payload_model("QuantizationModel", QuantizationConfig)
     EstimationDefaultsModel = _payload_model("EstimationDefaultsModel", EstimateDefaults)
     RuntimeConfigModel = _payload_model("RuntimeConfigModel", SelectedConfiguration)
+    ContentionReadingModel = _payload_model("ContentionReadingModel", ContentionReading)
 
 
 class RuntimeFeaturesModel(_Payload):
@@ -136,6 +139,14 @@ class QueueModel(BaseModel):
     max_jobs: int = Field(description="requests held at once; one more is refused with 503 at once")
 
 
+class ComputeThreadsModel(_Payload):
+    adaptive: bool = Field(description="whether each synthesis step's threads follow CPU contention (affinity on)")
+    threads: int = Field(description="the intra-op threads the next step would run with")
+    planned: int = Field(description="the configuration's threads, used when no other task holds a CPU")
+    reason: str
+    reading: ContentionReadingModel | None = None
+
+
 class SystemStatusResponse(_Payload):
     resources: ResourcesModel
     throttling_risk: ThrottlingRiskModel
@@ -144,6 +155,7 @@ class SystemStatusResponse(_Payload):
     running_jobs: int = Field(description="syntheses the backend has admitted and not finished")
     cache: CacheStatsModel | None = None
     queue: QueueModel
+    compute_threads: ComputeThreadsModel
 
 
 class OptimizeResponse(_Payload):
@@ -153,6 +165,7 @@ class OptimizeResponse(_Payload):
     previous_config: RuntimeConfigModel | None = None
     new_config: RuntimeConfigModel | None = None
     reasons: list[str] | None = None
+    compute_threads: ComputeThreadsModel | None = None
     freed_rss_mb: float = Field(
         description="the process's RSS before less after: the cache emptied and free "
         "memory returned to the OS (measured; syntheses running at the "

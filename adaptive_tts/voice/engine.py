@@ -144,7 +144,11 @@ class Engine(BaseEngine):
 
     name = "torch"
     capabilities = EngineCapabilities(
-        chunking=True, precisions=("fp32", "int8", "int4"), warm_up=True, computes=("fp32", "bf16")
+        chunking=True,
+        precisions=("fp32", "int8", "int4"),
+        warm_up=True,
+        computes=("fp32", "bf16"),
+        step_threads=True,
     )
 
     def __init__(
@@ -183,7 +187,11 @@ class Engine(BaseEngine):
 
     @staticmethod
     def set_num_threads(num_threads: int) -> None:
-        """Torch's intra-op threads (process-wide)."""
+        """Torch's intra-op threads for the calling thread, and for threads that have not computed yet.
+
+        Not process-wide: OpenMP keeps the count per thread, and a thread that has already run a
+        parallel region keeps its own (measured: set on the main thread, a compute lane still ran 2
+        threads). Call it on the thread that computes: the backend does, on its lanes."""
         if num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {num_threads}")
         torch.set_num_threads(num_threads)

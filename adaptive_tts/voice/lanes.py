@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import TypeVar, cast
 
 T = TypeVar("T")
 _DONE = object()
@@ -45,17 +45,24 @@ class ComputeLanes:
         self._lane_threads.add(threading.get_ident())
         return fn(*args)
 
-    def iterate(self, items: Iterable[T]) -> Iterator[T]:
+    def iterate(self, items: Iterable[T], before_step: Callable[[], object] | None = None) -> Iterator[T]:
         """Each item of ``items``, computed on a lane and handed over on the caller's thread.
 
-        A step at a time: the iterator never runs on two lanes at once. Closing this generator (a
-        client that left) closes ``items`` on a lane too, so its ``finally`` blocks run where its
-        tensors live.
+        A step at a time: the iterator never runs on two lanes at once. ``before_step`` runs on the
+        lane before each step: what is set per thread there (torch's intra-op thread count is, like
+        OpenMP's) applies to the step. Closing this generator (a client that left) closes ``items`` on
+        a lane too, so its ``finally`` blocks run where its tensors live.
         """
         iterator = iter(items)
+
+        def step() -> T | object:
+            if before_step is not None:
+                before_step()
+            return next(iterator, _DONE)
+
         try:
-            while (item := self.run(next, iterator, _DONE)) is not _DONE:
-                yield item
+            while (item := self.run(step)) is not _DONE:
+                yield cast(T, item)
         finally:
             close = getattr(iterator, "close", None)
             if close is not None:

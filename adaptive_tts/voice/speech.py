@@ -71,6 +71,8 @@ class EngineCapabilities:
     precisions it can run, most precise first; lowering them is the planner's last resort before a
     refusal. ``warm_up``: it compiles kernels per input length, which a service pays at start-up
     instead of in its first requests. ``computes``: the arithmetic precisions it can run in.
+    ``step_threads``: ``set_num_threads`` is cheap and applies to the calling thread, so the runtime
+    may change it between two steps of a synthesis (on the lane that runs them) as contention changes.
     """
 
     chunking: bool
@@ -78,6 +80,7 @@ class EngineCapabilities:
     warm_up: bool
     #: what it can multiply in (``fp32``; ``bf16`` too where the engine converts its networks)
     computes: tuple[str, ...] = ("fp32",)
+    step_threads: bool = False
 
     def runs(self, precision: str) -> bool:
         return precision in self.precisions

@@ -53,7 +53,7 @@ from experiments.report.cells import (
     varying_keys,
     with_quant,
 )
-from experiments.report.effects import affinity_table, design_table, effects_table, pair_trials, variance_table
+from experiments.report.effects import affinity_table, design_table, effects_table, variance_table
 from experiments.report.figures import (
     FIGURE_STYLE,
     ROW_FIGURES,
@@ -79,6 +79,7 @@ from experiments.report.load import (
     resolve_dataset,
 )
 from experiments.report.memory import memory_tables, outcome_vs_free_memory, sweep_rows
+from experiments.report.pairs import pair_trials, rate_effect, relative_effect
 from experiments.report.render import latex_escape, to_latex, to_markdown
 from experiments.report.tables import (
     AFTER_AFFINITY,
@@ -128,6 +129,8 @@ __all__ = [
     "design_table",
     "effects_table",
     "pair_trials",
+    "rate_effect",
+    "relative_effect",
     "variance_table",
     "default_results_dir",
     "estimator_vs_measured",

@@ -108,6 +108,7 @@ KEY_HEADERS = {
     "quant": "quant.",
     "quantization": "mode",
     "ablation": "ablation",
+    "budget_policy": "policy",
 }
 
 

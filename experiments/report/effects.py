@@ -46,6 +46,7 @@ from experiments.report.cells import (
     varying_keys,
     with_quant,
 )
+from experiments.report.pairs import PAIRED_NOTE, fmt_effect, relative_effect
 from experiments.report.tables import (
     AFTER_AFFINITY,
     BEFORE_AFFINITY,
@@ -56,15 +57,10 @@ from experiments.report.tables import (
     _frame,
     _key_cells,
 )
-from experiments.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, PairedEffect, paired_difference_interval
+from experiments.stats import PairedEffect
 
 logger = logging.getLogger(__name__)
 
-#: What makes two trials of different conditions a pair (within the same condition keys): the same
-#: text (length, iteration) at the same concurrency and memory level, in the same block of the same run
-#: — block numbers restart in every run. Columns a dataset lacks are left out: without ``block`` (a
-#: dataset from before the interleaved design) the run is one block.
-PAIR_KEYS = ("run_id", "block", "text_length", "iteration", "concurrency", "free_above_floor_mb", "background_kind")
 #: The metrics effects are read on; for both, larger is slower.
 METRICS = {"latency_ms": "latency", "rtf": "RTF"}
 #: Headers of the settings a condition's trials vary in (the variance table's rows).
@@ -75,47 +71,6 @@ SETTING_HEADERS = {
     "background_kind": "background",
 }
 SLOWER, FASTER, NOT_DETECTED = "slower", "faster", "no difference detected"
-PAIRED_NOTE = (
-    "Paired by text and block: each ok trial is matched with the other condition's ok trial of the same "
-    "run, block, text (length and iteration), concurrency and memory level; trials without exactly one "
-    "such partner are left out. Effect %: the median over pairs of after / before − 1; [ ]: 95 % "
-    f"percentile bootstrap over the pairs ({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED})."
-)
-
-
-def pair_trials(rows: pd.DataFrame, before: str, after: str, value: str) -> tuple[np.ndarray, np.ndarray]:
-    """``value`` of the ok trials of ablation ``before`` and of ``after``, matched on :data:`PAIR_KEYS`
-    within the same :data:`~experiments.report.cells.CONDITION_KEYS`: element ``i`` of both arrays is
-    one pair. Pairs come in the order of their keys, whatever the order of ``rows``.
-
-    A key with more than one trial on either side (a text run twice in one block, or a dataset without
-    iterations) has no one partner to match: its trials are left out rather than paired arbitrarily."""
-    if before == after:
-        raise ValueError(f"cannot pair {before!r} with itself")
-    rows = with_quant(rows)
-    ok = rows[rows["ablation"].isin([before, after]) & (rows["status"] == "ok") & rows[value].notna()]
-    match = [*CONDITION_KEYS, *(key for key in PAIR_KEYS if key in ok.columns)]
-    trials = pd.DataFrame(
-        {
-            "key": ok.groupby(match, dropna=False, sort=True).ngroup().to_numpy(),
-            "after": (ok["ablation"] == after).to_numpy(dtype=bool),
-            "value": ok[value].to_numpy(dtype=float),
-        }
-    )
-    sides = trials.groupby(["key", "after"]).size().unstack(fill_value=0).reindex(columns=[False, True], fill_value=0)
-    matched = sides.index[(sides[False] == 1) & (sides[True] == 1)]
-    paired = trials[trials["key"].isin(matched)].sort_values(["key", "after"])["value"].to_numpy().reshape(-1, 2)
-    logger.debug(
-        "%s vs %s on %s: %d pairs, %d ok trials unmatched", before, after, value, len(paired), len(ok) - paired.size
-    )
-    return paired[:, 0], paired[:, 1]
-
-
-def relative_effect(rows: pd.DataFrame, before: str, after: str, value: str) -> tuple[int, PairedEffect | None]:
-    """The number of pairs of :func:`pair_trials` and the paired relative effect of ``after`` over
-    ``before`` on ``value`` (a fraction; None below two pairs)."""
-    lower, upper = pair_trials(rows, before, after, value)
-    return len(lower), paired_difference_interval(lower, upper, "median", relative=True)
 
 
 def verdict(effect: PairedEffect | None) -> str:
@@ -125,15 +80,6 @@ def verdict(effect: PairedEffect | None) -> str:
     if not effect.detected:
         return NOT_DETECTED
     return SLOWER if effect.low > 0 else FASTER
-
-
-def fmt_effect(pct: float | None, low: float | None, high: float | None) -> str:
-    """``+10.0 [+9.1, +11.2]``: a signed change in percent with its interval."""
-    if _missing(pct):
-        return NO_DATA
-    if _missing(low) or _missing(high):
-        return f"{pct:+.1f}"
-    return f"{pct:+.1f} [{low:+.1f}, {high:+.1f}]"
 
 
 class Comparison(NamedTuple):

@@ -47,6 +47,7 @@ from experiments.report.cells import (
     varying_keys,
     with_quant,
 )
+from experiments.report.pairs import PAIRED_NOTE, fmt_effect, rate_effect, relative_effect
 from experiments.stats import tail_quantile
 
 #: The memory-stability comparison: without any runtime feature vs the whole runtime.
@@ -59,6 +60,12 @@ FULL_RUNTIME = "estimation"
 QUALITY_COLUMNS = ("weight_bytes", "mcd_db", "log_mel_db")
 #: The affinity table's paired change in latency and its interval, in percent.
 CHANGE_COLUMNS = ("change_pct", "change_pct_lo", "change_pct_hi")
+#: The mode the quantization table's changes are read against.
+FULL_PRECISION = "fp32"
+#: Condition keys the memory-stability table compares across: the whole runtime picks its own mode.
+STABILITY_ACROSS = ("quant",)
+#: The memory-stability table's paired change in OOM rate, percentage points.
+OOM_CHANGE_COLUMNS = ("oom_change_pp", "oom_change_pp_lo", "oom_change_pp_hi")
 
 
 @dataclass
@@ -190,25 +197,40 @@ def _caption(title: str, rows: pd.DataFrame, keys: Sequence[str]) -> str:
 
 
 def _before_after(
-    rows: pd.DataFrame, before: str, after: str
+    rows: pd.DataFrame, before: str, after: str, keys: Sequence[str] = CONDITION_KEYS
 ) -> Iterable[tuple[dict[str, object], pd.DataFrame, pd.DataFrame]]:
-    """Per condition, the ``before`` and ``after`` ablations' rows (conditions with neither skipped)."""
+    """Per condition (``keys``), the ``before`` and ``after`` ablations' rows (conditions with neither
+    skipped)."""
     subset = rows[rows["ablation"].isin([before, after])]
-    for key, group in _grouped(subset, CONDITION_KEYS):
+    for key, group in _grouped(subset, keys):
         yield key, group[group["ablation"] == before], group[group["ablation"] == after]
 
 
 def memory_stability_table(rows: pd.DataFrame) -> Table:
-    """OOM rate without the runtime (baseline) and with all of it (estimation), per condition."""
+    """OOM rate without the runtime (baseline) and with all of it (estimation), per condition and budget
+    policy of the whole runtime; the change in OOM rate paired by text, memory level and block.
+
+    Not per quantization mode: choosing one (int8 where fp32 would not fit) is part of what the whole
+    runtime does, so its trials are compared with the baseline's whatever mode they ran in."""
     rows = with_quant(rows)
-    keys = list(CONDITION_KEYS)
+    condition = [k for k in CONDITION_KEYS if k not in STABILITY_ACROSS]
+    keys = [*condition, "budget_policy"]
     records = []
-    for key, before, after in _before_after(rows, BEFORE_STABILITY, AFTER_STABILITY):
-        record = {**key, "n_before": len(before), **rate_stats(before, "oom", "oom_before")}
-        record |= {"n_after": len(after), **rate_stats(after, "oom", "oom_after")}
-        record |= rate_stats(after, "refused", "refused_after")
-        record["oom_change_pp"] = 100 * (record["oom_after"] - record["oom_before"])
-        records.append(record)
+    for key, before, after_all in _before_after(rows, BEFORE_STABILITY, AFTER_STABILITY, condition):
+        # The whole runtime under two budget policies (seed, calibrated) is two conditions, each against
+        # the one baseline; rows without the column are one policy.
+        policy_of = after_all.get("budget_policy", pd.Series(pd.NA, index=after_all.index, dtype="object"))
+        by_policy = list(after_all.groupby(policy_of.fillna(NO_DATA), sort=True)) or [(NO_DATA, after_all)]
+        for policy, after in by_policy:
+            record = {**key, "budget_policy": policy, "n_before": len(before)}
+            record |= rate_stats(before, "oom", "oom_before")
+            record |= {"n_after": len(after), **rate_stats(after, "oom", "oom_after")}
+            record |= rate_stats(after, "refused", "refused_after")
+            both = pd.concat([before, after])
+            n_pairs, change = rate_effect(both, BEFORE_STABILITY, AFTER_STABILITY, "oom", STABILITY_ACROSS)
+            pp = (math.nan,) * 3 if change is None else (change.estimate, change.low, change.high)
+            record |= {"n_pairs": n_pairs, **dict(zip(OOM_CHANGE_COLUMNS, (100 * x for x in pp)))}
+            records.append(record)
     columns = [
         "n_before",
         "oom_before",
@@ -221,10 +243,13 @@ def memory_stability_table(rows: pd.DataFrame) -> Table:
         "refused_after",
         "refused_after_lo",
         "refused_after_hi",
-        "oom_change_pp",
+        "n_pairs",
+        *OOM_CHANGE_COLUMNS,
     ]
     data = _frame(records, keys, columns)
-    shown = varying_keys(rows) or ["profile"]
+    shown = varying_keys(rows, condition) or ["profile"]
+    if data["budget_policy"].nunique(dropna=False) > 1:
+        shown = [*shown, "budget_policy"]
     header, cells = _key_cells(data, shown)
     header += [
         f"n {BEFORE_STABILITY}",
@@ -232,7 +257,8 @@ def memory_stability_table(rows: pd.DataFrame) -> Table:
         f"n {AFTER_STABILITY}",
         "OOM % after [CI]",
         "refused % after [CI]",
-        "Δ OOM pp",
+        "n pairs",
+        "Δ OOM pp paired [CI]",
     ]
     for row, out in zip(data.itertuples(index=False), cells):
         out += [
@@ -241,24 +267,34 @@ def memory_stability_table(rows: pd.DataFrame) -> Table:
             str(row.n_after),
             fmt_rate(row.oom_after, row.oom_after_lo, row.oom_after_hi),
             fmt_rate(row.refused_after, row.refused_after_lo, row.refused_after_hi),
-            fmt_num(row.oom_change_pp, 1),
+            str(row.n_pairs),
+            fmt_effect(row.oom_change_pp, row.oom_change_pp_lo, row.oom_change_pp_hi),
         ]
+    notes = [
+        INTERVALS_NOTE,
+        "A request the runtime declines is `refused`, not OOM: the refused share says what the OOMs became.",
+        "Δ OOM pp: the change in the OOM rate, after minus before in percentage points, paired: each trial "
+        f"of {BEFORE_STABILITY} is matched with the {AFTER_STABILITY} trial of the same run, block, text, "
+        "concurrency, memory level and background, whatever either's outcome; the mean over pairs of the "
+        "two 0/1 outcomes' difference, with a 95 % percentile bootstrap over the pairs.",
+    ]
+    if data["n_pairs"].lt(2).any():
+        notes.append(
+            f"{NO_DATA} in Δ: fewer than two pairs (the two ablations ran in different runs, or a text ran "
+            "more than once per cell); no difference of the unpaired rates is shown instead."
+        )
     return Table(
         "memory_stability",
         _caption(
             f"Memory stability: OOM rate before ({BEFORE_STABILITY}) and after ({AFTER_STABILITY}, the whole runtime)",
             rows,
-            CONDITION_KEYS,
+            condition,
         ),
         data,
         header,
         cells,
-        [
-            INTERVALS_NOTE,
-            "A request the runtime declines is `refused`, not OOM: the refused share says what the "
-            "OOMs became. Δ pp: after minus before, percentage points.",
-        ],
-        "l" * len(shown) + "r" * 6,
+        notes,
+        "l" * len(shown) + "r" * 7,
     )
 
 
@@ -345,38 +381,43 @@ def quantization_table(rows: pd.DataFrame, bench: pd.DataFrame | None = None) ->
     ok = rows[rows["status"] == "ok"]
     by_mode = (bench if bench is not None else pd.DataFrame(columns=["quantization"])).set_index("quantization")
     records = []
-    for key, group in _grouped(ok, keys):
-        latency = _ok_latency(group)
-        record = {
-            **key,
-            "n_ok": len(group),
-            **location_stats(latency, "mean", "lat_mean_ms"),
-            "peak_rss_mb": group["peak_rss_mb"].max(),
-        }
-        for column in QUALITY_COLUMNS:
-            known = column in by_mode and key["quantization"] in by_mode.index
-            value = by_mode.at[key["quantization"], column] if known else math.nan
-            record |= {column: value, f"{column}_source": "" if _missing(value) else "bench"}
-        records.append(record)
+    for base, same in _grouped(ok, keys[:-1]):
+        for mode, group in _grouped(same, ["quantization"]):
+            key = base | mode
+            latency = _ok_latency(group)
+            record = {
+                **key,
+                "n_ok": len(group),
+                **location_stats(latency, "mean", "lat_mean_ms"),
+                "peak_rss_mb": group["peak_rss_mb"].max(),
+            }
+            record |= _against_full_precision(same, key["quantization"])
+            for column in QUALITY_COLUMNS:
+                known = column in by_mode and key["quantization"] in by_mode.index
+                value = by_mode.at[key["quantization"], column] if known else math.nan
+                record |= {column: value, f"{column}_source": "" if _missing(value) else "bench"}
+            records.append(record)
     for mode in sorted(set(by_mode.index) - set(ok["quantization"].dropna())):
         record = {"quantization": mode, "n_ok": 0}
         for column in QUALITY_COLUMNS:
             value = by_mode.at[mode, column] if column in by_mode else math.nan
             record |= {column: value, f"{column}_source": "" if _missing(value) else "bench"}
         records.append(record)
-    columns = ["n_ok", "lat_mean_ms", "lat_mean_ms_lo", "lat_mean_ms_hi", "peak_rss_mb"] + [
-        c for column in QUALITY_COLUMNS for c in (column, f"{column}_source")
-    ]
+    columns = ["n_ok", "lat_mean_ms", "lat_mean_ms_lo", "lat_mean_ms_hi", "n_pairs", *CHANGE_COLUMNS, "peak_rss_mb"]
+    columns += [c for column in QUALITY_COLUMNS for c in (column, f"{column}_source")]
     data = _frame(records, keys, columns)
     shown = [k for k in varying_keys(ok, keys) if k != "quantization"] + ["quantization"]
     header, cells = _key_cells(data, shown)
-    header += ["n ok", "weights MB", "mean ms [CI]", "peak RSS MB", "MCD dB", "log-mel dB", "bytes/quality from"]
+    header += ["n ok", "weights MB", "mean ms [CI]", f"n pairs vs {FULL_PRECISION}", "Δ latency % paired [CI]"]
+    header += ["peak RSS MB", "MCD dB", "log-mel dB", "bytes/quality from"]
     for row, out in zip(data.itertuples(index=False), cells):
         sources = sorted({s for s in (row.weight_bytes_source, row.mcd_db_source, row.log_mel_db_source) if s})
         out += [
             str(row.n_ok),
             fmt_num(row.weight_bytes / MIB if not _missing(row.weight_bytes) else math.nan, 2),
             fmt_interval(row.lat_mean_ms, row.lat_mean_ms_lo, row.lat_mean_ms_hi),
+            NO_DATA if _missing(row.n_pairs) else str(int(row.n_pairs)),
+            fmt_effect(row.change_pct, row.change_pct_lo, row.change_pct_hi),
             fmt_num(row.peak_rss_mb),
             fmt_num(row.mcd_db, 2),
             fmt_num(row.log_mel_db, 2),
@@ -386,6 +427,9 @@ def quantization_table(rows: pd.DataFrame, bench: pd.DataFrame | None = None) ->
         INTERVALS_NOTE,
         "Ok trials only, by the mode they ran with. MCD / log-mel: distance from the fp32 "
         "model's rendering (adaptive_tts.runtime.quality); lower is closer.",
+        f"Δ latency %: the mode's condition against the {FULL_PRECISION} condition of the same ablation and "
+        f"sweep (e.g. -m engine.quantization={FULL_PRECISION},int8); {PAIRED_NOTE} {NO_DATA}: the "
+        f"{FULL_PRECISION} row itself, or fewer than two pairs — no unpaired ratio is shown instead.",
     ]
     if bench is None:
         notes.append("No bench_quantize file was given or found: weights and quality only where rows carry them.")
@@ -396,5 +440,16 @@ def quantization_table(rows: pd.DataFrame, bench: pd.DataFrame | None = None) ->
         header,
         cells,
         notes,
-        "l" * len(shown) + "r" * 6 + "l",
+        "l" * len(shown) + "r" * 8 + "l",
     )
+
+
+def _against_full_precision(rows: pd.DataFrame, mode: object) -> dict[str, object]:
+    """The number of pairs and the paired latency change (percent, with its interval) of the condition
+    that ran ``mode`` over the full-precision condition in ``rows`` (one ablation and condition but for
+    its quantization); NaN where either is missing."""
+    if _missing(mode) or mode == FULL_PRECISION:
+        return {"n_pairs": math.nan, **dict.fromkeys(CHANGE_COLUMNS, math.nan)}
+    n_pairs, effect = relative_effect(rows, FULL_PRECISION, str(mode), "latency_ms", side="quant")
+    change = (math.nan,) * 3 if effect is None else (effect.estimate, effect.low, effect.high)
+    return {"n_pairs": n_pairs, **dict(zip(CHANGE_COLUMNS, (100 * x for x in change)))}

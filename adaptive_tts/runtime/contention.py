@@ -1,0 +1,293 @@
+"""CPU contention: how many other tasks compete for this process's CPUs right now, and how many compute
+threads a synthesis step should use because of it.
+
+Why: every parallel region of a convolution ends in a barrier, so a step runs at the pace of its
+slowest thread. When a busy process shares a core with one of our threads, the scheduler preempts that
+thread for whole timeslices while the others wait at the barrier, and a step's time becomes the sum of
+those waits: the harness measured a 300-character text at 0.7 s quiet and 8-21 s beside four busy
+processes on 2 cores with 2 threads. With only as many threads as there are cores nobody else wants,
+no thread waits for a preempted sibling; the one that shares a core still gets its fair share of it.
+
+What is read, in order of preference:
+
+* Linux: the number of runnable tasks right now (the 4th field of ``/proc/loadavg``, which counts
+  every CPU's run queue), less this process's own runnable threads (``/proc/self/task/*/stat``); the
+  CPU pressure (``/proc/pressure/cpu``, ``some avg10``) and steal time (``/proc/stat``) are reported
+  beside it, not decided on: both are averages over seconds, too slow for a decoder chunk.
+* elsewhere (macOS): the 1-minute load average less this process's threads, a coarse stand-in.
+
+A reading is instantaneous and a transient task (a kernel worker, a monitor thread) shows up in one
+reading and not the next, so :class:`ContentionWatch` decides on the smallest count of its last few
+readings: a busy app is runnable in all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+#: Readings a decision takes the smallest count of (one per synthesis step).
+WINDOW = 3
+#: Readings older than this no longer count (seconds): after a pause, decide on what is there now.
+MAX_AGE_S = 2.0
+
+
+@dataclass(frozen=True)
+class ContentionReading:
+    """One look at the CPUs: ``runnable_others`` tasks besides this process's own want a CPU now
+    (None where unreadable), of the ``cpus`` this process may run on."""
+
+    runnable_others: float | None
+    cpus: int
+    source: str
+    pressure_some_avg10: float | None = None
+    steal_percent: float | None = None
+    load_1m: float | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    """The intra-op threads a step runs with, out of the ``planned`` ones, and why."""
+
+    threads: int
+    planned: int
+    reason: str
+    reading: ContentionReading | None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "threads": self.threads,
+            "planned": self.planned,
+            "reason": self.reason,
+            "reading": None if self.reading is None else self.reading.to_dict(),
+        }
+
+
+def threads_for(planned: int, cpus: int, runnable_others: float | None) -> int:
+    """Threads for a step: no more than the CPUs other tasks leave free, at least one, at most
+    ``planned``. Unknown contention keeps the plan."""
+    if planned < 1 or cpus < 1:
+        raise ValueError(f"planned threads and cpus must be >= 1, got {planned} and {cpus}")
+    if runnable_others is None:
+        return planned
+    free = math.floor(cpus - runnable_others + 0.5)  # 0.4 of a task (a load average) is not a task
+    return max(1, min(planned, free))
+
+
+# -- parsing (pure: fed captured files in tests) ---------------------------------------------------------
+
+
+def _text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except (OSError, UnicodeDecodeError):  # missing, no permission, PSI disabled (EOPNOTSUPP)
+        return None
+
+
+def parse_loadavg(text: str) -> tuple[float, int]:
+    """The 1-minute load and the runnable count of ``/proc/loadavg`` ("0.52 0.40 0.31 3/412 9876")."""
+    fields = text.split()
+    if len(fields) < 4 or "/" not in fields[3]:
+        raise ValueError(f"not /proc/loadavg: {text!r}")
+    return float(fields[0]), int(fields[3].split("/")[0])
+
+
+def read_cpu_pressure_some_avg10(proc: Path = Path("/proc")) -> float | None:
+    """``some avg10=`` of ``<proc>/pressure/cpu`` (percent), None without PSI."""
+    text = _text(Path(proc) / "pressure" / "cpu")
+    if not text:
+        return None
+    for line in text.splitlines():
+        kind, *fields = line.split() or [""]
+        if kind == "some":
+            values = dict(field.split("=", 1) for field in fields if "=" in field)
+            try:
+                return float(values["avg10"])
+            except (KeyError, ValueError):
+                return None
+    return None
+
+
+@dataclass(frozen=True)
+class CpuTimes:
+    """The aggregate ``cpu`` line of ``/proc/stat``, in ticks: steal and the total of all CPU time."""
+
+    steal: int
+    total: int
+
+
+def read_cpu_times(proc: Path = Path("/proc")) -> CpuTimes | None:
+    """``<proc>/stat``'s ``cpu`` line. The total is user + nice + system + idle + iowait + irq + softirq +
+    steal; guest and guest_nice are already counted in user and nice, so they are not added again."""
+    text = _text(Path(proc) / "stat")
+    if not text:
+        return None
+    for line in text.splitlines():
+        name, *fields = line.split() or [""]
+        if name == "cpu":
+            try:
+                ticks = [int(f) for f in fields[:8]]
+            except ValueError:
+                return None
+            if len(ticks) < 8:  # a kernel without steal accounting
+                return None
+            return CpuTimes(steal=ticks[7], total=sum(ticks))
+    return None
+
+
+def steal_share(before: CpuTimes | None, after: CpuTimes | None) -> float | None:
+    """Steal as a percentage of all CPU time between two reads; None without both, or without a tick
+    between them (or with counters that went backwards, as some hypervisors' steal has)."""
+    if before is None or after is None:
+        return None
+    steal, total = after.steal - before.steal, after.total - before.total
+    if total <= 0 or steal < 0:
+        return None
+    return 100.0 * steal / total
+
+
+def task_state(stat: str) -> str:
+    """The state letter of a ``/proc/<pid>/task/<tid>/stat`` line (after the parenthesised name, which
+    may itself contain spaces and parentheses)."""
+    return stat[stat.rindex(")") + 2]
+
+
+def count_running(stats: Iterable[str]) -> int:
+    """How many of the given task stat lines are running or runnable (state ``R``)."""
+    return sum(1 for stat in stats if task_state(stat) == "R")
+
+
+# -- reading ---------------------------------------------------------------------------------------------
+
+
+def _usable_cpus() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+class CPUContention:
+    """Reads :class:`ContentionReading` s from ``proc`` (Linux) or the load average elsewhere.
+
+    ``proc`` is a directory laid out like ``/proc`` (a captured tree in tests); ``self_dir`` is this
+    process's entry in it."""
+
+    def __init__(
+        self,
+        proc: Path = Path("/proc"),
+        *,
+        self_dir: Path | None = None,
+        cpus: Callable[[], int] = _usable_cpus,
+        loadavg: Callable[[], tuple[float, float, float]] | None = None,
+    ) -> None:
+        self.proc = proc
+        self.self_dir = self_dir or proc / "self"
+        self._cpus = cpus
+        self._loadavg = loadavg or (os.getloadavg if hasattr(os, "getloadavg") else None)
+        self._linux = (proc / "loadavg").is_file()
+        self._last_cpu_times: CpuTimes | None = None
+
+    def _own_running(self) -> int:
+        stats = []
+        try:
+            tasks = list((self.self_dir / "task").iterdir())
+        except OSError:
+            return 1  # at least the reading thread itself
+        for task in tasks:
+            try:
+                stats.append((task / "stat").read_text())
+            except OSError:  # the thread exited meanwhile
+                continue
+        return max(1, count_running(stats))
+
+    def _steal_percent(self) -> float | None:
+        """Steal since the previous reading (%), None at the first."""
+        now = read_cpu_times(self.proc)
+        last, self._last_cpu_times = self._last_cpu_times, now
+        share = steal_share(last, now)
+        return None if share is None else round(share, 1)
+
+    def read(self) -> ContentionReading:
+        cpus = self._cpus()
+        if self._linux:
+            try:
+                load_1m, running = parse_loadavg((self.proc / "loadavg").read_text())
+            except (OSError, ValueError) as exc:
+                logger.debug("no run queue reading: %s", exc)
+                return ContentionReading(None, cpus, "unreadable")
+            pressure = read_cpu_pressure_some_avg10(self.proc)
+            others = float(max(0, running - self._own_running()))
+            return ContentionReading(others, cpus, "run queue", pressure, self._steal_percent(), load_1m)
+        if self._loadavg is not None:
+            average = self._loadavg()[0]
+            others = max(0.0, average - threading.active_count())
+            return ContentionReading(round(others, 2), cpus, "load average", load_1m=average)
+        return ContentionReading(None, cpus, "unreadable")
+
+
+class ContentionWatch:
+    """Chooses a step's thread count from the smallest contention of its last :data:`WINDOW` readings.
+
+    Thread-safe: compute lanes ask from their own threads."""
+
+    def __init__(self, contention: CPUContention | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.contention = contention or CPUContention()
+        self._clock = clock
+        self._recent: deque[tuple[float, ContentionReading]] = deque(maxlen=WINDOW)
+        self._lock = threading.Lock()
+        self.last: ThreadChoice | None = None
+
+    def choose(self, planned: int) -> ThreadChoice:
+        reading = self.contention.read()
+        now = self._clock()
+        with self._lock:
+            self._recent.append((now, reading))
+            counts = [
+                r.runnable_others for t, r in self._recent if now - t <= MAX_AGE_S and r.runnable_others is not None
+            ]
+            others = min(counts) if counts else None
+            threads = threads_for(planned, reading.cpus, others)
+            if others is None:
+                reason = f"contention unreadable ({reading.source}): the planned {planned} thread(s)"
+            elif threads < planned:
+                reason = (
+                    f"{others:g} other runnable task(s) on {reading.cpus} CPU(s) ({reading.source}): "
+                    f"{threads} of {planned} thread(s), so that no thread waits on one preempted"
+                )
+            else:
+                reason = f"{others:g} other runnable task(s) on {reading.cpus} CPU(s): all {planned} planned thread(s)"
+            choice = ThreadChoice(threads, planned, reason, reading)
+            previous, self.last = self.last, choice
+        if previous is None or previous.threads != choice.threads:
+            logger.info("compute threads: %s", reason)
+        return choice
+
+
+__all__ = [
+    "MAX_AGE_S",
+    "WINDOW",
+    "CPUContention",
+    "ContentionReading",
+    "ContentionWatch",
+    "ThreadChoice",
+    "CpuTimes",
+    "count_running",
+    "parse_loadavg",
+    "read_cpu_pressure_some_avg10",
+    "read_cpu_times",
+    "steal_share",
+    "task_state",
+    "threads_for",
+]

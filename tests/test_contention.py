@@ -1,0 +1,151 @@
+"""CPU contention and the thread count it leaves a synthesis step (adaptive_tts.runtime.contention).
+
+The parsers and the policy run on real-shaped ``/proc`` text; the live checks start real busy processes
+on this machine's CPUs and read the real ``/proc``."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from adaptive_tts.runtime.contention import (
+    WINDOW,
+    ContentionWatch,
+    CPUContention,
+    count_running,
+    parse_loadavg,
+    task_state,
+    threads_for,
+)
+
+LINUX = sys.platform.startswith("linux")
+
+
+def test_policy_leaves_the_cpus_others_hold_and_keeps_one_thread() -> None:
+    assert threads_for(2, 2, 0) == 2
+    assert threads_for(2, 2, 1) == 1
+    assert threads_for(2, 2, 4) == 1  # never none
+    assert threads_for(4, 8, 2) == 4  # enough free CPUs: the plan
+    assert threads_for(6, 8, 3) == 5
+    assert threads_for(2, 2, 0.4) == 2  # part of a task (a load average) is not a task
+    assert threads_for(2, 2, None) == 2  # unknown: the plan
+    with pytest.raises(ValueError, match=">= 1"):
+        threads_for(0, 2, 0)
+
+
+def test_loadavg_and_task_states_parse_as_procfs_writes_them() -> None:
+    assert parse_loadavg("1.95 1.20 0.60 4/312 9876\n") == (1.95, 4)
+    with pytest.raises(ValueError, match="not /proc/loadavg"):
+        parse_loadavg("1.95 1.20 0.60")
+    # A thread name may hold spaces and parentheses: the state follows the last ")".
+    named = "4242 (pt_main (worker) 1) R 1 4242 4242 0 -1 4194560 2317 0 0 0 12 3 0 0 20 0 5 0"
+    assert task_state(named) == "R"
+    assert count_running([named, "4243 (python3) S 1 4242", "4244 (omp) R 1 4242", "4245 (x) D 1"]) == 2
+
+
+def _proc_tree(root: Path, loadavg: str, states: list[str], steal: tuple[int, int] = (10, 1000)) -> Path:
+    """A /proc of one process with one thread per state, its CPU pressure and stat lines."""
+    (root / "pressure").mkdir(parents=True, exist_ok=True)
+    (root / "loadavg").write_text(loadavg)
+    (root / "pressure" / "cpu").write_text(
+        "some avg10=37.12 avg60=20.50 avg300=8.00 total=123456789\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
+    )
+    user = steal[1] - steal[0]
+    (root / "stat").write_text(f"cpu  {user} 0 0 0 0 0 0 {steal[0]} 0 0\ncpu0 1 0 0 0 0 0 0 0 0 0\n")
+    for tid, state in enumerate(states, start=100):
+        task = root / "self" / "task" / str(tid)
+        task.mkdir(parents=True, exist_ok=True)
+        (task / "stat").write_text(f"{tid} (python3) {state} 1 100 100 0 -1 4194560 0 0 0 0")
+    return root
+
+
+def test_a_captured_proc_counts_others_runnable_beside_this_process_s_own(tmp_path: Path) -> None:
+    """4 runnable in the whole system, 2 of them this process's threads: 2 others."""
+    proc = _proc_tree(tmp_path, "2.10 1.50 0.70 4/312 9876\n", ["R", "S", "R", "S"])
+    contention = CPUContention(proc, cpus=lambda: 2)
+    first = contention.read()
+    assert (first.runnable_others, first.cpus, first.source) == (2.0, 2, "run queue")
+    assert first.pressure_some_avg10 == pytest.approx(37.12) and first.load_1m == pytest.approx(2.10)
+    assert first.steal_percent is None  # steal needs a previous reading
+    _proc_tree(proc, "2.10 1.50 0.70 3/312 9876\n", ["R", "S", "S", "S"], steal=(60, 2000))
+    second = contention.read()
+    assert second.runnable_others == 2.0  # 3 runnable, 1 of them ours
+    assert second.steal_percent == pytest.approx(5.0)  # 50 of 1000 ticks
+
+
+def test_without_procfs_the_load_average_stands_in(tmp_path: Path) -> None:
+    """macOS has no /proc: the 1-minute load average (getloadavg, as ``sysctl vm.loadavg`` shows it)
+    less this process's threads."""
+    import threading
+
+    contention = CPUContention(
+        tmp_path / "none", cpus=lambda: 8, loadavg=lambda: (threading.active_count() + 3.0, 2.0, 1.0)
+    )
+    reading = contention.read()
+    assert reading.source == "load average" and reading.runnable_others == pytest.approx(3.0)
+    assert reading.pressure_some_avg10 is None and reading.steal_percent is None
+
+
+class _Sequence(CPUContention):
+    """Readings of a run queue whose other-runnable counts are given one per read."""
+
+    def __init__(self, root: Path, counts: list[int]) -> None:
+        super().__init__(_proc_tree(root, "0 0 0 1/1 1\n", ["R"]), cpus=lambda: 2)
+        self.counts = iter(counts)
+
+    def read(self):  # noqa: ANN201 - a ContentionReading
+        (self.proc / "loadavg").write_text(f"1.0 1.0 1.0 {next(self.counts) + 1}/300 1\n")
+        return super().read()
+
+
+def test_the_watch_decides_on_the_fewest_others_of_its_recent_readings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A transient task in one reading does not cost a thread; a busy one, there in every reading of
+    the window, does; readings older than the window's age are forgotten."""
+    now = [0.0]
+    watch = ContentionWatch(_Sequence(tmp_path, [0, 1, 0, 1, 1, 1, 1, 0]), clock=lambda: now[0])
+    caplog.set_level(logging.INFO, logger="adaptive_tts.runtime.contention")
+    chosen = []
+    for _ in range(WINDOW + 3):
+        chosen.append(watch.choose(2).threads)
+        now[0] += 0.1
+    assert chosen == [2, 2, 2, 2, 2, 1]  # 0 1 0 1 1 1: one until the window holds only ones
+    assert "1 of 2 thread(s)" in watch.last.reason
+    now[0] += 10.0  # a pause: the old ones expire and the one reading now decides
+    assert watch.choose(2).threads == 1
+    assert watch.choose(2).threads == 2  # the last count is 0 again: the fewest of the window
+    assert sum("compute threads" in r.message for r in caplog.records) == 3  # each change, once
+
+
+def _spinners(count: int) -> list[subprocess.Popen[bytes]]:
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+
+
+@pytest.mark.skipif(not LINUX, reason="reads the live /proc")
+def test_real_busy_processes_are_read_as_others_and_cost_threads() -> None:
+    """Two busy processes on this machine: every reading counts at least two other runnable tasks
+    more than the quietest reading before them, and the watch gives a 2-thread plan fewer threads
+    wherever they leave fewer than two CPUs."""
+    contention = CPUContention()
+    quiet = min(contention.read().runnable_others for _ in range(5))
+    busy = _spinners(2)
+    try:
+        time.sleep(0.3)
+        readings = [contention.read() for _ in range(5)]
+        watch = ContentionWatch()
+        choices = [watch.choose(2) for _ in range(WINDOW)]
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+    assert all(r.runnable_others >= quiet + 2 for r in readings)
+    cpus = readings[0].cpus
+    assert choices[-1].threads == threads_for(2, cpus, min(r.runnable_others for r in readings[-WINDOW:]))
+    if cpus <= 3:
+        assert choices[-1].threads == 1
