@@ -258,6 +258,7 @@ def summarize(results: dict[int, dict[str, list[Run]]]) -> list[dict]:
                     for key in ("cpu_s", "run_delay_s", "preempted")
                 },
                 "vs_reference": median / statistics.median(r.latency_s for r in reference) if reference else None,
+                "latencies_s": latencies,
             }
             rows.append(row)
     return rows

@@ -47,6 +47,8 @@ def test_ablations_synthesize_and_report_what_ran(tmp_path: Path) -> None:
     assert (rows["rtf"] - rows["latency_ms"] / 1000 / rows["audio_s"]).abs().max() < 1e-6
     assert set(rows["engine"]) == {"torch"} and set(rows["quantization"]) == {"fp32"}
     assert (rows["num_threads"] >= 1).all() and (rows["peak_rss_mb"] > 100).all()
+    assert rows["threads_min"].between(1, rows["num_threads"]).all()
+    assert (rows.loc["baseline", "threads_min"] == rows.loc["baseline", "num_threads"]).all()  # affinity off: fixed
     assert rows.loc["baseline", "estimated_mb"].isna().all()  # estimation off: no prediction
     assert rows.loc["estimation", "estimated_mb"].notna().all()
 
