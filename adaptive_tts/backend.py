@@ -404,8 +404,7 @@ class SmartAdaptiveBackend:
         planned = self.config.num_threads
         if not self.adapts_threads or self.affinity is None:
             return {"adaptive": False, "threads": planned, "planned": planned, "reason": "fixed: affinity off"}
-        choice = self.affinity.step_threads(planned)
-        return {"adaptive": True, **choice.to_dict()}
+        return {"adaptive": True, **self.affinity.preview_threads(planned).to_dict()}
 
     def estimate(self, text: str) -> dict:
         """The seed's ``/estimate-memory`` payload (works with estimation switched off, too)."""

@@ -109,7 +109,7 @@ def test_the_watch_decides_on_the_fewest_others_of_its_recent_readings(
     """A transient task in one reading does not cost a thread; a busy one, there in every reading of
     the window, does; readings older than the window's age are forgotten."""
     now = [0.0]
-    watch = ContentionWatch(_Sequence(tmp_path, [0, 1, 0, 1, 1, 1, 1, 0]), clock=lambda: now[0])
+    watch = ContentionWatch(_Sequence(tmp_path, [0, 1, 0, 1, 1, 1, 0, 1, 0]), clock=lambda: now[0])
     caplog.set_level(logging.INFO, logger="adaptive_tts.runtime.contention")
     chosen = []
     for _ in range(WINDOW + 3):
@@ -117,6 +117,8 @@ def test_the_watch_decides_on_the_fewest_others_of_its_recent_readings(
         now[0] += 0.1
     assert chosen == [2, 2, 2, 2, 2, 1]  # 0 1 0 1 1 1: one until the window holds only ones
     assert "1 of 2 thread(s)" in watch.last.reason
+    window = list(watch._recent)
+    assert watch.preview(2).threads == 2 and list(watch._recent) == window  # a 0 now: kept out of the window
     now[0] += 10.0  # a pause: the old ones expire and the one reading now decides
     assert watch.choose(2).threads == 1
     assert watch.choose(2).threads == 2  # the last count is 0 again: the fewest of the window

@@ -159,6 +159,10 @@ class CPUAffinityManager:
         contention now (the seed's "CPU maxed" action, taken per step rather than on request)."""
         return self.watch.choose(planned)
 
+    def preview_threads(self, planned: int) -> ThreadChoice:
+        """What :meth:`step_threads` would answer now, without counting as a step's reading."""
+        return self.watch.preview(planned)
+
     def _apply_affinity(self, cpus: list[int]) -> tuple[bool, list[int] | None, str]:
         if self.info.os == "Darwin":
             _log_unavailable("macOS has no CPU affinity API; scheduling left to the OS")

@@ -4,8 +4,10 @@ threads a synthesis step should use because of it.
 Why: every parallel region of a convolution ends in a barrier, so a step runs at the pace of its
 slowest thread. When a busy process shares a core with one of our threads, the scheduler preempts that
 thread for whole timeslices while the others wait at the barrier, and a step's time becomes the sum of
-those waits: the harness measured a 300-character text at 0.7 s quiet and 8-21 s beside four busy
-processes on 2 cores with 2 threads. With only as many threads as there are cores nobody else wants,
+those waits: with 2 threads on 2 cores (``python -m experiments.bench_contention``, 300 characters, an
+AMX Xeon), involuntary context switches per synthesis went from 95 quiet to 3672-7998 beside busy
+processes, and at four busy processes the fixed 2 threads took 4.21 s where adapted ones took 3.20 s.
+With only as many threads as there are cores nobody else wants,
 no thread waits for a preempted sibling; the one that shares a core still gets its fair share of it.
 
 What is read, in order of preference:
@@ -67,12 +69,7 @@ class ThreadChoice:
     reading: ContentionReading | None
 
     def to_dict(self) -> dict[str, object]:
-        return {
-            "threads": self.threads,
-            "planned": self.planned,
-            "reason": self.reason,
-            "reading": None if self.reading is None else self.reading.to_dict(),
-        }
+        return asdict(self)
 
 
 def threads_for(planned: int, cpus: int, runnable_others: float | None) -> int:
@@ -250,13 +247,22 @@ class ContentionWatch:
         self.last: ThreadChoice | None = None
 
     def choose(self, planned: int) -> ThreadChoice:
+        """The threads for the step about to run; the reading joins the window."""
+        return self._decide(planned, record=True)
+
+    def preview(self, planned: int) -> ThreadChoice:
+        """What :meth:`choose` would answer now, leaving the window as it is (a status poll must not
+        stand in for a step's reading)."""
+        return self._decide(planned, record=False)
+
+    def _decide(self, planned: int, *, record: bool) -> ThreadChoice:
         reading = self.contention.read()
         now = self._clock()
         with self._lock:
-            self._recent.append((now, reading))
-            counts = [
-                r.runnable_others for t, r in self._recent if now - t <= MAX_AGE_S and r.runnable_others is not None
-            ]
+            recent = [*self._recent, (now, reading)][-WINDOW:]
+            if record:
+                self._recent.append((now, reading))
+            counts = [r.runnable_others for t, r in recent if now - t <= MAX_AGE_S and r.runnable_others is not None]
             others = min(counts) if counts else None
             threads = threads_for(planned, reading.cpus, others)
             if others is None:
@@ -269,6 +275,8 @@ class ContentionWatch:
             else:
                 reason = f"{others:g} other runnable task(s) on {reading.cpus} CPU(s): all {planned} planned thread(s)"
             choice = ThreadChoice(threads, planned, reason, reading)
+            if not record:
+                return choice
             previous, self.last = self.last, choice
         if previous is None or previous.threads != choice.threads:
             logger.info("compute threads: %s", reason)
