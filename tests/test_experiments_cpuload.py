@@ -62,7 +62,7 @@ def test_a_sweep_over_load_levels_slows_a_fixed_amount_of_work(tmp_path: Path) -
     work: its median wall time rises (by ~(n + 2) / n on n CPUs with a share each; asserted loosely)."""
     argv = harness_cli(
         tmp_path,
-        "+trial.options={work: 3}",
+        "+trial.options={work: 15}",  # ~0.4 s: long enough that a woken task cannot outrun the load
         "workload=smoke",
         "workload.lengths=[100]",
         "workload.iterations=6",
