@@ -48,6 +48,7 @@ def _bench(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
         (["--loads", "-1"], ">= 0"),
         (["--variants", "ours,nope"], "unknown variant"),
         (["--runs", "0"], "must be >= 1"),
+        (["--first-rounds", "-1"], "--first-rounds >= 0"),
     ],
 )
 def test_bad_arguments_fail_in_one_line_naming_them(args: list[str], message: str) -> None:
@@ -71,3 +72,4 @@ def test_a_real_run_alternates_ours_and_the_reference_under_load(tmp_path: Path)
     if len(os.sched_getaffinity(0)) == 2:
         assert ours_loaded["threads_min"] == 1
     assert "| busy | variant |" in done.stdout
+    assert all(len(r["first_runs_s"]) == 1 and len(r["latencies_s"]) == 1 for r in rows)  # one round apart
