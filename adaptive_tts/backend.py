@@ -35,6 +35,7 @@ from .runtime.admission import AdmissionLedger
 from .runtime.affinity import CPUAffinityManager
 from .runtime.budget import MemoryBudgetManager
 from .runtime.cache import AudioCache
+from .runtime.contention import thread_ladder
 from .runtime.estimator import CalibrationStore, ConfigKey, MemoryEstimator, current_rss_mb, machine_key
 from .runtime.hardware import (
     HardwareInfo,
@@ -592,15 +593,35 @@ class SmartAdaptiveBackend:
         # as the calibration measured them.
         release_free_memory()
         logger.info(
-            "decoder kernels compiled up to chunk %d on %d compute lane(s) in %.2f s",
+            "decoder kernels compiled up to chunk %d on %d compute lane(s) at %s thread(s) in %.2f s",
             self.config.chunk_length,
             self.lanes.count,
+            "/".join(map(str, self.step_thread_counts())),
             time.perf_counter() - started,
         )
 
     def warm_up_to(self, chunk: int | None) -> None:
-        """Compile the decoder's windows up to ``chunk`` frames on every compute lane, in turn."""
-        self.lanes.each(functools.partial(self.engine.warm_up, chunk))
+        """Compile the decoder's windows up to ``chunk`` frames on every compute lane, in turn, at each
+        thread count a step may run with (:meth:`step_thread_counts`): oneDNN compiles per thread
+        count, so a lane that drops to fewer threads under contention would otherwise pay a compile in
+        the middle of a request. The lane is left at the planned count."""
+        counts = self.step_thread_counts()
+
+        def on_lane() -> None:
+            for threads in counts:
+                if len(counts) > 1:
+                    self.engine.set_num_threads(threads)
+                    self._lane_state.threads = threads
+                self.engine.warm_up(chunk)
+
+        self.lanes.each(on_lane)
+
+    def step_thread_counts(self) -> list[int]:
+        """The intra-op thread counts a synthesis step may run with, planned last: the planned count's
+        :func:`~.runtime.contention.thread_ladder` where threads follow contention
+        (:attr:`adapts_threads`), else the planned count alone."""
+        planned = self.config.num_threads
+        return thread_ladder(planned) if self.adapts_threads else [planned]
 
     def warm_up_chunks(self) -> list[int]:
         """The chunk lengths the planner may choose, smallest first (none for a one-pass engine)."""

@@ -247,6 +247,35 @@ def test_with_affinity_each_step_gives_busy_cpus_up_and_without_it_keeps_the_pla
     assert quiet.threads_used[-1] == 2
 
 
+def test_warm_up_compiles_every_thread_count_a_step_may_take_on_every_lane(tmp_path, monkeypatch):
+    """oneDNN compiles per thread count, so with threads following contention each lane warms its
+    decoder at 1 and at the planned 2 threads, and is left at 2; with a fixed plan, at 2 alone."""
+    import torch
+
+    from adaptive_tts.voice.engine import Engine
+
+    warmed: list[tuple[int, int]] = []
+    warm_up = Engine.warm_up
+
+    def recording_warm_up(engine, chunk_length):
+        warmed.append((threading.get_ident(), torch.get_num_threads()))
+        return warm_up(engine, chunk_length)
+
+    monkeypatch.setattr(Engine, "warm_up", recording_warm_up)
+    adaptive = make(tmp_path, affinity=True, num_threads=2, compute_lanes=2, chunk_length=64)
+    assert adaptive.step_thread_counts() == [1, 2]
+    lanes = {ident for ident, _ in warmed}
+    assert len(lanes) == 2 and sorted(threads for _, threads in warmed) == [1, 1, 2, 2]
+    assert [[t for i, t in warmed if i == lane] for lane in lanes] == [[1, 2], [1, 2]]
+    assert adaptive.lanes.run(torch.get_num_threads) == 2
+    adaptive.close()
+    warmed.clear()
+    (tmp_path / "fixed").mkdir()
+    fixed = make(tmp_path / "fixed", affinity=False, num_threads=2, compute_lanes=2, chunk_length=64)
+    assert fixed.step_thread_counts() == [2] and [threads for _, threads in warmed] == [2, 2]
+    fixed.close()
+
+
 def test_weights_never_change_under_a_streaming_job(tmp_path):
     """A precision switch asked for while a job streams waits for it: the job's audio equals a run
     entirely at fp32, and the next job runs at the new precision (its audio equals an INT8 run)."""

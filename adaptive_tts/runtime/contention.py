@@ -72,15 +72,33 @@ class ThreadChoice:
         return asdict(self)
 
 
+def thread_ladder(planned: int) -> list[int]:
+    """The thread counts a step may run with out of ``planned``, fewest first: ``planned`` halved
+    until one (8: 1, 2, 4, 8; 6: 1, 3, 6).
+
+    Why a ladder and not every count: oneDNN compiles its kernels per thread count, and the first step
+    at a count the warm-up had not compiled paid for it (300 characters beside 2 busy processes, bf16:
+    4.0-4.2 s at a first 1-thread request against 1.6 s after). A few rungs can each be compiled at
+    start-up (:meth:`~adaptive_tts.backend.SmartAdaptiveBackend.warm_up_to`); every count from 1 to 10
+    could not."""
+    if planned < 1:
+        raise ValueError(f"planned threads must be >= 1, got {planned}")
+    rungs = {1}
+    while planned > 1:
+        rungs.add(planned)
+        planned //= 2
+    return sorted(rungs)
+
+
 def threads_for(planned: int, cpus: int, runnable_others: float | None) -> int:
-    """Threads for a step: no more than the CPUs other tasks leave free, at least one, at most
-    ``planned``. Unknown contention keeps the plan."""
+    """Threads for a step: the largest rung of :func:`thread_ladder` no more than the CPUs other tasks
+    leave free, at least one. Unknown contention keeps the plan."""
     if planned < 1 or cpus < 1:
         raise ValueError(f"planned threads and cpus must be >= 1, got {planned} and {cpus}")
     if runnable_others is None:
         return planned
     free = math.floor(cpus - runnable_others + 0.5)  # 0.4 of a task (a load average) is not a task
-    return max(1, min(planned, free))
+    return max(rung for rung in thread_ladder(planned) if rung <= max(1, free))
 
 
 # -- parsing (pure: fed captured files in tests) ---------------------------------------------------------
@@ -297,5 +315,6 @@ __all__ = [
     "read_cpu_times",
     "steal_share",
     "task_state",
+    "thread_ladder",
     "threads_for",
 ]
