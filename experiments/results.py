@@ -100,6 +100,7 @@ EXTRA_FIELDS = [
     # the interleaved design (experiments/design.py)
     pa.field("block", pa.int64()),  # the block the trial ran in: every condition gets the same texts
     pa.field("position", pa.int64()),  # its order within the block, over all conditions
+    pa.field("epoch", pa.int64()),  # the generation of workers it ran on (fresh every design.restart_every blocks)
     pa.field("replicate_of", pa.string()),  # an A/A copy's original ablation (null: not a copy)
     pa.field("background_cpu", pa.int64()),  # busy processes in the device's CPU set during the trial
     pa.field("threads_min", pa.int64()),  # the fewest intra-op threads a step ran on (contention adapts them)

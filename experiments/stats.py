@@ -12,6 +12,10 @@ reader) can recompute any interval from the rows with nothing but numpy.
   gets a **paired bootstrap** (:func:`paired_difference_interval`): the unit resampled is the pair, so
   whatever the two trials of a pair share — the text's length, the machine's state during the block —
   cancels instead of widening the interval or, worse, posing as an effect.
+* Pairs that share a worker process are not independent: a process is a few percent faster or slower
+  for its whole life (experiments/design.py). Where the sweep replaced its workers in epochs, the
+  paired bootstrap resamples whole epochs (a **cluster bootstrap**), so that variation is in the
+  interval; with fewer than :data:`MIN_CLUSTERS` epochs it resamples pairs and says so.
 * Tail percentiles (p95, p99) are reported only when the sample can support them; see
   :func:`min_n_for_quantile`.
 """
@@ -32,6 +36,10 @@ LEVEL = 0.95
 #: recommend ≥ 1000 for percentile intervals).
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 20240601
+
+#: Fewest clusters (worker epochs) a cluster bootstrap resamples: with fewer, the percentile interval of
+#: a handful of clusters is too coarse to mean 95 %, and the pairs are resampled instead.
+MIN_CLUSTERS = 5
 
 Statistic = Literal["mean", "median"]
 _STATISTICS: dict[str, Callable[..., np.ndarray]] = {"mean": np.mean, "median": np.median}
@@ -90,6 +98,8 @@ class PairedEffect:
     estimate: float
     low: float
     high: float
+    #: clusters (worker epochs) resampled as wholes; None: the pairs were resampled one by one
+    clusters: int | None = None
 
     @property
     def detected(self) -> bool:
@@ -106,9 +116,14 @@ def paired_difference_interval(
     resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
     level: float = LEVEL,
+    clusters: np.ndarray | None = None,
 ) -> PairedEffect | None:
     """Paired bootstrap of ``after`` against ``before``: ``before[i]`` and ``after[i]`` are one pair (the
     same text in the same block, under the two conditions). None below two pairs.
+
+    ``clusters[i]`` (optional) labels pair ``i``'s cluster, the worker epoch both its trials ran in:
+    with at least :data:`MIN_CLUSTERS` of them, :func:`cluster_bootstrap_interval` resamples whole
+    clusters, since pairs of one epoch share their processes' lasting speed.
 
     The per-pair difference is ``after - before``, or with ``relative`` ``after / before - 1`` (a
     fraction; ``before`` must be positive). The estimate is ``statistic`` of those differences and the
@@ -129,11 +144,44 @@ def paired_difference_interval(
     if relative and (before <= 0).any():
         raise ValueError("a relative difference needs positive before values")
     differences = after / before - 1 if relative else after - before
-    interval = bootstrap_interval(differences, statistic, resamples, seed, level)
+    if clusters is not None and len(np.unique(clusters)) >= MIN_CLUSTERS:
+        if len(clusters) != len(differences):
+            raise ValueError(f"one cluster label per pair: {len(clusters)} labels for {len(differences)} pairs")
+        interval = cluster_bootstrap_interval(differences, clusters, statistic, resamples, seed, level)
+        n_clusters: int | None = len(np.unique(clusters))
+    else:
+        interval = bootstrap_interval(differences, statistic, resamples, seed, level)
+        n_clusters = None
     if interval is None:
         return None
     estimate = float(_STATISTICS[statistic](np.sort(differences)))
-    return PairedEffect(len(differences), estimate, *interval)
+    return PairedEffect(len(differences), estimate, *interval, clusters=n_clusters)
+
+
+def cluster_bootstrap_interval(
+    values: np.ndarray,
+    clusters: np.ndarray,
+    statistic: Statistic = "mean",
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    level: float = LEVEL,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap of ``statistic`` that resamples whole clusters: each resample draws as many
+    clusters as there are, with replacement, and pools their values. None below two clusters.
+
+    Clusters are taken in the order of their labels and each one's values sorted, so the interval does
+    not depend on the order of the rows."""
+    values = np.asarray(values, dtype=float)
+    labels, index = np.unique(np.asarray(clusters), return_inverse=True)
+    if len(labels) < 2:
+        return None
+    groups = [np.sort(values[index == i]) for i in range(len(labels))]
+    draws = np.random.default_rng(seed).integers(0, len(groups), size=(resamples, len(groups)))
+    estimate = _STATISTICS[statistic]
+    estimates = np.array([estimate(np.concatenate([groups[i] for i in draw])) for draw in draws])
+    alpha = (1 - level) / 2
+    low, high = np.quantile(estimates, [alpha, 1 - alpha])
+    return float(low), float(high)
 
 
 def min_n_for_quantile(q: float) -> int:

@@ -30,7 +30,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from experiments.design import Design, Slot, block_range, blocks_of, schedule
+from experiments.design import RESTART_EVERY, Design, Slot, block_range, blocks_of, schedule
 from experiments.floor import load_or_measure_floor
 from experiments.limits import Device, DeviceSpec, format_cpus, host_cpus, host_memory_mb
 from experiments.results import RowStore
@@ -205,7 +205,11 @@ class SweepSpec:
 
 
 def design_of(cfg: DictConfig) -> Design:
-    return Design(block_size=cfg.design.block_size, seed=cfg.design.seed)
+    return Design(
+        block_size=cfg.design.block_size,
+        seed=cfg.design.seed,
+        restart_every=cfg.design.get("restart_every", RESTART_EVERY),
+    )
 
 
 @dataclass(frozen=True)
@@ -237,7 +241,7 @@ def plan_sweep(configs: Sequence[DictConfig]) -> SweepPlan:
         cfg.run_id = run_id
     designs = {design_of(cfg) for cfg in configs}
     if len(designs) != 1:
-        raise ValueError("design.block_size and design.seed cannot be swept: one sweep is one design")
+        raise ValueError("design.block_size, seed and restart_every cannot be swept: one sweep is one design")
     (design,) = designs
     specs = [SweepSpec.from_config(cfg) for cfg in configs]
     _check_sweep(specs)
@@ -439,7 +443,8 @@ def run_design(
 
     A memory sweep first measures (or reads back) the device's floor; a condition with calibrated
     estimation first fits the estimator on the device. Plain sweeps then keep one worker per
-    condition warm and run the block's trials in their shuffled order; memory sweeps give each
+    condition warm and run the block's trials in their shuffled order, every condition's worker
+    replaced at each epoch's first block (:class:`~experiments.design.Design`); memory sweeps give each
     condition's turn at a level a fresh worker on a device holding that level's background.
     """
     _check_sweep(specs)
@@ -533,6 +538,8 @@ def run_design(
                     "trial_key": entry.key,
                     "block": slot.block,
                     "position": slot.position,
+                    # a memory sweep's every turn is a fresh worker: its block is its epoch
+                    "epoch": slot.block if memory_sweep else design.epoch(slot.block),
                     "started_at": started_at,
                     "text_length": planned.text_length,
                     "iteration": planned.iteration,
@@ -558,9 +565,17 @@ def run_design(
             for supervisor in supervisors.values():  # all warm before the first block, held between trials
                 supervisor.start()
                 supervisor.hold()
-            active = None
+            active, epoch = None, design.epoch(todo[0].slot.block)
             for entry in todo:
                 c = entry.slot.condition
+                if design.epoch(entry.slot.block) != epoch:  # every condition's worker anew, all warm again
+                    epoch, active = design.epoch(entry.slot.block), None
+                    logger.info("epoch %d from block %d: fresh workers", epoch, entry.slot.block)
+                    for supervisor in supervisors.values():
+                        supervisor.close_worker()
+                    for supervisor in supervisors.values():
+                        supervisor.start()
+                        supervisor.hold()
                 if active is not None and active != c:
                     supervisors[active].hold()
                 run_one(entry, supervisors[c], specs[c].device)

@@ -71,6 +71,8 @@ def test_block_ranges_split_a_run_into_jobs_and_bad_input_names_itself() -> None
     assert block_range([2, 9], 5) == range(2, 5) and block_range(None, 3) == range(3)
     with pytest.raises(ValueError, match="design.block_size must be an integer >= 1, got 0"):
         Design(block_size=0)
+    assert [Design(restart_every=3).epoch(b) for b in range(7)] == [0, 0, 0, 1, 1, 1, 2]
+    assert Design(restart_every=None).epoch(99) == 0
     with pytest.raises(ValueError, match="blocks_per_job must be >= 1, got 0"):
         split_blocks(5, 0)
     with pytest.raises(ValueError, match=r"design.blocks must be \[start, stop\)"):
@@ -85,7 +87,8 @@ def cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
 
 def test_every_conditions_trials_span_the_whole_run(tmp_path: Path) -> None:
     """Three conditions (an A/A copy among them) of 10 iterations: each condition has trials in the
-    first block and in the last, so its trials span the run (run in sequence, each holds a third)."""
+    first block and in the last, so its trials span the run (run in sequence, each holds a third).
+    Every 4 blocks each condition gets a fresh worker: three epochs, three processes per condition."""
     done = cli(
         tmp_path,
         "-m",
@@ -93,6 +96,7 @@ def test_every_conditions_trials_span_the_whole_run(tmp_path: Path) -> None:
         "workload=smoke",
         "workload.lengths=[100,300]",
         "workload.iterations=10",
+        "design.restart_every=4",
         "run_id=span",
     )
     assert done.returncode == 0, done.stderr[-2000:]
@@ -105,6 +109,11 @@ def test_every_conditions_trials_span_the_whole_run(tmp_path: Path) -> None:
         assert part["block"].min() == 0 and part["block"].max() == 9, ablation
     order = {a: part.index for a, part in rows.groupby("ablation")}  # places in the run, by start time
     assert all(index.min() < 6 and index.max() >= 54 for index in order.values())  # first and last block
+    assert (rows["epoch"] == rows["block"] // 4).all()
+    served = rows.groupby(["ablation", "epoch"])["worker_trials"].agg(["min", "max"])  # counted anew per worker
+    assert (served["min"] == 0).all() and served["max"].tolist() == [7, 7, 3] * 3
+    workers = tmp_path / "runs" / "span" / "workers"
+    assert sorted(len(list(d.glob("worker-*.log"))) for d in workers.iterdir()) == [3, 3, 3]
 
 
 def test_spans_say_where_in_the_run_each_condition_ran() -> None:
@@ -126,13 +135,21 @@ def test_spans_say_where_in_the_run_each_condition_ran() -> None:
         (("-m", "+ablation=baseline,nope"), "error: unknown ablation 'nope'; valid: affinity, baseline, "),
         (("design.block_size=0",), "error: design.block_size must be an integer >= 1, got 0"),
         (("-m", "design.block_size=0", "+ablation=baseline,budget"), "error: design.block_size must be an integer"),
+        (("design.restart_every=0",), "error: design.restart_every must be an integer >= 1 or null, got 0"),
         (("-m", "+ablation=baseline,baseline"), "error: condition baseline-auto-torch-default-"),
         (
             ("-m", "hydra.sweeper.blocks_per_job=0", "+ablation=baseline,budget"),
             "error: hydra.sweeper.blocks_per_job must be >= 1",
         ),
     ],
-    ids=["unknown condition", "block size", "block size in a sweep", "a condition twice", "blocks per job"],
+    ids=[
+        "unknown condition",
+        "block size",
+        "block size in a sweep",
+        "restart every",
+        "a condition twice",
+        "blocks per job",
+    ],
 )
 def test_bad_design_input_is_one_line_naming_it(tmp_path: Path, overrides: tuple[str, ...], message: str) -> None:
     done = cli(tmp_path, *overrides)

@@ -138,6 +138,7 @@ def effects_table(rows: pd.DataFrame) -> Table:
                         "aa_control": c.control,
                         "metric": value,
                         "n_pairs": n_pairs,
+                        "epochs": effect.clusters if effect is not None else None,
                         **dict(zip(("effect_pct", "effect_pct_lo", "effect_pct_hi"), (100 * x for x in pct))),
                         "verdict": verdict(effect),
                         "noise_floor_pct": 100 * floor,
@@ -145,18 +146,19 @@ def effects_table(rows: pd.DataFrame) -> Table:
                 )
                 if c.control and effect is not None and effect.detected:
                     alarms.append(f"{c.label} ({metric}; {', '.join(fmt_key(k, v) for k, v in key.items())})")
-    columns = ["comparison", "before", "after", "aa_control", "metric", "n_pairs"]
+    columns = ["comparison", "before", "after", "aa_control", "metric", "n_pairs", "epochs"]
     columns += ["effect_pct", "effect_pct_lo", "effect_pct_hi", "verdict", "noise_floor_pct"]
     data = _frame(records, keys, columns)
     shown = varying_keys(rows)
     header = [KEY_HEADERS[k] for k in shown]
-    header += ["comparison", "metric", "n pairs", "effect % [95 % CI]", "verdict", "A/A noise floor %"]
+    header += ["comparison", "metric", "n pairs", "resampled", "effect % [95 % CI]", "verdict", "A/A noise floor %"]
     cells = [
         [fmt_key(k, row[k]) for k in shown]
         + [
             row["comparison"],
             METRICS[row["metric"]],
             str(row["n_pairs"]),
+            "pairs" if pd.isna(row["epochs"]) else f"{int(row['epochs'])} epochs",
             fmt_effect(row["effect_pct"], row["effect_pct_lo"], row["effect_pct_hi"]),
             row["verdict"],
             fmt_num(row["noise_floor_pct"], 1),
@@ -167,14 +169,16 @@ def effects_table(rows: pd.DataFrame) -> Table:
     if alarms:
         caption += (
             f" Warning: {len(alarms)} A/A control(s) found a difference between identical conditions — "
-            f"{'; '.join(alarms)}: the intervals understate the noise; rerun with more blocks or on a "
-            "quieter machine."
+            f"{'; '.join(alarms)}: the intervals understate the noise; rerun with more blocks or "
+            "epochs (design.restart_every) or on a quieter machine."
         )
     notes = [
         PAIRED_NOTE,
         "X vs Y: Y's change over X (for the features: the ablation that adds it over the one before). "
         f"{SLOWER}, {FASTER}: the interval excludes 0; {NOT_DETECTED}: it covers 0 — an effect that small "
         "cannot be told from the pairs' variation, which is not evidence that there is none.",
+        "resampled: what the bootstrap drew — the worker epochs the pairs span (experiments/design.py), or "
+        "the pairs one by one where fewer epochs were recorded.",
         "A/A noise floor %: the larger absolute bound of the interval of an A/A control (the same condition run "
         "twice under two names) for that metric and condition — a difference identical conditions show; "
         f"{NO_DATA}: the sweep had no A/A control (+ablation=baseline,baseline_repeat,...).",
@@ -185,7 +189,7 @@ def effects_table(rows: pd.DataFrame) -> Table:
             "the interleaved design, or texts run more than once per block); no unpaired ratio is shown "
             "instead, since drift between the conditions' trials would pose as an effect."
         )
-    return Table("effects", caption, data, header, cells, notes, "l" * len(shown) + "llrrlr")
+    return Table("effects", caption, data, header, cells, notes, "l" * len(shown) + "llrlrlr")
 
 
 def _spread(values: np.ndarray) -> tuple[float, float, float]:

@@ -12,12 +12,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from experiments.report.cells import CONDITION_KEYS, NO_DATA, _missing, with_quant
-from experiments.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, PairedEffect, paired_difference_interval
+from experiments.stats import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    MIN_CLUSTERS,
+    PairedEffect,
+    paired_difference_interval,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +37,20 @@ PAIRED_NOTE = (
     "Paired by text and block: each ok trial is matched with the other condition's ok trial of the same "
     "run, block, text (length and iteration), concurrency and memory level; trials without exactly one "
     "such partner are left out. Effect %: the median over pairs of after / before − 1; [ ]: 95 % "
-    f"percentile bootstrap over the pairs ({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED})."
+    f"percentile bootstrap ({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}) over worker epochs, "
+    "the pairs that ran on the same worker processes resampled as a whole, where the pairs span at least "
+    f"{MIN_CLUSTERS} of them; else over the pairs (resampled: pairs), which leaves out how much one worker "
+    "process differs from the next."
 )
+
+
+class Pairs(NamedTuple):
+    """Matched trials: ``before[i]`` and ``after[i]`` are one pair, ``clusters[i]`` its cluster: the
+    run and worker epoch both its trials ran in (experiments/design.py)."""
+
+    before: np.ndarray
+    after: np.ndarray
+    clusters: np.ndarray
 
 
 def pair_trials(
@@ -42,7 +61,7 @@ def pair_trials(
     side: str = "ablation",
     ok_only: bool = True,
     across: Sequence[str] = (),
-) -> tuple[np.ndarray, np.ndarray]:
+) -> Pairs:
     """``value`` of the trials whose ``side`` column is ``before`` and of those where it is ``after``,
     matched on :data:`PAIR_KEYS` within the same :data:`~experiments.report.cells.CONDITION_KEYS` (and
     ablation, when the sides are something else, e.g. ``side="quant"``): element ``i`` of both arrays is
@@ -67,15 +86,27 @@ def pair_trials(
             "key": chosen.groupby(match, dropna=False, sort=True).ngroup().to_numpy(),
             "after": (chosen[side] == after).to_numpy(dtype=bool),
             "value": chosen[value].to_numpy(dtype=float),
+            "cluster": _clusters(chosen),
         }
     )
     sides = trials.groupby(["key", "after"]).size().unstack(fill_value=0).reindex(columns=[False, True], fill_value=0)
     matched = sides.index[(sides[False] == 1) & (sides[True] == 1)]
-    paired = trials[trials["key"].isin(matched)].sort_values(["key", "after"])["value"].to_numpy().reshape(-1, 2)
+    ordered = trials[trials["key"].isin(matched)].sort_values(["key", "after"])
+    paired = ordered["value"].to_numpy().reshape(-1, 2)
     logger.debug(
         "%s vs %s on %s: %d pairs, %d trials unmatched", before, after, value, len(paired), len(chosen) - paired.size
     )
-    return paired[:, 0], paired[:, 1]
+    return Pairs(paired[:, 0], paired[:, 1], ordered["cluster"].to_numpy()[::2])
+
+
+def _clusters(rows: pd.DataFrame) -> np.ndarray:
+    """Each row's cluster number: its run and worker epoch. A run that recorded no epochs (rows from
+    before they were) is one cluster, so its pairs are resampled one by one. A pair's two trials share
+    run and block, hence their epoch."""
+    if "epoch" not in rows.columns:
+        return np.zeros(len(rows), dtype=int)
+    keys = rows.assign(_epoch=rows["epoch"].fillna(-1))
+    return keys.groupby([c for c in ("run_id", "_epoch") if c in keys.columns], dropna=False).ngroup().to_numpy()
 
 
 def relative_effect(
@@ -83,8 +114,9 @@ def relative_effect(
 ) -> tuple[int, PairedEffect | None]:
     """The number of pairs of :func:`pair_trials` (ok trials) and the paired relative effect of ``after``
     over ``before`` on ``value`` (a fraction; None below two pairs)."""
-    lower, upper = pair_trials(rows, before, after, value, side)
-    return len(lower), paired_difference_interval(lower, upper, "median", relative=True)
+    pairs = pair_trials(rows, before, after, value, side)
+    effect = paired_difference_interval(pairs.before, pairs.after, "median", relative=True, clusters=pairs.clusters)
+    return len(pairs.before), effect
 
 
 def rate_effect(
@@ -96,8 +128,8 @@ def rate_effect(
     so a level that the schedule happened to give one ablation more often than the other does not pose
     as an effect. ``across``: as for :func:`pair_trials`."""
     marked = rows.assign(_outcome=(rows["status"] == status).astype(float))
-    lower, upper = pair_trials(marked, before, after, "_outcome", ok_only=False, across=across)
-    return len(lower), paired_difference_interval(lower, upper, "mean")
+    pairs = pair_trials(marked, before, after, "_outcome", ok_only=False, across=across)
+    return len(pairs.before), paired_difference_interval(pairs.before, pairs.after, "mean", clusters=pairs.clusters)
 
 
 def fmt_effect(pct: float | None, low: float | None, high: float | None) -> str:
