@@ -83,7 +83,11 @@ def bootstrap_interval(
     if n < 2:
         return None
     index = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
-    estimates = _STATISTICS[statistic](values[index], axis=1)
+    return _percentile_interval(_STATISTICS[statistic](values[index], axis=1), level)
+
+
+def _percentile_interval(estimates: np.ndarray, level: float) -> tuple[float, float]:
+    """The bounds of the bootstrap ``estimates`` at (1 ± level) / 2, numpy's default (linear) quantiles."""
     alpha = (1 - level) / 2
     low, high = np.quantile(estimates, [alpha, 1 - alpha])
     return float(low), float(high)
@@ -178,10 +182,9 @@ def cluster_bootstrap_interval(
     groups = [np.sort(values[index == i]) for i in range(len(labels))]
     draws = np.random.default_rng(seed).integers(0, len(groups), size=(resamples, len(groups)))
     estimate = _STATISTICS[statistic]
-    estimates = np.array([estimate(np.concatenate([groups[i] for i in draw])) for draw in draws])
-    alpha = (1 - level) / 2
-    low, high = np.quantile(estimates, [alpha, 1 - alpha])
-    return float(low), float(high)
+    return _percentile_interval(
+        np.array([estimate(np.concatenate([groups[i] for i in draw])) for draw in draws]), level
+    )
 
 
 def min_n_for_quantile(q: float) -> int:
