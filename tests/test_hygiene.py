@@ -67,7 +67,7 @@ def test_each_reader_reads_its_captured_file(tmp_path: Path) -> None:
     assert hygiene.read_cpu_pressure_some_avg10(proc) == 1.53  # "some", not "full"
     assert hygiene.read_loadavg_1m(proc) == 0.42
     assert hygiene.read_cpu_times(proc) == hygiene.CpuTimes(
-        steal=1363, total=287145 + 54630 + 1061458 + 1291 + 429 + 1363
+        steal=1363, total=287145 + 54630 + 1061458 + 1291 + 429 + 1363, idle=1061458 + 1291
     )
     assert hygiene.read_cpu_governor(sysfs) == "performance"
 

@@ -13,10 +13,20 @@ no thread waits for a preempted sibling; the one that shares a core still gets i
 What is read, in order of preference:
 
 * Linux: the number of runnable tasks right now (the 4th field of ``/proc/loadavg``, which counts
-  every CPU's run queue), less this process's own runnable threads (``/proc/self/task/*/stat``); the
-  CPU pressure (``/proc/pressure/cpu``, ``some avg10``) and steal time (``/proc/stat``) are reported
-  beside it, not decided on: both are averages over seconds, too slow for a decoder chunk.
+  every CPU's run queue), less this process's own runnable threads (``/proc/self/task/*/stat``), capped
+  by how many CPUs other tasks kept busy over the last moment (busy CPU time in ``/proc/stat`` less this
+  process's own CPU time, over at least :data:`BUSY_SPAN_S`). The CPU pressure
+  (``/proc/pressure/cpu``, ``some avg10``) and steal time are reported beside it, not decided on: both
+  are averages over seconds, too slow for a decoder chunk.
 * elsewhere (macOS): the 1-minute load average less this process's threads, a coarse stand-in.
+
+Why the cap: in an idle trial worker (Linux 6.18) the run queue held one task more than all the
+runnable threads ``/proc`` showed, in most steps' readings, and 28 % of the affinity ablation's trials
+ran some step on one thread of two (+5.7 % in RTF against the same runtime without the feature). A
+step's reading comes right after this process's threads handed work over and blocked, and the count is
+what a scheduler that keeps a sleeping task queued for a while gives (Linux 6.12's EEVDF dequeues a
+task that sleeps with negative lag only later; ``/proc`` shows it sleeping). CPU time is not fooled by
+it: a queued sleeper spends none, a busy app its share.
 
 A reading is instantaneous and a transient task (a kernel worker, a monitor thread) shows up in one
 reading and not the next, so :class:`ContentionWatch` decides on the smallest count of its last few
@@ -47,12 +57,19 @@ MAX_AGE_S = 2.0
 #: Seconds between the readings that confirm a lone one (see the module's docstring): a client blocks
 #: on its answer within microseconds of sending a request; a busy app stays.
 CONFIRM_GAP_S = 0.001
+#: Seconds of CPU time accounting the busy-CPU cap is taken over, at least: ``/proc/stat`` counts in
+#: ticks of 10 ms, so over 0.1 s on 2 CPUs a tick is 0.05 of a CPU.
+BUSY_SPAN_S = 0.1
+#: Seconds the busy-CPU cap may look back at most: a request after a longer pause counts the run queue
+#: alone (confirmed, see :data:`CONFIRM_GAP_S`).
+BUSY_MAX_AGE_S = 10.0
 
 
 @dataclass(frozen=True)
 class ContentionReading:
     """One look at the CPUs: ``runnable_others`` tasks besides this process's own want a CPU now
-    (None where unreadable), of the ``cpus`` this process may run on."""
+    (None where unreadable), of the ``cpus`` this process may run on (see the module's docstring for
+    how it is counted)."""
 
     runnable_others: float | None
     cpus: int
@@ -60,6 +77,10 @@ class ContentionReading:
     pressure_some_avg10: float | None = None
     steal_percent: float | None = None
     load_1m: float | None = None
+    #: the two counts ``runnable_others`` is the smaller of (Linux): other tasks in the run queue now,
+    #: and CPUs other tasks kept busy over the last :data:`BUSY_SPAN_S` or more (None at a first reading)
+    queued_others: float | None = None
+    busy_others: float | None = None
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -143,10 +164,17 @@ def read_cpu_pressure_some_avg10(proc: Path = Path("/proc")) -> float | None:
 
 @dataclass(frozen=True)
 class CpuTimes:
-    """The aggregate ``cpu`` line of ``/proc/stat``, in ticks: steal and the total of all CPU time."""
+    """The aggregate ``cpu`` line of ``/proc/stat``, in ticks: steal, idle (with iowait) and the total
+    of all CPU time."""
 
     steal: int
     total: int
+    idle: int
+
+    @property
+    def busy(self) -> int:
+        """Ticks some task (or the hypervisor: steal) held a CPU."""
+        return self.total - self.idle
 
 
 def read_cpu_times(proc: Path = Path("/proc")) -> CpuTimes | None:
@@ -164,7 +192,7 @@ def read_cpu_times(proc: Path = Path("/proc")) -> CpuTimes | None:
                 return None
             if len(ticks) < 8:  # a kernel without steal accounting
                 return None
-            return CpuTimes(steal=ticks[7], total=sum(ticks))
+            return CpuTimes(steal=ticks[7], total=sum(ticks), idle=ticks[3] + ticks[4])
     return None
 
 
@@ -177,6 +205,16 @@ def steal_share(before: CpuTimes | None, after: CpuTimes | None) -> float | None
     if total <= 0 or steal < 0:
         return None
     return 100.0 * steal / total
+
+
+def busy_others(before: CpuTimes, after: CpuTimes, own_cpu_s: float, wall_s: float, tick_hz: float) -> float | None:
+    """CPUs that tasks other than this process kept busy between two ``/proc/stat`` reads ``wall_s``
+    apart, in which this process spent ``own_cpu_s`` of CPU time; None without time between them or
+    with counters that went backwards."""
+    ticks = after.busy - before.busy
+    if wall_s <= 0 or ticks < 0 or after.total <= before.total:
+        return None
+    return max(0.0, (ticks / tick_hz - own_cpu_s) / wall_s)
 
 
 def task_state(stat: str) -> str:
@@ -212,13 +250,21 @@ class CPUContention:
         self_dir: Path | None = None,
         cpus: Callable[[], int] = _usable_cpus,
         loadavg: Callable[[], tuple[float, float, float]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        own_cpu_s: Callable[[], float] = time.process_time,
     ) -> None:
         self.proc = proc
         self.self_dir = self_dir or proc / "self"
         self._cpus = cpus
         self._loadavg = loadavg or (os.getloadavg if hasattr(os, "getloadavg") else None)
         self._linux = (proc / "loadavg").is_file()
+        self._clock = clock
+        self._own_cpu_s = own_cpu_s
+        self._tick_hz = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
         self._last_cpu_times: CpuTimes | None = None
+        #: (clock, /proc/stat, own CPU seconds) of recent readings: the busy-CPU cap's starting points
+        self._accounts: deque[tuple[float, CpuTimes, float]] = deque()
+        self._lock = threading.Lock()
 
     def _own_running(self) -> int:
         stats = []
@@ -233,12 +279,23 @@ class CPUContention:
                 continue
         return max(1, count_running(stats))
 
-    def _steal_percent(self) -> float | None:
-        """Steal since the previous reading (%), None at the first."""
-        now = read_cpu_times(self.proc)
-        last, self._last_cpu_times = self._last_cpu_times, now
-        share = steal_share(last, now)
-        return None if share is None else round(share, 1)
+    def _cpu_accounts(self) -> tuple[float | None, float | None]:
+        """Steal since the previous reading (%) and the CPUs other tasks kept busy since the newest
+        earlier reading at least :data:`BUSY_SPAN_S` old, if it is no older than :data:`BUSY_MAX_AGE_S`;
+        None for what the readings before cannot tell."""
+        times, now, own = read_cpu_times(self.proc), self._clock(), self._own_cpu_s()
+        with self._lock:
+            last, self._last_cpu_times = self._last_cpu_times, times
+            share = steal_share(last, times)
+            if times is None:
+                return None if share is None else round(share, 1), None
+            while len(self._accounts) > 1 and now - self._accounts[1][0] >= BUSY_SPAN_S:
+                self._accounts.popleft()  # the second oldest is old enough: the oldest is not needed
+            age = now - self._accounts[0][0] if self._accounts else None
+            start = self._accounts[0] if age is not None and BUSY_SPAN_S <= age <= BUSY_MAX_AGE_S else None
+            self._accounts.append((now, times, own))
+        busy = None if start is None else busy_others(start[1], times, own - start[2], now - start[0], self._tick_hz)
+        return None if share is None else round(share, 1), None if busy is None else round(busy, 2)
 
     def read(self) -> ContentionReading:
         cpus = self._cpus()
@@ -249,8 +306,12 @@ class CPUContention:
                 logger.debug("no run queue reading: %s", exc)
                 return ContentionReading(None, cpus, "unreadable")
             pressure = read_cpu_pressure_some_avg10(self.proc)
-            others = float(max(0, running - self._own_running()))
-            return ContentionReading(others, cpus, "run queue", pressure, self._steal_percent(), load_1m)
+            queued = float(max(0, running - self._own_running()))
+            steal, busy = self._cpu_accounts()
+            if busy is None:
+                return ContentionReading(queued, cpus, "run queue", pressure, steal, load_1m, queued)
+            others = min(queued, busy)
+            return ContentionReading(others, cpus, "run queue, CPU time", pressure, steal, load_1m, queued, busy)
         if self._loadavg is not None:
             average = self._loadavg()[0]
             others = max(0.0, average - threading.active_count())
@@ -330,6 +391,8 @@ class ContentionWatch:
 
 
 __all__ = [
+    "BUSY_MAX_AGE_S",
+    "BUSY_SPAN_S",
     "CONFIRM_GAP_S",
     "MAX_AGE_S",
     "WINDOW",
@@ -338,6 +401,7 @@ __all__ = [
     "ContentionWatch",
     "ThreadChoice",
     "CpuTimes",
+    "busy_others",
     "count_running",
     "parse_loadavg",
     "read_cpu_pressure_some_avg10",
