@@ -163,6 +163,15 @@ def send_all(url: str, requests: list[Request], concurrency: int, timeout_s: flo
         return list(pool.map(send, requests, timeout=timeout_s))
 
 
+#: The share of the warm level that the idle RSS less the cache may sit above it after a burst, and
+#: (a third of it) the most it may climb per burst once the cache is full. The idle RSS after a burst
+#: varies by tens of MB from one burst to the next: with a full 32 MB cache, 466, 506, 484, 460 MB in
+#: one soak (warm 428 MB, slope -4.1 MB a burst) and 571, 607, 588, 615 MB in another (warm 546 MB,
+#: +11.4), so a 4-burst slope has a standard error near 9 MB. The leak these guard against, +1 GB over 900
+#: requests, is ~170 MB a burst of 150.
+IDLE_SLACK = 0.15
+
+
 @dataclass
 class Burst:
     """One burst of a soak and the server's memory once it had been idle for ``idle_s``."""
@@ -189,8 +198,13 @@ class SoakResult:
     reported_freed_rss_mb: float | None
 
     def bound_mb(self, burst: Burst) -> float:
-        """The most RSS a burst may leave: the warm level, the cache, and a tenth of the warm level."""
-        return 1.1 * self.warm_rss_mb + burst.cache_mb
+        """The most RSS a burst may leave: the warm level, the cache, and :data:`IDLE_SLACK` of the warm
+        level."""
+        return (1 + IDLE_SLACK) * self.warm_rss_mb + burst.cache_mb
+
+    def slope_bound_mb(self) -> float:
+        """The most RSS may climb per burst once the cache is full (see :data:`IDLE_SLACK`)."""
+        return IDLE_SLACK / 3 * self.warm_rss_mb
 
     def slope_mb(self, last: int = 4) -> float:
         """Least-squares slope of RSS over the last ``last`` bursts, MB per burst."""

@@ -179,12 +179,13 @@ def test_varied_traffic_gets_no_5xx_no_dropped_connection_and_every_reply_as_exp
 @pytest.mark.slow
 def test_rss_stays_within_warm_level_plus_cache_and_stops_growing_once_the_cache_is_full(soak_run):
     """The cache's count is its real cost, and nothing else accumulates: after every burst the idle
-    service holds its warm level, its cache, and at most a tenth of the warm level more; once the cache
-    is at its limit, RSS no longer climbs from burst to burst."""
+    service holds its warm level, its cache, and at most 15 % of the warm level more; once the cache is
+    at its limit, RSS no longer climbs from burst to burst (at most 5 % of the warm level a burst, where
+    the leak this guards against climbed ~170 MB; ``IDLE_SLACK`` has the idle RSS's measured noise)."""
     result, _ = soak_run
     assert [round(b.rss_mb) for b in result.bursts if b.rss_mb > result.bound_mb(b)] == []
     assert all(b.cache_mb >= 0.8 * SOAK_CACHE_LIMIT_MB for b in result.bursts[-4:])  # full: at its limit
-    assert abs(result.slope_mb()) <= 0.02 * result.warm_rss_mb, [round(b.rss_mb) for b in result.bursts]
+    assert abs(result.slope_mb()) <= result.slope_bound_mb(), [round(b.rss_mb) for b in result.bursts]
 
 
 @pytest.mark.slow
