@@ -78,7 +78,8 @@ class ContentionReading:
     steal_percent: float | None = None
     load_1m: float | None = None
     #: the two counts ``runnable_others`` is the smaller of (Linux): other tasks in the run queue now,
-    #: and CPUs other tasks kept busy over the last :data:`BUSY_SPAN_S` or more (None at a first reading)
+    #: and CPUs other tasks kept busy over the last :data:`BUSY_SPAN_S` or more (None without that much
+    #: accounting, or none younger than :data:`BUSY_MAX_AGE_S`, behind it)
     queued_others: float | None = None
     busy_others: float | None = None
 
@@ -261,8 +262,8 @@ class CPUContention:
         self._clock = clock
         self._own_cpu_s = own_cpu_s
         self._tick_hz = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
-        self._last_cpu_times: CpuTimes | None = None
-        #: (clock, /proc/stat, own CPU seconds) of recent readings: the busy-CPU cap's starting points
+        #: (clock, /proc/stat, own CPU seconds) of recent readings: the newest is steal's starting point,
+        #: the oldest the busy-CPU cap's
         self._accounts: deque[tuple[float, CpuTimes, float]] = deque()
         self._lock = threading.Lock()
 
@@ -285,10 +286,9 @@ class CPUContention:
         None for what the readings before cannot tell."""
         times, now, own = read_cpu_times(self.proc), self._clock(), self._own_cpu_s()
         with self._lock:
-            last, self._last_cpu_times = self._last_cpu_times, times
-            share = steal_share(last, times)
             if times is None:
-                return None if share is None else round(share, 1), None
+                return None, None
+            share = steal_share(self._accounts[-1][1] if self._accounts else None, times)
             while len(self._accounts) > 1 and now - self._accounts[1][0] >= BUSY_SPAN_S:
                 self._accounts.popleft()  # the second oldest is old enough: the oldest is not needed
             age = now - self._accounts[0][0] if self._accounts else None
