@@ -68,6 +68,36 @@ def test_padded_decode_equals_unpadded(engine, frames):
     assert (plain - padded).abs().max().item() <= 1e-5
 
 
+def test_spans_decoded_together_equal_each_alone(engine):
+    """Latents of several lengths laid end to end ``layer_reach`` frames apart and decoded in one call:
+    each span's audio is what decoding it alone gives. Nearer than that, they bleed into each other
+    (so the reach is not merely generous: one frame less already moves the audio)."""
+    import torch
+
+    dec = engine.model.dec
+    hop, channels = engine.hop_length, engine.model.config.hidden_channels
+    lengths = [1, 23, 57, 9]
+    gen = torch.Generator().manual_seed(11)
+    segments = [torch.randn(1, channels, n, generator=gen) for n in lengths]
+
+    def together(gap: int) -> list[torch.Tensor]:
+        starts = [sum(lengths[:i]) + gap * i for i in range(len(lengths))]
+        z = torch.zeros(1, channels, starts[-1] + lengths[-1] + 7)  # and trailing padding
+        for start, segment in zip(starts, segments):
+            z[..., start : start + segment.shape[-1]] = segment
+        audio = engine.model.decode_spans(z, [(start, start + n) for start, n in zip(starts, lengths)])
+        return [audio[..., start * hop : (start + n) * hop] for start, n in zip(starts, lengths)]
+
+    with torch.inference_mode():
+        alone = [engine.model.decode(segment) for segment in segments]
+        apart = together(dec.layer_reach)
+        near = together(dec.layer_reach - 1)
+    assert dec.layer_reach >= 1
+    for a, b in zip(alone, apart):
+        assert a.shape == b.shape and (a - b).abs().max().item() <= 1e-5
+    assert max((a - b).abs().max().item() for a, b in zip(alone, near)) > 1e-4
+
+
 def test_padded_encode_equals_unpadded(engine):
     """Masked padding changes neither the durations nor (beyond float rounding) the prior."""
     import torch
@@ -100,14 +130,28 @@ def test_batched_encode_equals_one_sentence_at_a_time(engine):
 
 @pytest.mark.parametrize("chunk_length", [None, 256])
 def test_sentences_synthesized_together_equal_each_alone(engine, chunk_length):
-    """Batched encoding and the flow run once over a batch's short sentences change nothing: each
-    sentence's audio is what synthesizing it alone gives (noise off, so both draw nothing)."""
-    sentences = engine.frontend.sentences(" ".join(PARITY_SENTENCES[:8]))
-    assert len(sentences) >= 6
+    """Batched encoding, and the flow and the decoder run once over several short sentences, change
+    nothing: each sentence's audio is what synthesizing it alone gives (noise off, so both draw nothing).
+    The text mixes sentences of 35-485 frames, so that some share a decoder call and some do not."""
+    sentences = engine.frontend.sentences(" ".join(PARITY_SENTENCES[i] for i in (1, 4, 11, 17, 0, 2, 5, 10, 21)))
+    assert len(sentences) >= 10
     opts = engine.resolve(DETERMINISTIC, chunk_length=chunk_length)
-    together = np.concatenate(list(engine.stream_sentences(sentences, opts)))
+    decoded: list[int] = []
+    model_decode_spans = engine.model.decode_spans
+
+    def recording(z, spans):
+        decoded.append(len(spans))
+        return model_decode_spans(z, spans)
+
+    engine.model.decode_spans = recording
+    try:
+        together = np.concatenate(list(engine.stream_sentences(sentences, opts)))
+    finally:
+        del engine.model.decode_spans
     alone = np.concatenate([chunk for s in sentences for chunk in engine.stream_ids(s.ids, opts)])
     assert together.shape == alone.shape and np.abs(together - alone).max() <= 1e-4
+    if chunk_length is not None:  # the short sentences after the first were decoded several a call
+        assert max(decoded) >= 3
 
 
 def test_warm_up_compiles_the_decoder_windows_a_chunked_synthesis_uses(engine):

@@ -64,8 +64,9 @@ LENGTH_GRANULE = 32
 class Prior:
     """One encoded sentence, ready for the flow: the prior's mean and log-std per phoneme, the phoneme
     of each latent frame, the prior noise (drawn once for the whole sentence, frame-major, so that any
-    chunking sees the same numbers), and the flow's output ``z`` for all its frames once it has been
-    computed together with other sentences (``None`` until then)."""
+    chunking sees the same numbers), the flow's output ``z`` for all its frames once it has been
+    computed together with other sentences, and the sentence's ``audio`` once it has been decoded
+    together with others (each ``None`` until then)."""
 
     m_p: torch.Tensor
     logs_p: torch.Tensor
@@ -73,6 +74,7 @@ class Prior:
     eps: torch.Tensor | None
     noise_scale: float
     z: torch.Tensor | None = None
+    audio: np.ndarray | None = None
 
     @property
     def frames(self) -> int:
@@ -251,13 +253,15 @@ class Engine(BaseEngine):
     ) -> Iterator[Prior]:
         """Each sentence encoded, in order: the first alone, since its audio is awaited; the ones
         after it a batch at a time, as each batch's audio is needed (:func:`_batches`), with the flow
-        run once over the batch's short sentences (:meth:`_flow_together`)."""
+        run once over the batch's short sentences (:meth:`_flow_together`) and their decoder too
+        (:meth:`_decode_together`)."""
         if not sentences:
             return
         yield from self._encode([sentences[0].ids], opts, generator)
         for batch in _batches([len(s.ids) for s in sentences[1:]]):
             priors = self._encode([sentences[1 + i].ids for i in batch], opts, generator)
             self._flow_together(priors)
+            self._decode_together(priors, opts.chunk_length)
             yield from priors
 
     @torch.inference_mode()
@@ -295,7 +299,7 @@ class Engine(BaseEngine):
         each, padded to a multiple of ``LENGTH_GRANULE`` for the reason the decoder's windows are (see
         ``_decode_length``): the flow masks its convolutions' inputs, so the padding changes nothing."""
         lengths = [segment.shape[-1] for segment in segments]
-        starts = list(itertools.accumulate((n + gap for n in lengths[:-1]), initial=0))
+        starts = _end_to_end(lengths, gap)
         end = starts[-1] + lengths[-1]
         padded = _granular(end + gap)
         z_p = segments[0].new_zeros(1, segments[0].shape[1], padded)
@@ -305,6 +309,55 @@ class Engine(BaseEngine):
             mask[..., start : start + n] = 1
         z = self.model.flow_reverse(z_p, mask)
         return [z[:, :, start : start + n] for start, n in zip(starts, lengths)]
+
+    @torch.inference_mode()
+    def _decode_together(self, priors: list[Prior], chunk_length: int | None) -> None:
+        """Decode runs of consecutive sentences that each fit one chunk, as few decoder calls as a full
+        window (``chunk_length`` and its margins) holds, and set each one's ``audio``.
+
+        The sentences lie end to end ``dec.layer_reach`` frames apart, and the decoder zeroes
+        everything outside them after every convolution (``Generator.forward``), so each sentence's
+        audio is what decoding it alone gives. Why: a short sentence's decoder is ~100 operations whose
+        fixed cost, and the padding of its window to a compiled length, weigh on its few frames (a
+        300-character text of 14 sentences: 18 decoder calls for 2172 frames of audio). One-pass
+        decoding (``chunk_length`` ``None``) has no window to fill: each sentence goes alone.
+        """
+        if chunk_length is None:
+            return
+        window = chunk_length + 2 * self.decoder_margin
+        gap = self.model.dec.layer_reach
+        group: list[Prior] = []
+        size = 0
+        for prior in priors:
+            fits = 0 < prior.frames <= chunk_length
+            if not fits or (group and size + gap + prior.frames > window):
+                self._decode_group(group, gap)
+                group, size = [], 0
+            if fits:
+                size += (gap if group else 0) + prior.frames
+                group.append(prior)
+        self._decode_group(group, gap)
+
+    def _decode_group(self, group: list[Prior], gap: int) -> None:
+        """Set the ``audio`` of a group of two or more sentences from one decoder call (one alone, or
+        none, is left to decode as its chunks are asked for)."""
+        if len(group) < 2:
+            return
+        segments = [
+            prior.z if prior.z is not None else self._flow_over([prior(0, prior.frames)], gap=0)[0] for prior in group
+        ]
+        lengths = [prior.frames for prior in group]
+        starts = _end_to_end(lengths, gap)
+        end = starts[-1] + lengths[-1]
+        z = segments[0].new_zeros(1, segments[0].shape[1], self._decode_length(end))
+        for start, n, segment in zip(starts, lengths, segments):
+            z[..., start : start + n] = segment
+        audio = self.model.decode_spans(z, [(start, start + n) for start, n in zip(starts, lengths)])
+        hop = self.hop_length
+        for prior, start, n in zip(group, starts, lengths):
+            prior.audio = audio[0, 0, start * hop : (start + n) * hop].cpu().numpy().copy()
+        del audio
+        self._count_chunk()
 
     @torch.inference_mode()
     def _stream_prior(self, prior: Prior, opts: SynthesisOptions, first_sentence: bool = True) -> Iterator[np.ndarray]:
@@ -317,6 +370,9 @@ class Engine(BaseEngine):
         frames = prior.frames
         if frames == 0:  # the original clamps the length to one (silent) frame
             yield np.zeros(self.hop_length, np.float32)
+            return
+        if prior.audio is not None:  # decoded together with other sentences
+            yield prior.audio
             return
         first_chunk = opts.first_chunk_length if first_sentence else None
         # flow output z for frames [b0, b1)
@@ -332,11 +388,15 @@ class Engine(BaseEngine):
             audio = model.decode(z[:, :, d0 - b0 : d1 - b0], padded_to=self._decode_length(d1 - d0))
             out = audio[0, 0, (start - d0) * hop : (end - d0) * hop].float().cpu().numpy().copy()
             del audio
-            self._chunks_since_trim += 1
-            if self._chunks_since_trim >= TRIM_EVERY_CHUNKS:
-                self._chunks_since_trim = 0
-                release_free_memory()
+            self._count_chunk()
             yield out
+
+    def _count_chunk(self) -> None:
+        """Count one decoded window, and give freed heap memory back every :data:`TRIM_EVERY_CHUNKS`."""
+        self._chunks_since_trim += 1
+        if self._chunks_since_trim >= TRIM_EVERY_CHUNKS:
+            self._chunks_since_trim = 0
+            release_free_memory()
 
     @torch.inference_mode()
     def warm_up(self, chunk_length: int | None) -> float:
@@ -396,6 +456,11 @@ def _scales(opts: SynthesisOptions) -> tuple[float, float, float]:
     if opts.noise_scale is None or opts.length_scale is None or opts.noise_w is None:
         raise ValueError("options must be resolved (Engine.resolve) before synthesis: a scale is None")
     return float(opts.noise_scale), float(opts.length_scale), float(opts.noise_w)
+
+
+def _end_to_end(lengths: list[int], gap: int) -> list[int]:
+    """Where each of segments of ``lengths`` starts when they lie end to end, ``gap`` apart."""
+    return list(itertools.accumulate((n + gap for n in lengths[:-1]), initial=0))
 
 
 def _granular(length: int) -> int:

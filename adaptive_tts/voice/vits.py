@@ -595,6 +595,24 @@ def conv1d_as_2d(
     return F.conv2d(x, weight.unsqueeze(2), bias, (1, g.stride[0]), (0, padding), (1, g.dilation[0]), g.groups)
 
 
+#: Frame ranges ``(start, end)`` of a decoder input that are real, in order; the rest is zero padding.
+Spans = Sequence[tuple[int, int]]
+
+
+def _zero_outside(x: torch.Tensor, spans: Spans | None, scale: int) -> torch.Tensor:
+    """Zero ``x`` (in place) outside ``spans``, frame ranges of ``scale`` samples a frame; ``None``:
+    all of ``x`` is real."""
+    if spans is not None:
+        edge = 0
+        for start, end in spans:
+            if start > edge:
+                x[..., edge * scale : start * scale].zero_()
+            edge = end
+        if edge * scale < x.shape[-1]:
+            x[..., edge * scale :].zero_()
+    return x
+
+
 class ResBlock2(nn.Module):
     """HiFi-GAN residual block, variant 2: one dilated conv per residual step."""
 
@@ -605,23 +623,18 @@ class ResBlock2(nn.Module):
             for d in dilations
         )
 
-    def forward(self, x: torch.Tensor, activated: torch.Tensor | None = None, valid: int | None = None) -> torch.Tensor:
-        """``x`` is channels-last ``[N, C, 1, L]``; ``activated`` is ``leaky_relu(x)`` if the caller
-        already has it (the parallel blocks of one stage share it). Samples from ``valid`` on are
-        padding, kept at zero (see :meth:`Generator.forward`)."""
+    def forward(
+        self, x: torch.Tensor, activated: torch.Tensor | None = None, spans: Spans | None = None, scale: int = 1
+    ) -> torch.Tensor:
+        """``x`` is channels-last ``[N, C, 1, L]`` at ``scale`` samples a frame; ``activated`` is
+        ``leaky_relu(x)`` if the caller already has it (the parallel blocks of one stage share it).
+        Samples outside ``spans`` are padding, kept at zero (see :meth:`Generator.forward`)."""
         for i, conv in enumerate(self.convs):
             a = activated if i == 0 and activated is not None else F.leaky_relu(x, LRELU_SLOPE)
             # in place into the conv's fresh output: the decoder's tensors are tens of MB per chunk,
             # and the elementwise passes over them are memory-bound
-            x = _zero_tail(conv_nhwc(conv, a).add_(x), valid)
+            x = _zero_outside(conv_nhwc(conv, a).add_(x), spans, scale)
         return x
-
-
-def _zero_tail(x: torch.Tensor, valid: int | None) -> torch.Tensor:
-    """Zero ``x`` from sample ``valid`` on (in place; ``None``: no padding)."""
-    if valid is not None:
-        x[..., valid:].zero_()
-    return x
 
 
 class Generator(nn.Module):
@@ -632,7 +645,7 @@ class Generator(nn.Module):
         super().__init__()
         c0 = cfg.upsample_initial_channel
         self.num_kernels = len(cfg.resblock_kernel_sizes)
-        #: the strides of ``ups`` as ints: the forward pass scales ``valid`` by them on every chunk, and
+        #: the strides of ``ups`` as ints: the forward pass scales ``spans`` by them on every chunk, and
         #: reading them off the layers (bare modules to a type checker) would check each layer each time
         self.upsample_rates = cfg.upsample_rates
         self.conv_pre = nn.Conv1d(cfg.hidden_channels, c0, 7, padding=3)
@@ -645,30 +658,47 @@ class Generator(nn.Module):
                 self.resblocks.append(ResBlock2(c_out, k, d))
         self.conv_post = nn.Conv1d(c0 // (2 ** len(self.ups)), 1, 7, padding=3, bias=False)
 
-    def forward(self, x: torch.Tensor, valid: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, spans: Spans | None = None) -> torch.Tensor:
         """``[N, hidden, frames]`` → ``[N, 1, frames * hop]``, computed in channels-last layout.
 
-        With ``valid``, only the first ``valid`` frames are real and the rest is zeros: every conv's
-        output is zeroed past the real part, so that the padding acts exactly as the convs' own zero
-        padding and the real part's audio is what decoding it alone gives. Why pad at all: oneDNN
-        compiles its kernels per input length (tens of ms for the decoder's ~25 convs), and padding
-        the many lengths of short sentences to a few sizes lets them share compiled kernels.
+        With ``spans``, only those frame ranges are real and the rest is zeros: every conv's output is
+        zeroed outside them, so that the padding acts exactly as the convs' own zero padding and each
+        span's audio is what decoding it alone gives, as long as no single conv reaches across the
+        padding between two spans (:attr:`layer_reach`). Why pad at all: oneDNN compiles its kernels
+        per input length (tens of ms for the decoder's ~25 convs), and padding the many lengths of
+        short sentences to a few sizes lets them share compiled kernels; and why several spans: a
+        short sentence's decoder is ~100 operations whose fixed cost one call for several pays once.
+        The audio outside the spans is not zeroed: callers take the spans' samples.
         """
-        x = _zero_tail(conv_nhwc(self.conv_pre, _as_image(x)), valid)
+        scale = 1
+        x = _zero_outside(conv_nhwc(self.conv_pre, _as_image(x)), spans, scale)
         for i, (up, rate) in enumerate(zip(self.ups, self.upsample_rates)):
-            if valid is not None:
-                valid *= rate
-            x = _zero_tail(conv_nhwc(up, F.leaky_relu(x, LRELU_SLOPE)), valid)
+            scale *= rate
+            x = _zero_outside(conv_nhwc(up, F.leaky_relu(x, LRELU_SLOPE)), spans, scale)
             activated = F.leaky_relu(x, LRELU_SLOPE)
             blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
-            xs = blocks[0](x, activated, valid)
+            xs = blocks[0](x, activated, spans, scale)
             for block in blocks[1:]:
-                xs.add_(block(x, activated, valid))
+                xs.add_(block(x, activated, spans, scale))
             x = xs.mul_(1.0 / self.num_kernels)
         x = conv_nhwc(self.conv_post, F.leaky_relu(x))
-        if valid is not None:
-            x = x[..., :valid]
         return torch.tanh(x).squeeze(2)
+
+    @property
+    def layer_reach(self) -> int:
+        """Latent frames the widest single convolution reaches on each side, at its own stage's samples
+        a frame (rounded up): spans at least this far apart decode independently (see :meth:`forward`)."""
+        reach = float(_numeric_padding(self.conv_pre) * self.conv_pre.dilation[0])
+        scale = 1
+        for i, up in enumerate(map(_conv_geometry, self.ups)):
+            k, stride, pad = up.kernel_size[0], up.stride[0], _numeric_padding(up)
+            reach = max(reach, max(k - 1 - pad, pad) / stride / scale)
+            scale *= stride
+            for block in self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]:
+                if isinstance(block, ResBlock2):
+                    reach = max(reach, max(_numeric_padding(_conv_geometry(c)) for c in block.convs) / scale)
+        reach = max(reach, _numeric_padding(self.conv_post) / scale)
+        return math.ceil(reach)
 
     @property
     def receptive_field(self) -> int:
@@ -792,4 +822,11 @@ class VitsModel(nn.Module):
         z = z.to(self.compute_dtype)
         if padded_to is None or padded_to == frames:
             return self.dec(z).float()
-        return self.dec(F.pad(z, (0, padded_to - frames)), valid=frames).float()
+        padded = F.pad(z, (0, padded_to - frames))
+        return self.decode_spans(padded, [(0, frames)])[..., : frames * self.config.hop_length]
+
+    def decode_spans(self, z: torch.Tensor, spans: Spans) -> torch.Tensor:
+        """Latent frames ``[1, C, L]`` of which only ``spans`` are real (the rest zeros) → waveform
+        ``[1, 1, L * hop_length]`` whose samples within each span are what decoding it alone gives,
+        if the spans are at least ``dec.layer_reach`` frames apart."""
+        return self.dec(z.to(self.compute_dtype), spans).float()
