@@ -138,6 +138,34 @@ def test_the_run_queue_is_capped_by_the_cpus_others_kept_busy(tmp_path: Path) ->
     assert (stale.runnable_others, stale.busy_others, stale.source) == (2.0, None, "run queue")
 
 
+def test_a_load_that_appeared_during_a_pause_counts_in_full(tmp_path: Path) -> None:
+    """A quiet request, then a 1.5 s pause in whose last 0.2 s a busy app started: the run queue shows
+    it, the CPU time since the last reading holds a seventh of it. The first reading after the pause
+    counts the app in full, and the watch gives it its CPU (looking back over the pause, it read 0.13
+    of a task and kept both threads beside the app)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    now, own = [0.0], [1.0]
+    proc = _proc_tree(tmp_path, "0.10 0.10 0.10 1/312 9876\n", ["R"])
+
+    def stat(busy_s: float, idle_s: float) -> None:
+        (proc / "stat").write_text(f"cpu  {round(busy_s * hz)} 0 0 {round(idle_s * hz)} 0 0 0 0 0 0\n")
+
+    contention = CPUContention(proc, cpus=lambda: 2, clock=lambda: now[0], own_cpu_s=lambda: own[0])
+    stat(10.0, 10.0)
+    contention.read()
+    now[0] = 0.5  # the quiet request's last step: nobody else busy
+    stat(10.0, 11.0)
+    assert contention.read().runnable_others == 0.0
+    pause = 1.5
+    now[0] += pause  # the app ran in the pause's last 0.2 s only
+    stat(10.2, 11.0 + 2 * pause - 0.2)
+    (proc / "loadavg").write_text("1.00 0.20 0.10 2/312 9876\n")
+    first = contention.read()
+    assert first.queued_others == 1.0 and first.runnable_others == 1.0
+    watch = ContentionWatch(contention, clock=lambda: now[0], sleep=lambda s: None)
+    assert watch.choose(2).threads == 1
+
+
 def test_without_procfs_the_load_average_stands_in(tmp_path: Path) -> None:
     """macOS has no /proc: the 1-minute load average (getloadavg, as ``sysctl vm.loadavg`` shows it)
     less this process's threads."""

@@ -61,8 +61,12 @@ CONFIRM_GAP_S = 0.001
 #: ticks of 10 ms, so over 0.1 s on 2 CPUs a tick is 0.05 of a CPU.
 BUSY_SPAN_S = 0.1
 #: Seconds the busy-CPU cap may look back at most: a request after a longer pause counts the run queue
-#: alone (confirmed, see :data:`CONFIRM_GAP_S`).
-BUSY_MAX_AGE_S = 10.0
+#: alone (confirmed, see :data:`CONFIRM_GAP_S`). Why this short: over a pause the CPU time mixes the
+#: pause in, and a load that started during it reads as a fraction of a CPU. With 10 s, the first
+#: request after a busy process appeared ran its first steps on both threads beside it, and the
+#: window's smallest count kept them there for three steps (``bench_contention``, opening round at 1
+#: busy process: 7.5 s against 3.5 s for the rounds after). Steps of one request are 0.05-0.5 s apart.
+BUSY_MAX_AGE_S = 1.0
 
 
 @dataclass(frozen=True)
