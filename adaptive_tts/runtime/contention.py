@@ -65,7 +65,8 @@ BUSY_SPAN_S = 0.1
 #: pause in, and a load that started during it reads as a fraction of a CPU. With 10 s, the first
 #: request after a busy process appeared ran its first steps on both threads beside it, and the
 #: window's smallest count kept them there for three steps (``bench_contention``, opening round at 1
-#: busy process: 7.5 s against 3.5 s for the rounds after). Steps of one request are 0.05-0.5 s apart.
+#: busy process: 7.5 s against 3.2-3.5 s for the rounds after; 5.3 s with 1 s, the rest from the
+#: window's readings of before the pause). Steps of one request are 0.05-0.5 s apart.
 BUSY_MAX_AGE_S = 1.0
 
 

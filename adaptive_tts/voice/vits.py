@@ -684,46 +684,39 @@ class Generator(nn.Module):
         x = conv_nhwc(self.conv_post, F.leaky_relu(x))
         return torch.tanh(x).squeeze(2)
 
-    @property
-    def layer_reach(self) -> int:
-        """Latent frames the widest single convolution reaches on each side, at its own stage's samples
-        a frame (rounded up): spans at least this far apart decode independently (see :meth:`forward`)."""
-        reach = float(_numeric_padding(self.conv_pre) * self.conv_pre.dilation[0])
+    def _reaches(self) -> list[list[list[float]]]:
+        """Frames each convolution reaches on each side, at its own stage's samples a frame, in the
+        order a sample passes them: a list of steps, each a list of parallel chains (a stage's residual
+        blocks; one chain elsewhere), each chain its convolutions' reaches. A stage at ``scale`` samples
+        a frame that reaches ``r`` of its own samples reaches ``r / scale`` frames."""
+        steps = [[[float(_numeric_padding(self.conv_pre) * self.conv_pre.dilation[0])]]]
         scale = 1
         for i, up in enumerate(map(_conv_geometry, self.ups)):
             k, stride, pad = up.kernel_size[0], up.stride[0], _numeric_padding(up)
-            reach = max(reach, max(k - 1 - pad, pad) / stride / scale)
+            steps.append([[max(k - 1 - pad, pad) / stride / scale]])
             scale *= stride
-            for block in self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]:
-                if isinstance(block, ResBlock2):
-                    reach = max(reach, max(_numeric_padding(_conv_geometry(c)) for c in block.convs) / scale)
-        reach = max(reach, _numeric_padding(self.conv_post) / scale)
-        return math.ceil(reach)
+            blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
+            steps.append(
+                [
+                    [_numeric_padding(_conv_geometry(c)) / scale for c in block.convs]
+                    for block in blocks
+                    if isinstance(block, ResBlock2)
+                ]
+            )
+        steps.append([[_numeric_padding(self.conv_post) / scale]])
+        return steps
+
+    @property
+    def layer_reach(self) -> int:
+        """Latent frames the widest single convolution reaches on each side (rounded up): spans at least
+        this far apart decode independently (see :meth:`forward`)."""
+        return math.ceil(max(r for step in self._reaches() for chain in step for r in chain))
 
     @property
     def receptive_field(self) -> int:
-        """Latent frames of context on each side that one output sample depends on (rounded up).
-
-        Summed exactly in fractions of a frame: a stage at ``scale`` samples per frame that reaches
-        ``r`` of its own samples reaches ``r / scale`` frames.
-        """
-        frames = float(_numeric_padding(self.conv_pre) * self.conv_pre.dilation[0])
-        scale = 1
-        for i, up in enumerate(map(_conv_geometry, self.ups)):
-            k, stride, pad = up.kernel_size[0], up.stride[0], _numeric_padding(up)
-            frames += max(k - 1 - pad, pad) / stride / scale
-            scale *= stride
-            blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
-            frames += (
-                max(
-                    sum(_numeric_padding(_conv_geometry(c)) for c in block.convs)
-                    for block in blocks
-                    if isinstance(block, ResBlock2)
-                )
-                / scale
-            )
-        frames += _numeric_padding(self.conv_post) / scale
-        return math.ceil(frames)
+        """Latent frames of context on each side that one output sample depends on (rounded up): the
+        reaches summed along the widest chain of each step, exactly in fractions of a frame."""
+        return math.ceil(sum(max(sum(chain) for chain in step) for step in self._reaches()))
 
 
 class VitsModel(nn.Module):
