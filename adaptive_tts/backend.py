@@ -323,7 +323,7 @@ class SmartAdaptiveBackend:
             used.append(threads)  # set engine-wide, when the plan changes
             return
         if self.affinity is not None:
-            threads = self.affinity.step_threads(threads).threads
+            threads = self.affinity.step_threads(threads, first_step=not used).threads
         if getattr(self._lane_state, "threads", None) != threads:
             self.engine.set_num_threads(threads)  # per thread: this lane's steps from now on
             self._lane_state.threads = threads

@@ -25,6 +25,7 @@ from adaptive_tts.runtime.contention import (
     CPUContention,
     CpuTimes,
     busy_others,
+    busy_tasks,
     count_running,
     parse_loadavg,
     task_state,
@@ -111,10 +112,39 @@ def test_busy_cpus_of_others_are_cpu_time_less_this_process_s_own() -> None:
     assert busy_others(before, after, own_cpu_s=0.0, wall_s=0.0, tick_hz=100) is None
 
 
+def test_busy_cpus_count_as_tasks_from_a_quarter_of_a_cpu() -> None:
+    """Whole CPUs are tasks, and a part of one from :data:`BUSY_PART_TASK` on is one more: a load that
+    started within the span reads as a part; a queued sleeper, or a monitor's sampling, as less."""
+    assert [busy_tasks(b) for b in (0.0, 0.1, 0.24, 0.25, 0.42, 0.96, 1.07, 1.3, 2.0)] == [0, 0, 0, 1, 1, 1, 1, 2, 2]
+
+
+def test_a_load_resumed_just_before_a_request_costs_its_first_step_a_thread(tmp_path: Path) -> None:
+    """A busy process resumed 60 ms before a request's first reading, whose accounting span is 145 ms:
+    it ran ~0.42 of the span. The reading counts it as a task and the first step runs on one thread
+    (read as 0.42, it kept both, and that step took 4 s beside the process instead of 0.1 s)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    now, own = [0.0], [1.0]
+    proc = _proc_tree(tmp_path, "0.10 0.10 0.10 1/312 9876\n", ["R"])
+
+    def stat(busy_s: float, idle_s: float) -> None:
+        (proc / "stat").write_text(f"cpu  {round(busy_s * hz)} 0 0 {round(idle_s * hz)} 0 0 0 0 0 0\n")
+
+    contention = CPUContention(proc, cpus=lambda: 2, clock=lambda: now[0], own_cpu_s=lambda: own[0])
+    stat(10.0, 10.0)
+    contention.read()  # the previous request's last step
+    now[0] = 0.145
+    stat(10.06, 10.23)  # the busy process's 60 ms of CPU time; ours none
+    (proc / "loadavg").write_text("0.10 0.10 0.10 2/312 9876\n")
+    reading = contention.read()
+    assert reading.busy_others == pytest.approx(0.41, abs=0.02) and reading.runnable_others == 1.0
+    watch = ContentionWatch(contention, clock=lambda: now[0], sleep=lambda s: None)
+    assert watch.choose(2).threads == 1
+
+
 def test_the_run_queue_is_capped_by_the_cpus_others_kept_busy(tmp_path: Path) -> None:
-    """A run queue that holds two tasks besides ours while other tasks kept 0.6 of a CPU busy reads 0.6
-    (a queued sleeper spends no CPU time); the cap needs :data:`BUSY_SPAN_S` of accounting behind it and
-    none older than :data:`BUSY_MAX_AGE_S`."""
+    """A run queue that holds two tasks besides ours while other tasks kept 0.6 of a CPU busy reads one
+    task (a queued sleeper spends no CPU time; see :func:`busy_tasks`); the cap needs
+    :data:`BUSY_SPAN_S` of accounting behind it and none older than :data:`BUSY_MAX_AGE_S`."""
     hz = os.sysconf("SC_CLK_TCK")
     now, own = [0.0], [1.0]
     proc = _proc_tree(tmp_path, "2.10 1.50 0.70 3/312 9876\n", ["R", "S"])
@@ -132,7 +162,7 @@ def test_the_run_queue_is_capped_by_the_cpus_others_kept_busy(tmp_path: Path) ->
     stat(10.5, 10.5)
     capped = contention.read()
     assert capped.source == "run queue, CPU time" and capped.queued_others == 2.0
-    assert capped.busy_others == pytest.approx(0.6) and capped.runnable_others == pytest.approx(0.6)
+    assert capped.busy_others == pytest.approx(0.6) and capped.runnable_others == 1.0
     now[0] += BUSY_MAX_AGE_S + 1.0  # after a long pause the accounting is stale: the run queue alone
     stale = contention.read()
     assert (stale.runnable_others, stale.busy_others, stale.source) == (2.0, None, "run queue")
@@ -217,12 +247,34 @@ def test_the_watch_decides_on_the_fewest_others_of_its_recent_readings(
     assert sum("compute threads" in r.message for r in caplog.records) == 4  # each change, once
 
 
+def test_a_request_s_first_step_decides_on_readings_of_its_own(tmp_path: Path) -> None:
+    """A quiet request's steps, then the next request 0.1 s later beside a busy app that started between
+    them, whose first reading misses it (a run queue read a moment early): the first step takes its own
+    :data:`WINDOW` readings and their median counts the app; the steps after it keep it. Decided on the
+    window's smallest count, as a step within a request is, the same readings kept both threads. The
+    client that just sent a request, runnable in the first reading only, costs nothing."""
+    now, slept = [0.0], []
+    counts = [0, 0, 0] + [0, 1, 1] + [1] * 3
+    watch = ContentionWatch(_Sequence(tmp_path, counts), clock=lambda: now[0], sleep=slept.append)
+    for _ in range(3):
+        assert watch.choose(2).threads == 2
+        now[0] += 0.1
+    assert watch.choose(2, first_step=True).threads == 1
+    assert slept == [CONFIRM_GAP_S] * (WINDOW - 1)
+    assert [watch.choose(2).threads for _ in range(3)] == [1, 1, 1]
+
+    within = ContentionWatch(_Sequence(tmp_path / "within", [0, 0, 0, 0, 1, 1]), clock=lambda: now[0])
+    assert [within.choose(2).threads for _ in range(6)] == [2] * 6  # a 0 among them: the smallest
+    requested = ContentionWatch(_Sequence(tmp_path / "client", [1, 0, 0]), clock=lambda: now[0], sleep=slept.append)
+    assert requested.choose(2, first_step=True).threads == 2
+
+
 _REQUESTER = """
 import sys
 from adaptive_tts.runtime.contention import CPUContention, ContentionWatch
 for line in sys.stdin:
     first = CPUContention().read().runnable_others
-    choice = ContentionWatch().choose(2)  # a fresh watch: a request's first step
+    choice = ContentionWatch().choose(2, first_step=True)  # a request's first step
     print(first, choice.threads, flush=True)
 """
 

@@ -154,10 +154,11 @@ class CPUAffinityManager:
         logger.info("%s; %s; torch threads: %s", plan.reason, message, threads_after)
         return result
 
-    def step_threads(self, planned: int) -> ThreadChoice:
+    def step_threads(self, planned: int, *, first_step: bool = False) -> ThreadChoice:
         """The threads the next synthesis step should run with, out of ``planned``, given the CPU
-        contention now (the seed's "CPU maxed" action, taken per step rather than on request)."""
-        return self.watch.choose(planned)
+        contention now (the seed's "CPU maxed" action, taken per step rather than on request); a
+        request's ``first_step`` reads afresh (:meth:`ContentionWatch.choose`)."""
+        return self.watch.choose(planned, first_step=first_step)
 
     def preview_threads(self, planned: int) -> ThreadChoice:
         """What :meth:`step_threads` would answer now, without counting as a step's reading."""

@@ -30,10 +30,11 @@ it: a queued sleeper spends none, a busy app its share.
 
 A reading is instantaneous and a transient task (a kernel worker, a monitor thread) shows up in one
 reading and not the next, so :class:`ContentionWatch` decides on the smallest count of its last few
-readings: a busy app is runnable in all of them. A request's first step has no recent readings, and
-its one reading nearly always holds the client that just sent the request (200 requests over a pipe
-to a quiet process: the requester was runnable in 195 first readings, and in 0-3 readings taken 0.5-1
-ms later): such a reading is confirmed by more, :data:`CONFIRM_GAP_S` apart, before it costs a thread.
+readings: a busy app is runnable in all of them. A request's first step decides on readings of its
+own, :data:`CONFIRM_GAP_S` apart, and their median (:meth:`ContentionWatch.choose`): its first reading
+nearly always holds the client that just sent the request (200 requests over a pipe to a quiet
+process: the requester was runnable in 195 first readings, and in 0-3 readings taken 0.5-1 ms later),
+and the readings before the request describe the machine before it.
 """
 
 from __future__ import annotations
@@ -66,8 +67,11 @@ BUSY_SPAN_S = 0.1
 #: request after a busy process appeared ran its first steps on both threads beside it, and the
 #: window's smallest count kept them there for three steps (``bench_contention``, opening round at 1
 #: busy process: 7.5 s against 3.2-3.5 s for the rounds after; 5.3 s with 1 s, the rest from the
-#: window's readings of before the pause). Steps of one request are 0.05-0.5 s apart.
+#: window's readings of before the pause: see :meth:`ContentionWatch.choose`).
 BUSY_MAX_AGE_S = 1.0
+#: The part of a CPU, beyond whole ones, that others' CPU time must reach to count as a task (see
+#: :func:`busy_tasks`).
+BUSY_PART_TASK = 0.25
 
 
 @dataclass(frozen=True)
@@ -223,6 +227,19 @@ def busy_others(before: CpuTimes, after: CpuTimes, own_cpu_s: float, wall_s: flo
     return max(0.0, (ticks / tick_hz - own_cpu_s) / wall_s)
 
 
+def busy_tasks(busy: float) -> int:
+    """Tasks that ``busy`` CPUs of others' CPU time stand for: whole CPUs, and one more for a part of at
+    least :data:`BUSY_PART_TASK` of a CPU.
+
+    Why not ``busy`` as it is: a load that started within the accounting span reads as the part of the
+    span it ran. A busy process resumed ~60 ms before a request read 0.42 of a CPU over 145 ms, too
+    little to cost a thread, and the request's first step ran on both threads beside it: 4 s for a step
+    that takes 0.1 s (``bench_contention``, opening round at 1 busy process 7.0 s against 2.8-3.2 s).
+    A queued task that spends no CPU time, the case the cap is for, reads below the part."""
+    whole = math.floor(busy)
+    return whole + (1 if busy - whole >= BUSY_PART_TASK else 0)
+
+
 def task_state(stat: str) -> str:
     """The state letter of a ``/proc/<pid>/task/<tid>/stat`` line (after the parenthesised name, which
     may itself contain spaces and parentheses)."""
@@ -315,7 +332,7 @@ class CPUContention:
             steal, busy = self._cpu_accounts()
             if busy is None:
                 return ContentionReading(queued, cpus, "run queue", pressure, steal, load_1m, queued)
-            others = min(queued, busy)
+            others = min(queued, float(busy_tasks(busy)))
             return ContentionReading(others, cpus, "run queue, CPU time", pressure, steal, load_1m, queued, busy)
         if self._loadavg is not None:
             average = self._loadavg()[0]
@@ -328,6 +345,13 @@ def _fewest_others(readings: list[ContentionReading]) -> float | None:
     """The smallest readable count of other runnable tasks among ``readings`` (None: none readable)."""
     counts = [r.runnable_others for r in readings if r.runnable_others is not None]
     return min(counts) if counts else None
+
+
+def _median_others(readings: list[ContentionReading]) -> float | None:
+    """The median readable count of other runnable tasks among ``readings`` (the lower of the middle
+    two of an even number; None: none readable)."""
+    counts = sorted(r.runnable_others for r in readings if r.runnable_others is not None)
+    return counts[(len(counts) - 1) // 2] if counts else None
 
 
 class ContentionWatch:
@@ -349,24 +373,34 @@ class ContentionWatch:
         self._lock = threading.Lock()
         self.last: ThreadChoice | None = None
 
-    def choose(self, planned: int) -> ThreadChoice:
-        """The threads for the step about to run; the readings join the window."""
-        return self._decide(planned, record=True)
+    def choose(self, planned: int, *, first_step: bool = False) -> ThreadChoice:
+        """The threads for the step about to run; the readings join the window.
+
+        A request's ``first_step`` decides on readings of its own: :data:`WINDOW` of them,
+        :data:`CONFIRM_GAP_S` apart, and their median. Why not the window and its smallest count: the
+        readings before a request describe the machine before it, and a busy app that started between
+        two requests met the previous one's quiet readings (0.1 s old), whose smallest count kept both
+        threads beside it; and one reading in ~20 misses a busy process (a run queue read a moment
+        before it is counted), which alone, as the smallest, did the same. Beside one busy process
+        such a first step took 4 s instead of 0.1 s (``bench_contention``, 300 characters). The
+        median still passes over the client that just sent the request, runnable in the first
+        reading only."""
+        return self._decide(planned, record=True, first_step=first_step)
 
     def preview(self, planned: int) -> ThreadChoice:
         """What :meth:`choose` would answer now, leaving the window as it is (a status poll must not
         stand in for a step's reading)."""
         return self._decide(planned, record=False)
 
-    def _decide(self, planned: int, *, record: bool) -> ThreadChoice:
+    def _decide(self, planned: int, *, record: bool, first_step: bool = False) -> ThreadChoice:
         now = self._clock()
         with self._lock:
-            fresh = [r for t, r in self._recent if now - t <= MAX_AGE_S]
+            fresh = [] if first_step else [r for t, r in self._recent if now - t <= MAX_AGE_S]
         readings = [self.contention.read()]
-        # Fewer readings than a window that would cost a thread: confirm them (a request's first step).
-        while (
-            len(fresh) + len(readings) < WINDOW
-            and threads_for(planned, readings[0].cpus, _fewest_others([*fresh, *readings])) < planned
+        # Fewer readings than a window that would cost a thread: confirm them (a step after a pause);
+        # a request's first step takes a window of its own in any case.
+        while len(fresh) + len(readings) < WINDOW and (
+            first_step or threads_for(planned, readings[0].cpus, _fewest_others([*fresh, *readings])) < planned
         ):
             self._sleep(CONFIRM_GAP_S)
             readings.append(self.contention.read())
@@ -375,7 +409,10 @@ class ContentionWatch:
             recent = [*self._recent, *((now, r) for r in readings)][-WINDOW:]
             if record:
                 self._recent.extend((now, r) for r in readings)
-            others = _fewest_others([r for t, r in recent if now - t <= MAX_AGE_S])
+            if first_step:
+                others = _median_others(readings)
+            else:
+                others = _fewest_others([r for t, r in recent if now - t <= MAX_AGE_S])
             threads = threads_for(planned, reading.cpus, others)
             if others is None:
                 reason = f"contention unreadable ({reading.source}): the planned {planned} thread(s)"
@@ -397,6 +434,7 @@ class ContentionWatch:
 
 __all__ = [
     "BUSY_MAX_AGE_S",
+    "BUSY_PART_TASK",
     "BUSY_SPAN_S",
     "CONFIRM_GAP_S",
     "MAX_AGE_S",
@@ -407,6 +445,7 @@ __all__ = [
     "ThreadChoice",
     "CpuTimes",
     "busy_others",
+    "busy_tasks",
     "count_running",
     "parse_loadavg",
     "read_cpu_pressure_some_avg10",
