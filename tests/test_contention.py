@@ -221,28 +221,28 @@ class _Sequence(CPUContention):
         return super().read()
 
 
-def test_the_watch_decides_on_the_fewest_others_of_its_recent_readings(
+def test_the_watch_decides_on_the_median_of_its_recent_readings(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A transient task in one reading does not cost a thread; a busy one, there in every reading of
-    the window, does; readings older than the window's age are forgotten, and a lone reading that would
-    cost a thread is confirmed by more, :data:`CONFIRM_GAP_S` apart, until the window is full."""
+    """A transient task in one reading does not cost a thread, nor does one reading that misses a busy
+    one; a busy task, there in two readings of the window, does. A step with fewer recent readings than
+    a window (the watch's first, one after a pause) takes the missing ones, :data:`CONFIRM_GAP_S` apart;
+    a preview leaves the window as it is."""
     now, slept = [0.0], []
-    counts = [0, 1, 0, 1, 1, 1, 0, 1, 0, 1, 1, 1]
+    counts = [0, 0, 0, 1, 0, 1, 1, 0, 1, 0, 0] + [0] + [1, 1, 1]
     watch = ContentionWatch(_Sequence(tmp_path, counts), clock=lambda: now[0], sleep=slept.append)
     caplog.set_level(logging.INFO, logger="adaptive_tts.runtime.contention")
     chosen = []
-    for _ in range(WINDOW + 3):
+    for _ in range(9):
         chosen.append(watch.choose(2).threads)
         now[0] += 0.1
-    assert chosen == [2, 2, 2, 2, 2, 1]  # 0 1 0 1 1 1: one until the window holds only ones
-    assert "1 of 2 thread(s)" in watch.last.reason and slept == []  # every reading came with company
+    # windows: 000 001 010 101 011 110 101 010 100
+    assert chosen == [2, 2, 2, 1, 1, 1, 1, 2, 2]
+    assert "all 2 planned" in watch.last.reason and slept == [CONFIRM_GAP_S] * (WINDOW - 1)  # the first only
     window = list(watch._recent)
     assert watch.preview(2).threads == 2 and list(watch._recent) == window  # a 0 now: kept out of the window
-    now[0] += 10.0  # a pause: the old ones expire; a lone 1 is read again, and the 0 then decides
-    assert watch.choose(2).threads == 2 and slept == [CONFIRM_GAP_S]
-    now[0] += 10.0  # a task that stays: read WINDOW times, then it costs the thread
-    assert watch.choose(2).threads == 1 and slept == [CONFIRM_GAP_S] * WINDOW
+    now[0] += 10.0  # a pause: the old readings expire, and a window is read now
+    assert watch.choose(2).threads == 1 and slept == [CONFIRM_GAP_S] * 2 * (WINDOW - 1)
     assert len(watch._recent) == WINDOW and all(r.runnable_others == 1 for _, r in watch._recent)
     assert sum("compute threads" in r.message for r in caplog.records) == 4  # each change, once
 
@@ -250,21 +250,22 @@ def test_the_watch_decides_on_the_fewest_others_of_its_recent_readings(
 def test_a_request_s_first_step_decides_on_readings_of_its_own(tmp_path: Path) -> None:
     """A quiet request's steps, then the next request 0.1 s later beside a busy app that started between
     them, whose first reading misses it (a run queue read a moment early): the first step takes its own
-    :data:`WINDOW` readings and their median counts the app; the steps after it keep it. Decided on the
-    window's smallest count, as a step within a request is, the same readings kept both threads. The
-    client that just sent a request, runnable in the first reading only, costs nothing."""
+    :data:`WINDOW` readings, which count the app, and the steps after it keep it. Read as a step within
+    a request, the same first reading joined the previous request's quiet ones and kept both threads.
+    The client that just sent a request, runnable in the first reading only, costs nothing."""
     now, slept = [0.0], []
-    counts = [0, 0, 0] + [0, 1, 1] + [1] * 3
+    counts = [0, 0, 0, 0, 0] + [0, 1, 1] + [1] * 3
     watch = ContentionWatch(_Sequence(tmp_path, counts), clock=lambda: now[0], sleep=slept.append)
     for _ in range(3):
         assert watch.choose(2).threads == 2
         now[0] += 0.1
+    slept.clear()
     assert watch.choose(2, first_step=True).threads == 1
     assert slept == [CONFIRM_GAP_S] * (WINDOW - 1)
     assert [watch.choose(2).threads for _ in range(3)] == [1, 1, 1]
 
-    within = ContentionWatch(_Sequence(tmp_path / "within", [0, 0, 0, 0, 1, 1]), clock=lambda: now[0])
-    assert [within.choose(2).threads for _ in range(6)] == [2] * 6  # a 0 among them: the smallest
+    within = ContentionWatch(_Sequence(tmp_path / "within", [0, 0, 0, 0]), clock=lambda: now[0])
+    assert [within.choose(2).threads for _ in range(2)] == [2, 2]  # the same first reading, 0, beside 0 0 0
     requested = ContentionWatch(_Sequence(tmp_path / "client", [1, 0, 0]), clock=lambda: now[0], sleep=slept.append)
     assert requested.choose(2, first_step=True).threads == 2
 
@@ -367,8 +368,8 @@ def test_real_busy_processes_are_read_as_others_and_cost_threads() -> None:
         counts = sorted(getattr(r, name) for r in readings)
         assert counts[len(counts) // 2] >= quiet + 1.5 and counts[1] >= quiet + 0.5, (name, quiet, counts)
     cpus = readings[0].cpus
-    fewest = min(r.runnable_others for r in seen[-WINDOW:])
-    assert choices[-1].threads == threads_for(2, cpus, fewest), [r.runnable_others for r in seen]
+    median = sorted(r.runnable_others for r in seen[-WINDOW:])[(WINDOW - 1) // 2]
+    assert choices[-1].threads == threads_for(2, cpus, median), [r.runnable_others for r in seen]
     if cpus <= 3:
         one = sum(1 for c in choices if c.threads == 1)
         assert one >= len(choices) // 2, [r.runnable_others for r in seen]

@@ -28,13 +28,15 @@ what a scheduler that keeps a sleeping task queued for a while gives (Linux 6.12
 task that sleeps with negative lag only later; ``/proc`` shows it sleeping). CPU time is not fooled by
 it: a queued sleeper spends none, a busy app its share.
 
-A reading is instantaneous and a transient task (a kernel worker, a monitor thread) shows up in one
-reading and not the next, so :class:`ContentionWatch` decides on the smallest count of its last few
-readings: a busy app is runnable in all of them. A request's first step decides on readings of its
-own, :data:`CONFIRM_GAP_S` apart, and their median (:meth:`ContentionWatch.choose`): its first reading
-nearly always holds the client that just sent the request (200 requests over a pipe to a quiet
-process: the requester was runnable in 195 first readings, and in 0-3 readings taken 0.5-1 ms later),
-and the readings before the request describe the machine before it.
+A reading is instantaneous: a transient task (a kernel worker, a monitor thread) shows up in one
+reading and not the next, and one reading in ~20 misses a busy process (the run queue read a moment
+before it was counted). So :class:`ContentionWatch` decides on the median count of its last three
+readings, which passes over a single one either way, and a busy app runnable in all of them costs a
+thread by the second. A request's first step decides on readings of its own, :data:`CONFIRM_GAP_S`
+apart (:meth:`ContentionWatch.choose`): its first reading nearly always holds the client that just
+sent the request (200 requests over a pipe to a quiet process: the requester was runnable in 195
+first readings, and in 0-3 readings taken 0.5-1 ms later), and the readings before the request
+describe the machine before it.
 """
 
 from __future__ import annotations
@@ -51,23 +53,23 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-#: Readings a decision takes the smallest count of (one per synthesis step).
+#: Readings a decision takes the median count of (one per synthesis step).
 WINDOW = 3
 #: Readings older than this no longer count (seconds): after a pause, decide on what is there now.
 MAX_AGE_S = 2.0
-#: Seconds between the readings that confirm a lone one (see the module's docstring): a client blocks
-#: on its answer within microseconds of sending a request; a busy app stays.
+#: Seconds between the readings a step takes when it has fewer than :data:`WINDOW` recent ones (see
+#: the module's docstring): a client blocks on its answer within microseconds of sending a request; a
+#: busy app stays.
 CONFIRM_GAP_S = 0.001
 #: Seconds of CPU time accounting the busy-CPU cap is taken over, at least: ``/proc/stat`` counts in
 #: ticks of 10 ms, so over 0.1 s on 2 CPUs a tick is 0.05 of a CPU.
 BUSY_SPAN_S = 0.1
 #: Seconds the busy-CPU cap may look back at most: a request after a longer pause counts the run queue
-#: alone (confirmed, see :data:`CONFIRM_GAP_S`). Why this short: over a pause the CPU time mixes the
-#: pause in, and a load that started during it reads as a fraction of a CPU. With 10 s, the first
-#: request after a busy process appeared ran its first steps on both threads beside it, and the
-#: window's smallest count kept them there for three steps (``bench_contention``, opening round at 1
-#: busy process: 7.5 s against 3.2-3.5 s for the rounds after; 5.3 s with 1 s, the rest from the
-#: window's readings of before the pause: see :meth:`ContentionWatch.choose`).
+#: alone. Why this short: over a pause the CPU time mixes the pause in, and a load that started during
+#: it reads as a fraction of a CPU. With 10 s, the first request after a busy process appeared ran its
+#: first steps on both threads beside it (``bench_contention``, opening round at 1 busy process: 7.5 s
+#: against 3.2-3.5 s for the rounds after; 5.3 s with 1 s; the rest: see :func:`busy_tasks` and
+#: :meth:`ContentionWatch.choose`).
 BUSY_MAX_AGE_S = 1.0
 #: The part of a CPU, beyond whole ones, that others' CPU time must reach to count as a task (see
 #: :func:`busy_tasks`).
@@ -341,12 +343,6 @@ class CPUContention:
         return ContentionReading(None, cpus, "unreadable")
 
 
-def _fewest_others(readings: list[ContentionReading]) -> float | None:
-    """The smallest readable count of other runnable tasks among ``readings`` (None: none readable)."""
-    counts = [r.runnable_others for r in readings if r.runnable_others is not None]
-    return min(counts) if counts else None
-
-
 def _median_others(readings: list[ContentionReading]) -> float | None:
     """The median readable count of other runnable tasks among ``readings`` (the lower of the middle
     two of an even number; None: none readable)."""
@@ -355,7 +351,7 @@ def _median_others(readings: list[ContentionReading]) -> float | None:
 
 
 class ContentionWatch:
-    """Chooses a step's thread count from the smallest contention of its last :data:`WINDOW` readings.
+    """Chooses a step's thread count from the median contention of its last :data:`WINDOW` readings.
 
     Thread-safe: compute lanes ask from their own threads."""
 
@@ -377,14 +373,11 @@ class ContentionWatch:
         """The threads for the step about to run; the readings join the window.
 
         A request's ``first_step`` decides on readings of its own: :data:`WINDOW` of them,
-        :data:`CONFIRM_GAP_S` apart, and their median. Why not the window and its smallest count: the
-        readings before a request describe the machine before it, and a busy app that started between
-        two requests met the previous one's quiet readings (0.1 s old), whose smallest count kept both
-        threads beside it; and one reading in ~20 misses a busy process (a run queue read a moment
-        before it is counted), which alone, as the smallest, did the same. Beside one busy process
-        such a first step took 4 s instead of 0.1 s (``bench_contention``, 300 characters). The
-        median still passes over the client that just sent the request, runnable in the first
-        reading only."""
+        :data:`CONFIRM_GAP_S` apart. Why: the readings before a request describe the machine before
+        it, and a busy app that started between two requests met the previous one's quiet readings
+        (0.1 s old), which kept both threads beside it; so did one reading that missed the app, when
+        the window's smallest count decided. Beside one busy process such a first step took 4 s
+        instead of 0.1 s (``bench_contention``, 300 characters)."""
         return self._decide(planned, record=True, first_step=first_step)
 
     def preview(self, planned: int) -> ThreadChoice:
@@ -397,22 +390,16 @@ class ContentionWatch:
         with self._lock:
             fresh = [] if first_step else [r for t, r in self._recent if now - t <= MAX_AGE_S]
         readings = [self.contention.read()]
-        # Fewer readings than a window that would cost a thread: confirm them (a step after a pause);
-        # a request's first step takes a window of its own in any case.
-        while len(fresh) + len(readings) < WINDOW and (
-            first_step or threads_for(planned, readings[0].cpus, _fewest_others([*fresh, *readings])) < planned
-        ):
+        # A window's worth to decide on: after a pause, or at a request's first step, the missing
+        # readings are taken now, a moment apart.
+        while len(fresh) + len(readings) < WINDOW:
             self._sleep(CONFIRM_GAP_S)
             readings.append(self.contention.read())
         reading = readings[-1]
+        others = _median_others([*fresh, *readings][-WINDOW:])
         with self._lock:
-            recent = [*self._recent, *((now, r) for r in readings)][-WINDOW:]
             if record:
                 self._recent.extend((now, r) for r in readings)
-            if first_step:
-                others = _median_others(readings)
-            else:
-                others = _fewest_others([r for t, r in recent if now - t <= MAX_AGE_S])
             threads = threads_for(planned, reading.cpus, others)
             if others is None:
                 reason = f"contention unreadable ({reading.source}): the planned {planned} thread(s)"
