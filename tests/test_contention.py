@@ -112,6 +112,16 @@ def test_busy_cpus_of_others_are_cpu_time_less_this_process_s_own() -> None:
     assert busy_others(before, after, own_cpu_s=0.0, wall_s=0.0, tick_hz=100) is None
 
 
+def _cpu_stat(proc: Path) -> Callable[[float, float], None]:
+    """A writer of ``proc``'s ``stat``: all CPUs' busy and idle time so far, in seconds."""
+    hz = os.sysconf("SC_CLK_TCK")
+
+    def stat(busy_s: float, idle_s: float) -> None:
+        (proc / "stat").write_text(f"cpu  {round(busy_s * hz)} 0 0 {round(idle_s * hz)} 0 0 0 0 0 0\n")
+
+    return stat
+
+
 def test_busy_cpus_count_as_tasks_from_a_quarter_of_a_cpu() -> None:
     """Whole CPUs are tasks, and a part of one from :data:`BUSY_PART_TASK` on is one more: a load that
     started within the span reads as a part; a queued sleeper, or a monitor's sampling, as less."""
@@ -122,13 +132,8 @@ def test_a_load_resumed_just_before_a_request_costs_its_first_step_a_thread(tmp_
     """A busy process resumed 60 ms before a request's first reading, whose accounting span is 145 ms:
     it ran ~0.42 of the span. The reading counts it as a task and the first step runs on one thread
     (read as 0.42, it kept both, and that step took 4 s beside the process instead of 0.1 s)."""
-    hz = os.sysconf("SC_CLK_TCK")
-    now, own = [0.0], [1.0]
     proc = _proc_tree(tmp_path, "0.10 0.10 0.10 1/312 9876\n", ["R"])
-
-    def stat(busy_s: float, idle_s: float) -> None:
-        (proc / "stat").write_text(f"cpu  {round(busy_s * hz)} 0 0 {round(idle_s * hz)} 0 0 0 0 0 0\n")
-
+    now, own, stat = [0.0], [1.0], _cpu_stat(proc)
     contention = CPUContention(proc, cpus=lambda: 2, clock=lambda: now[0], own_cpu_s=lambda: own[0])
     stat(10.0, 10.0)
     contention.read()  # the previous request's last step
@@ -145,13 +150,8 @@ def test_the_run_queue_is_capped_by_the_cpus_others_kept_busy(tmp_path: Path) ->
     """A run queue that holds two tasks besides ours while other tasks kept 0.6 of a CPU busy reads one
     task (a queued sleeper spends no CPU time; see :func:`busy_tasks`); the cap needs
     :data:`BUSY_SPAN_S` of accounting behind it and none older than :data:`BUSY_MAX_AGE_S`."""
-    hz = os.sysconf("SC_CLK_TCK")
-    now, own = [0.0], [1.0]
     proc = _proc_tree(tmp_path, "2.10 1.50 0.70 3/312 9876\n", ["R", "S"])
-
-    def stat(busy_s: float, idle_s: float) -> None:
-        (proc / "stat").write_text(f"cpu  {round(busy_s * hz)} 0 0 {round(idle_s * hz)} 0 0 0 0 0 0\n")
-
+    now, own, stat = [0.0], [1.0], _cpu_stat(proc)
     contention = CPUContention(proc, cpus=lambda: 2, clock=lambda: now[0], own_cpu_s=lambda: own[0])
     stat(10.0, 10.0)
     assert contention.read().source == "run queue"  # nothing to count from yet
@@ -173,13 +173,8 @@ def test_a_load_that_appeared_during_a_pause_counts_in_full(tmp_path: Path) -> N
     it, the CPU time since the last reading holds a seventh of it. The first reading after the pause
     counts the app in full, and the watch gives it its CPU (looking back over the pause, it read 0.13
     of a task and kept both threads beside the app)."""
-    hz = os.sysconf("SC_CLK_TCK")
-    now, own = [0.0], [1.0]
     proc = _proc_tree(tmp_path, "0.10 0.10 0.10 1/312 9876\n", ["R"])
-
-    def stat(busy_s: float, idle_s: float) -> None:
-        (proc / "stat").write_text(f"cpu  {round(busy_s * hz)} 0 0 {round(idle_s * hz)} 0 0 0 0 0 0\n")
-
+    now, own, stat = [0.0], [1.0], _cpu_stat(proc)
     contention = CPUContention(proc, cpus=lambda: 2, clock=lambda: now[0], own_cpu_s=lambda: own[0])
     stat(10.0, 10.0)
     contention.read()
