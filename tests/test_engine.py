@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from texts import LONG_UNPUNCTUATED, PARITY_SENTENCES
 
-from adaptive_tts.voice.engine import SynthesisOptions, _chunks
+from adaptive_tts.voice.engine import SynthesisOptions, _chunks, _decoder_window, _window
 from adaptive_tts.voice.frontend import TextError
 
 DETERMINISTIC = SynthesisOptions(noise_scale=0.0, noise_w=0.0)
@@ -204,6 +204,30 @@ def test_chunks_cover_the_sentence_in_chunk_length_steps():
             )
             assert all(end - start <= size for start, end, size in ranges)
             assert all(end - start == size for start, end, size in ranges[:-1])
+
+
+def test_a_sentence_s_last_chunk_is_decoded_in_a_window_that_ends_with_it():
+    """Every decoder window holds its chunk and ``margin`` frames of context each side (where the
+    sentence has them) and is no longer than a full one; all but the last are full windows, and the
+    last one ends at the sentence's end instead of a full window shifted inwards: 824 frames in 256-frame
+    chunks decode 56 + 3 x 280 + 36 frames, not 56 + 4 x 280."""
+    margin, chunk = 12, 256
+    for frames in range(1, 1400, 7):
+        windows = [
+            (start, end, *_decoder_window(start, end, margin, frames, size))
+            for start, end, size in _chunks(frames, chunk, 32)
+        ]
+        for start, end, d0, d1 in windows:
+            assert d0 <= max(0, start - margin) and d1 >= min(frames, end + margin)
+            assert d1 - d0 <= chunk + 2 * margin
+        *full, (start, end, d0, d1) = windows
+        assert (d0, d1) == (max(0, start - margin), frames)
+        assert all((w[2], w[3]) == _window(w[0], w[1], margin, frames, chunk if w[0] else 32) for w in full)
+    decoded = [
+        d1 - d0
+        for *_, d0, d1 in ((s, e, *_decoder_window(s, e, margin, 824, size)) for s, e, size in _chunks(824, chunk, 32))
+    ]
+    assert decoded == [56, 280, 280, 280, 36]
 
 
 def test_long_unpunctuated_sentence_streams(engine):

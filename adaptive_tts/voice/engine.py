@@ -379,7 +379,7 @@ class Engine(BaseEngine):
         block: tuple[int, int, torch.Tensor] | None = None if prior.z is None else (0, frames, prior.z)
         hop = self.hop_length
         for start, end, size in _chunks(frames, opts.chunk_length, first_chunk):
-            d0, d1 = _window(start, end, self.decoder_margin, frames, size)
+            d0, d1 = _decoder_window(start, end, self.decoder_margin, frames, size)
             if block is None or d0 < block[0] or d1 > block[1]:
                 # the first chunk of a request gets a block of its own size: its audio is awaited
                 short = first_chunk is not None and start == 0
@@ -498,6 +498,19 @@ def _window(start: int, end: int, margin: int, frames: int, size: int | None) ->
         return max(0, start - margin), min(frames, end + margin)
     lo = min(max(0, start - margin), max(0, frames - size - 2 * margin))
     return lo, min(frames, lo + size + 2 * margin)
+
+
+def _decoder_window(start: int, end: int, margin: int, frames: int, size: int | None) -> tuple[int, int]:
+    """The decoder window for chunk ``[start, end)``: :func:`_window`'s, except that a sentence's last
+    chunk gets one that ends at the sentence's end instead of a full one shifted inwards.
+
+    Why: the shifted full window decoded ``size + 2 * margin`` frames for a last chunk of any length (a
+    60-frame remainder cost 280 frames), and the last chunk's window, padded to a compiled length
+    (:meth:`Engine._decode_length`), is never longer than a full one, so the blocks freed by the full
+    windows before it hold it."""
+    if size is not None and end == frames:
+        return max(0, start - margin), frames
+    return _window(start, end, margin, frames, size)
 
 
 def _chunks(
