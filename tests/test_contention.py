@@ -259,7 +259,7 @@ def test_a_request_s_first_step_decides_on_readings_of_its_own(tmp_path: Path) -
     assert slept == [CONFIRM_GAP_S] * (WINDOW - 1)
     assert [watch.choose(2).threads for _ in range(3)] == [1, 1, 1]
 
-    within = ContentionWatch(_Sequence(tmp_path / "within", [0, 0, 0, 0]), clock=lambda: now[0])
+    within = ContentionWatch(_Sequence(tmp_path / "within", [0, 0, 0, 0, 1, 1]), clock=lambda: now[0])
     assert [within.choose(2).threads for _ in range(2)] == [2, 2]  # the same first reading, 0, beside 0 0 0
     requested = ContentionWatch(_Sequence(tmp_path / "client", [1, 0, 0]), clock=lambda: now[0], sleep=slept.append)
     assert requested.choose(2, first_step=True).threads == 2

@@ -29,8 +29,8 @@ task that sleeps with negative lag only later; ``/proc`` shows it sleeping). CPU
 it: a queued sleeper spends none, a busy app its share.
 
 A reading is instantaneous: a transient task (a kernel worker, a monitor thread) shows up in one
-reading and not the next, and one reading in ~20 misses a busy process (the run queue read a moment
-before it was counted). So :class:`ContentionWatch` decides on the median count of its last three
+reading and not the next, and one reading in 20-40 misses a busy process (the run queue read a
+moment before it was counted). So :class:`ContentionWatch` decides on the median count of its last three
 readings, which passes over a single one either way, and a busy app runnable in all of them costs a
 thread by the second. A request's first step decides on readings of its own, :data:`CONFIRM_GAP_S`
 apart (:meth:`ContentionWatch.choose`): its first reading nearly always holds the client that just
@@ -236,7 +236,7 @@ def busy_tasks(busy: float) -> int:
     Why not ``busy`` as it is: a load that started within the accounting span reads as the part of the
     span it ran. A busy process resumed ~60 ms before a request read 0.42 of a CPU over 145 ms, too
     little to cost a thread, and the request's first step ran on both threads beside it: 4 s for a step
-    that takes 0.1 s (``bench_contention``, opening round at 1 busy process 7.0 s against 2.8-3.2 s).
+    that takes 0.1 s (``bench_contention``, a step log of its opening round at 1 busy process).
     A queued task that spends no CPU time, the case the cap is for, reads below the part."""
     whole = math.floor(busy)
     return whole + (1 if busy - whole >= BUSY_PART_TASK else 0)
