@@ -385,6 +385,11 @@ class Engine(BaseEngine):
                 short = first_chunk is not None and start == 0
                 block = self._flow_block(prior, d0, d1, frames, opts.chunk_length, exact=short)
             b0, _, z = block
+            if start > 0 and end == frames:
+                # a sentence's last window is smaller than the full ones before it: give their freed
+                # blocks back first, or the heap holds both sizes and the peak grows with the sentence
+                # (see _decoder_window)
+                release_free_memory()
             audio = model.decode(z[:, :, d0 - b0 : d1 - b0], padded_to=self._decode_length(d1 - d0))
             out = audio[0, 0, (start - d0) * hop : (end - d0) * hop].float().cpu().numpy().copy()
             del audio
@@ -506,9 +511,10 @@ def _decoder_window(start: int, end: int, margin: int, frames: int, size: int | 
 
     Why: the shifted full window decoded ``size + 2 * margin`` frames for a last chunk of any length (a
     60-frame remainder cost 280 frames). The last chunk's window is padded to a compiled length
-    (:meth:`Engine._decode_length`) and is never longer than a full one; windows of varying size still
-    cost some heap (a 1000-character sentence's peak against a 100-character one: 1.002x -> 1.026-1.031x,
-    see ``docs/architecture.md``)."""
+    (:meth:`Engine._decode_length`) and is never longer than a full one. Its smaller blocks beside the
+    full windows' freed ones cost heap: a 1000-character sentence's peak against a 100-character one
+    went from 1.002x to 1.03x (median of 5 processes; up to 1.06x in one run, bound 1.05), so the engine
+    returns the freed blocks to the OS before a last window (1.006-1.022x; ``docs/architecture.md``)."""
     if size is not None and end == frames:
         return max(0, start - margin), frames
     return _window(start, end, margin, frames, size)
