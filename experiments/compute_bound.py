@@ -24,13 +24,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
 
 from adaptive_tts.voice.engine import COMPUTE_DTYPES, Engine
 from experiments.results import read_rows
@@ -96,15 +96,19 @@ def encoder_flops(engine: Engine, text: str) -> int:
     return total
 
 
-def account(rows: pd.DataFrame, engine: Engine, per_frame: FrameFlops | None = None) -> RunArithmetic:
-    """Count what ``rows``' ``ok`` trials computed; each distinct text is counted once and reused."""
+def account(
+    rows: pd.DataFrame, engine: Engine, per_frame: FrameFlops | None = None, progress: bool = False
+) -> RunArithmetic:
+    """Count what ``rows``' ``ok`` trials computed; each distinct text is counted once and reused
+    (``progress``: a bar over them, since a thesis run's ~150 texts take minutes)."""
     ok = rows[rows["status"] == "ok"]
     if ok.empty:
         raise ValueError("the run has no ok trial to count")
     per_frame = per_frame or frame_flops(engine)
     frames_per_second = engine.sample_rate / engine.hop_length
     frames = int((ok["audio_s"] * frames_per_second).round().sum())
-    per_text = {text: encoder_flops(engine, text) for text in ok["text"].unique()}
+    texts = tqdm(ok["text"].unique(), desc="texts", unit="text", disable=not progress)
+    per_text = {text: encoder_flops(engine, text) for text in texts}
     started = pd.to_datetime(ok["started_at"])
     ended = started + pd.to_timedelta(ok["latency_ms"], unit="ms")
     return RunArithmetic(
@@ -133,11 +137,20 @@ def gemm_rate(threads: int, dtype: torch.dtype, size: int = GEMM_SIZE, repeats: 
     return 2 * size**3 / best
 
 
-def _one(values: Iterable[object], what: str) -> str:
-    """The single value of a run's column, or an error naming the mix."""
-    found = sorted({str(v) for v in values})
-    if len(found) != 1:
-        raise ValueError(f"the run mixes {what}s {found}: count one at a time")
+def compute_of(rows: pd.DataFrame) -> str:
+    """The one compute precision of ``rows``' ``ok`` trials, which sets the rate to compare with."""
+    recorded = rows.loc[rows["status"] == "ok", "compute"]
+    if recorded.empty:
+        raise ValueError("the run has no ok trial to count")
+    if recorded.isna().any():
+        raise ValueError("the run's rows do not record their compute precision (a harness before the column)")
+    found = sorted(set(recorded))
+    if len(found) > 1:
+        raise ValueError(f"the run mixes compute precisions {found}: count one at a time")
+    if found[0] not in COMPUTE_DTYPES:
+        raise ValueError(
+            f"unknown compute precision {found[0]!r} in the rows: expected one of {sorted(COMPUTE_DTYPES)}"
+        )
     return found[0]
 
 
@@ -169,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no run at {args.run}")
     rows = read_rows(args.run)
     try:
-        run = account(rows, Engine(compute="fp32"))  # the counts do not depend on the precision
-        compute = _one(rows.loc[rows["status"] == "ok", "compute"], "compute precision")
+        compute = compute_of(rows)  # before the minutes of counting
+        run = account(rows, Engine(compute="fp32"), progress=True)  # the counts do not depend on the precision
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

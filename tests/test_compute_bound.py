@@ -84,3 +84,11 @@ def test_the_command_names_what_is_wrong(tmp_path, capsys):
     store.write({**_row(2, SHORT, "ok", 1.0, 100.0, 1.0), "compute": "bf16"})
     assert main([str(tmp_path / "mixed")]) == 2
     assert "mixes compute precisions ['bf16', 'fp32']" in capsys.readouterr().err
+    store = RowStore(tmp_path / "unrecorded")
+    store.write({**_row(1, SHORT, "ok", 1.0, 100.0, 0.0), "compute": None})
+    assert main([str(tmp_path / "unrecorded")]) == 2
+    assert "do not record their compute precision" in capsys.readouterr().err
+    store = RowStore(tmp_path / "int8")
+    store.write({**_row(1, SHORT, "ok", 1.0, 100.0, 0.0), "compute": "int8"})
+    assert main([str(tmp_path / "int8")]) == 2
+    assert "unknown compute precision 'int8'" in capsys.readouterr().err

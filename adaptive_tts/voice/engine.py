@@ -389,7 +389,7 @@ class Engine(BaseEngine):
                 # a sentence's last window is smaller than the full ones before it: give their freed
                 # blocks back first, or the heap holds both sizes and the peak grows with the sentence
                 # (see _decoder_window)
-                release_free_memory()
+                self._trim_heap()
             audio = model.decode(z[:, :, d0 - b0 : d1 - b0], padded_to=self._decode_length(d1 - d0))
             out = audio[0, 0, (start - d0) * hop : (end - d0) * hop].float().cpu().numpy().copy()
             del audio
@@ -400,8 +400,12 @@ class Engine(BaseEngine):
         """Count one decoded window, and give freed heap memory back every :data:`TRIM_EVERY_CHUNKS`."""
         self._chunks_since_trim += 1
         if self._chunks_since_trim >= TRIM_EVERY_CHUNKS:
-            self._chunks_since_trim = 0
-            release_free_memory()
+            self._trim_heap()
+
+    def _trim_heap(self) -> None:
+        """Give freed heap memory back now, and start counting chunks towards the next trim afresh."""
+        self._chunks_since_trim = 0
+        release_free_memory()
 
     @torch.inference_mode()
     def warm_up(self, chunk_length: int | None) -> float:
